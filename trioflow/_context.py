@@ -1,0 +1,123 @@
+"""The context of the node that is running: ids, attempt, and access to the runtime's services.
+
+A node's identity lives in one contextvar (`FRAME`), set by the scheduler around each node body.
+`NodeContext` objects are built from it on demand, so nodes that never ask for their context pay
+nothing for it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import MutableMapping
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, Protocol
+
+import attrs
+
+from ._errors import ContextError
+
+if TYPE_CHECKING:
+    from ._slots import Slot
+
+__all__ = ["FRAME", "Frame", "NodeContext", "ServiceAccess", "current_context"]
+
+_log = logging.getLogger("trioflow.node")
+
+
+class ServiceAccess(Protocol):
+    """What a context needs from the runtime: look a service (or built-in) up by name."""
+
+    def lookup_service(self, name: str) -> Any: ...
+
+
+class RunLike(Protocol):
+    run_id: str
+
+    @property
+    def services(self) -> ServiceAccess | None: ...
+
+
+class Frame:
+    """Where the current task is: which run, graph and node, and the capacity it holds."""
+
+    __slots__ = ("attempt", "graph_id", "node_id", "run", "slot")
+
+    def __init__(
+        self, run: Any, graph_id: str, node_id: str, attempt: int, slot: Slot | None
+    ) -> None:
+        self.run = run
+        self.graph_id = graph_id
+        self.node_id = node_id
+        self.attempt = attempt
+        self.slot = slot
+
+
+FRAME: ContextVar[Frame | None] = ContextVar("trioflow.frame", default=None)
+
+
+class _NodeLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
+        extra = self.extra or {}
+        kwargs["extra"] = {**extra, **kwargs.get("extra", {})}
+        return f"[{extra['run_id']}/{extra['node_id']}] {msg}", kwargs
+
+
+@attrs.frozen
+class NodeContext:
+    """The running node's identity, and its door to the runtime.
+
+    `context.<name>()` returns the service registered under `name`; the built-ins are
+    `channel()`, `memory()`, `artifacts()`, `logger()` and `kv()`.
+    """
+
+    run_id: str
+    graph_id: str
+    node_id: str
+    attempt: int = 1
+    _services: ServiceAccess | None = attrs.field(
+        default=None, alias="services", eq=False, repr=False
+    )
+
+    def logger(self) -> logging.LoggerAdapter:  # type: ignore[type-arg]
+        """A stdlib logger adapter whose records carry `run_id`, `graph_id` and `node_id`."""
+        return _NodeLogger(
+            _log, {"run_id": self.run_id, "graph_id": self.graph_id, "node_id": self.node_id}
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        from ._errors import ServiceError
+
+        services = self._services
+        if services is None:
+            raise ServiceError(
+                f"no service named {name!r}: this context has no runtime; "
+                "register services with trioflow.register_context_service()"
+            )
+        return services.lookup_service(name)
+
+
+def context_from_frame(frame: Frame) -> NodeContext:
+    run: RunLike = frame.run
+    return NodeContext(
+        run_id=run.run_id,
+        graph_id=frame.graph_id,
+        node_id=frame.node_id,
+        attempt=frame.attempt,
+        services=run.services,
+    )
+
+
+def current_context() -> NodeContext:
+    """The `NodeContext` of the node running in this task (or thread).
+
+    Raises `ContextError` outside a node, e.g. at import time or in plain Trio code.
+    """
+    frame = FRAME.get()
+    if frame is None:
+        raise ContextError(
+            "current_context() was called outside a trioflow node; call it from a @tool, "
+            "a @graph_fn body or a service method invoked by one"
+        )
+    return context_from_frame(frame)

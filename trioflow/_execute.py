@@ -1,0 +1,346 @@
+"""Running nodes: one node's attempts, and the reactive scheduling of awaited tool calls.
+
+`RunState` is the live state of one run (its ledger, its capacity limiter, its error policy).
+`execute_node` runs one node body: timeout per attempt, retries with backoff in Trio time, sync
+tools in a worker thread, the outputs contract, and the record. Awaited tool calls (`graph_fn`)
+take capacity in the awaiting task and run inline; fan-outs take capacity *before* spawning, so
+the number of live tasks stays O(max_concurrency) however many calls there are.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, Literal, Protocol
+
+import attrs
+import trio
+
+from ._context import FRAME, Frame, ServiceAccess, context_from_frame
+from ._errors import ConfigError, DependencyFailed, NodeFailed, TrioflowError
+from ._ledger import Ledger
+from ._records import NodeState
+from ._slots import Limiters, Slot
+from ._tool import Tool, ToolCall
+
+__all__ = ["ErrorPolicy", "GraphCall", "GraphTarget", "RunState", "execute_node"]
+
+ErrorPolicy = Literal["fail_fast", "skip_dependents", "collect"]
+
+_RUNNING = NodeState.RUNNING
+_DONE = NodeState.DONE
+_FAILED = NodeState.FAILED
+_CANCELLED = NodeState.CANCELLED
+_PENDING = NodeState.PENDING
+_now = trio.current_time
+
+
+class GraphTarget(Protocol):
+    """A graph that can run inside a run: `@graph_fn` and `@graphify` objects."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def outputs(self) -> tuple[str, ...]: ...
+
+    def check_inputs(self, inputs: Mapping[str, Any] | None) -> dict[str, Any]: ...
+
+    async def run_body(self, run: RunState, inputs: dict[str, Any], frame: Frame) -> Any: ...
+
+
+@attrs.define(eq=False)
+class RunState:
+    """The live state of one run, shared by its nested graphs."""
+
+    run_id: str
+    graph_id: str
+    limiter: trio.CapacityLimiter
+    policy: ErrorPolicy = "fail_fast"
+    rng: random.Random | None = None
+    global_limiter: trio.CapacityLimiter | None = None
+    resources: Mapping[str, trio.CapacityLimiter] = attrs.field(factory=dict)
+    services: ServiceAccess | None = None
+    ledger: Ledger = attrs.field(factory=Ledger)
+    _counters: dict[tuple[str, str], int] = attrs.field(factory=dict, init=False)
+    _limiters: dict[tuple[str, ...], Limiters] = attrs.field(factory=dict, init=False)
+
+    # -- identities and capacity ---------------------------------------------------------
+
+    def node_id(self, graph_id: str, name: str) -> str:
+        """`<name>_<k>` (k from 1 per name), prefixed by the graph's id in a nested graph."""
+        key = (graph_id, name)
+        k = self._counters.get(key, 0) + 1
+        self._counters[key] = k
+        if graph_id == self.graph_id:
+            return f"{name}_{k}"
+        return f"{graph_id}.{name}_{k}"
+
+    def limiters_for(self, limits: tuple[str, ...]) -> Limiters:
+        """The limiters a node with these resource keys must hold, in a fixed order."""
+        found = self._limiters.get(limits)
+        if found is None:
+            found = (self.limiter,)
+            if self.global_limiter is not None:
+                found += (self.global_limiter,)
+            for key in sorted(limits):
+                try:
+                    found += (self.resources[key],)
+                except KeyError:
+                    raise ConfigError(
+                        f"a tool declares limits=[{key!r}] but the runtime defines no such "
+                        f"limit (it has {sorted(self.resources)}); "
+                        f"use open_runtime(limits={{{key!r}: n}})"
+                    ) from None
+            self._limiters[limits] = found
+        return found
+
+    def check_limits(self, tools: Iterable[Tool]) -> None:
+        """Fail before a run starts if one of its tools needs an undefined limit."""
+        for t in tools:
+            if t.limits:
+                self.limiters_for(t.limits)
+
+    # -- awaited tool calls (graph_fn) ---------------------------------------------------
+
+    async def call(self, call: ToolCall, parent: Frame) -> dict[str, Any]:
+        """Run an awaited tool call as a node, inline in the awaiting task."""
+        tool = call.tool
+        limiters = self.limiters_for(tool.limits)
+        node_id = self.node_id(parent.graph_id, tool.name)
+        idx = self.ledger.add(node_id, tool.name)
+        lent = _lend(parent)
+        try:
+            slot = Slot()
+            try:
+                await slot.take(limiters)
+            except BaseException:
+                self.ledger.states[idx] = _CANCELLED
+                raise
+            try:
+                return await execute_node(
+                    self, idx, tool, call.inputs, parent.graph_id, node_id, slot
+                )
+            finally:
+                slot.give_back()
+        finally:
+            if lent:
+                await _reclaim(parent, lent)
+
+    async def fan_out(
+        self, parent: Frame | None, calls: Iterable[ToolCall | Callable[[], Awaitable[Any]]]
+    ) -> list[Any]:
+        """Run calls concurrently; results in order. Capacity is taken before each spawn.
+
+        Under `fail_fast` the first failure cancels the rest and is raised; otherwise every
+        call finishes and one failure is raised bare, several as an `ExceptionGroup`.
+        """
+        results: list[Any] = []
+        failures: list[Exception] = []
+        fail_fast = self.policy == "fail_fast"
+        lent = _lend(parent) if parent is not None else ()
+        graph_id = parent.graph_id if parent is not None else self.graph_id
+        ledger = self.ledger
+        try:
+            async with trio.open_nursery() as nursery:
+
+                async def run_one(i: int, fn: Callable[[], Awaitable[Any]]) -> None:
+                    try:
+                        results[i] = await fn()
+                    except Exception as exc:
+                        failures.append(exc)
+                        if fail_fast:
+                            nursery.cancel_scope.cancel(reason="a sibling node failed")
+
+                async def run_node(i: int, call: ToolCall, idx: int, slot: Slot) -> None:
+                    try:
+                        results[i] = await execute_node(
+                            self, idx, call.tool, call.inputs, graph_id, ledger.ids[idx], slot
+                        )
+                    except Exception as exc:
+                        failures.append(exc)
+                        if fail_fast:
+                            nursery.cancel_scope.cancel(reason="a sibling node failed")
+                    finally:
+                        slot.give_back()
+
+                for i, call in enumerate(calls):
+                    results.append(None)
+                    if isinstance(call, ToolCall):
+                        tool = call.tool
+                        limiters = self.limiters_for(tool.limits)
+                        idx = ledger.add(self.node_id(graph_id, tool.name), tool.name)
+                        slot = Slot()
+                        # Acquire before spawning: a million-item map must not park a million
+                        # tasks on the limiter (trio#527).
+                        if not slot.take_nowait(limiters):
+                            try:
+                                await slot.take(limiters)
+                            except BaseException:
+                                ledger.states[idx] = _CANCELLED
+                                raise
+                        nursery.start_soon(run_node, i, call, idx, slot)
+                    elif callable(call):
+                        nursery.start_soon(run_one, i, call)
+                    else:
+                        raise ConfigError(
+                            f"gather() takes tool calls or zero-argument async callables, got "
+                            f"{call!r}; wrap other awaitables as `lambda: aw`"
+                        )
+                    if failures and fail_fast:
+                        break
+                    await trio.lowlevel.checkpoint_if_cancelled()
+        finally:
+            if lent:
+                await _reclaim(parent, lent)  # type: ignore[arg-type]
+        if failures:
+            if fail_fast or len(failures) == 1:
+                raise failures[0]
+            raise ExceptionGroup(f"{len(failures)} nodes failed", failures)
+        return results
+
+    # -- nested graphs -------------------------------------------------------------------
+
+    async def call_graph(
+        self, target: GraphTarget, inputs: dict[str, Any], parent: Frame
+    ) -> dict[str, Any]:
+        """Run a nested graph as a node of the parent graph, sharing this run's capacity."""
+        node_id = self.node_id(parent.graph_id, target.name)
+        ledger = self.ledger
+        idx = ledger.add(node_id, target.name)
+        ledger.states[idx] = _RUNNING
+        ledger.started[idx] = _now()
+        ledger.attempts[idx] = 1
+        lent = _lend(parent)
+        frame = Frame(self, node_id, node_id, 1, None)
+        token = FRAME.set(frame)
+        try:
+            outputs: dict[str, Any] = await target.run_body(self, inputs, frame)
+        except BaseException as exc:
+            ledger.finished[idx] = _now()
+            if isinstance(exc, Exception):
+                ledger.states[idx] = _FAILED
+                ledger.errors[idx] = exc
+            else:
+                ledger.states[idx] = _CANCELLED
+            raise
+        finally:
+            FRAME.reset(token)
+            if lent:
+                await _reclaim(parent, lent)
+        ledger.states[idx] = _DONE
+        ledger.finished[idx] = _now()
+        return outputs
+
+
+def _lend(frame: Frame) -> Limiters:
+    """Give back the tokens a waiting node holds, so nested work can use them."""
+    slot = frame.slot
+    if slot is None or not slot.held:
+        return ()
+    return slot.give_back()
+
+
+async def _reclaim(frame: Frame, lent: Limiters) -> None:
+    slot = frame.slot
+    assert slot is not None
+    await slot.take(lent)
+
+
+@attrs.frozen(eq=False)
+class GraphCall:
+    """An awaitable call of a graph inside a run: awaiting it runs the nested graph."""
+
+    target: GraphTarget
+    inputs: dict[str, Any]
+
+    def __await__(self) -> Any:
+        frame = FRAME.get()
+        if frame is None:
+            raise TrioflowError(
+                f"a call of graph {self.target.name!r} was awaited outside the run that made it"
+            )
+        return frame.run.call_graph(self.target, self.inputs, frame).__await__()
+
+
+async def _invoke(tool: Tool, inputs: Mapping[str, Any], frame: Frame) -> Any:
+    context = context_from_frame(frame) if tool.context_param is not None else None
+    if tool.is_async:
+        return await tool.invoke(inputs, context)
+    # Sync tools never block the loop; the thread is waited for (structured), and the frame
+    # travels with the copied contextvars so current_context() works inside it.
+    return await trio.to_thread.run_sync(tool.invoke, inputs, context)
+
+
+async def execute_node(
+    run: RunState,
+    idx: int,
+    tool: Tool,
+    inputs: Mapping[str, Any],
+    graph_id: str,
+    node_id: str,
+    slot: Slot | None,
+) -> dict[str, Any]:
+    """Run one node to completion: attempts, timeout, retry, outputs contract, record.
+
+    A failure raises `NodeFailed` from the original exception. Cancellation marks the node
+    `CANCELLED` and propagates untouched.
+    """
+    ledger = run.ledger
+    ledger.states[idx] = _RUNNING
+    ledger.started[idx] = _now()
+    retry = tool.retry
+    timeout = tool.timeout
+    frame = Frame(run, graph_id, node_id, 1, slot)
+    token = FRAME.set(frame)
+    try:
+        attempt = 1
+        while True:
+            ledger.attempts[idx] = attempt
+            try:
+                if timeout is None:
+                    result = await _invoke(tool, inputs, frame)
+                else:
+                    with trio.fail_after(timeout):
+                        result = await _invoke(tool, inputs, frame)
+            except Exception as exc:
+                if (
+                    retry is not None
+                    and attempt < retry.attempts
+                    and isinstance(exc, (*retry.retry_on, trio.TooSlowError))
+                ):
+                    delay = retry.delay(attempt)
+                    if delay > 0:
+                        await trio.sleep(delay)
+                    attempt += 1
+                    frame.attempt = attempt
+                    continue
+                raise _fail(ledger, idx, node_id, tool.name, exc) from exc
+            try:
+                outputs = tool.normalize(result)
+            except Exception as exc:
+                raise _fail(ledger, idx, node_id, tool.name, exc) from exc
+            ledger.states[idx] = _DONE
+            ledger.finished[idx] = _now()
+            return outputs
+    except BaseException:
+        if ledger.states[idx] is _RUNNING:
+            ledger.states[idx] = _CANCELLED
+            ledger.finished[idx] = _now()
+        raise
+    finally:
+        FRAME.reset(token)
+
+
+def _fail(ledger: Ledger, idx: int, node_id: str, tool: str, exc: Exception) -> NodeFailed:
+    ledger.states[idx] = _FAILED
+    ledger.finished[idx] = _now()
+    ledger.errors[idx] = exc
+    return NodeFailed(node_id, tool, f"node {node_id!r} (tool {tool!r}) failed: {exc!r}")
+
+
+def dependency_failed(missing: list[str], graph: str) -> DependencyFailed:
+    return DependencyFailed(
+        f"graph {graph!r} cannot produce outputs {missing}: the nodes producing them failed "
+        "or were skipped",
+        missing=missing,
+    )

@@ -1,0 +1,246 @@
+"""`@graph_fn`: reactive graphs, plus the `gather` and `map` fan-outs used inside them.
+
+A graph_fn body is ordinary async code. Every tool call it awaits becomes a node of the run,
+gated by the run's capacity limiter; plain awaits are not nodes and are not capped. A graph_fn
+awaited inside another run becomes a nested graph of that run and shares its limiter.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, overload
+
+import attrs
+import trio
+
+from ._checks import adopt_metadata, check_function, check_max_concurrency, check_names
+from ._context import FRAME, Frame, context_from_frame
+from ._errors import (
+    ConfigError,
+    ConfigTypeError,
+    ContextError,
+    NodeFailed,
+    TrioflowError,
+    is_run_failure,
+)
+from ._execute import GraphCall, RunState
+from ._tool import (
+    TRACER,
+    InputSpec,
+    Tool,
+    ToolCall,
+    normalize_outputs,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = ["GraphFn", "gather", "graph_fn", "map"]
+
+
+@attrs.frozen(eq=False, slots=False)
+class GraphFn:
+    """A reactive graph: an async function whose awaited tool calls are scheduled nodes."""
+
+    fn: Callable[..., Awaitable[Any]]
+    name: str
+    outputs: tuple[str, ...]
+    max_concurrency: float | None = None
+    spec: InputSpec = attrs.field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "spec", InputSpec.of(self.fn, f"graph_fn {self.name!r}"))
+        adopt_metadata(self, self.fn)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """In a `@graphify` trace: a subgraph node. In a run: an awaitable nested graph.
+        Elsewhere: a coroutine that runs the graph as a run of its own."""
+        tracer = TRACER.get()
+        if tracer is not None:
+            return tracer.call(self, args, kwargs)
+        inputs = self.spec.bind(args, kwargs)
+        if FRAME.get() is not None:
+            return GraphCall(self, inputs)
+        from ._runtime import run_async
+
+        return run_async(self, inputs)
+
+    def check_inputs(self, inputs: Mapping[str, Any] | None) -> dict[str, Any]:
+        return self.spec.check(inputs)
+
+    async def run_body(self, run: RunState, inputs: dict[str, Any], frame: Frame) -> Any:
+        """Run the body in the current task with `frame` as its context."""
+        ctx_param = self.spec.context_param
+        try:
+            if ctx_param is not None:
+                result = await self.fn(**inputs, **{ctx_param: context_from_frame(frame)})
+            else:
+                result = await self.fn(**inputs)
+            return normalize_outputs(f"graph_fn {self.name!r}", self.outputs, result)
+        except Exception as exc:
+            if isinstance(exc, TrioflowError) or is_run_failure(exc):
+                raise
+            raise NodeFailed(
+                frame.node_id, self.name, f"graph {self.name!r} body failed: {exc!r}"
+            ) from exc
+
+    def tools(self) -> tuple[Tool, ...]:
+        """Tools known before the run (none: a reactive graph discovers them as it runs)."""
+        return ()
+
+
+@overload
+def graph_fn(fn: Callable[..., Awaitable[Any]], /) -> GraphFn: ...
+@overload
+def graph_fn(
+    fn: None = None,
+    /,
+    *,
+    name: str | None = None,
+    outputs: Sequence[str] | None = None,
+    max_concurrency: float | None = None,
+) -> Callable[[Callable[..., Awaitable[Any]]], GraphFn]: ...
+def graph_fn(
+    fn: Callable[..., Awaitable[Any]] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    outputs: Sequence[str] | None = None,
+    max_concurrency: float | None = None,
+) -> GraphFn | Callable[[Callable[..., Awaitable[Any]]], GraphFn]:
+    """Declare an async function as a reactive graph.
+
+    Every tool call it awaits is a node, at most `max_concurrency` at a time (default 4; a
+    run's own `max_concurrency=` wins). `outputs` names what it returns (default `["result"]`).
+    """
+    out_names = ("result",) if outputs is None else check_names(outputs, "outputs")
+    cap = None if max_concurrency is None else check_max_concurrency(max_concurrency)
+    if name is not None and (not isinstance(name, str) or not name):
+        raise ConfigError(f"name must be a non-empty string, got {name!r}")
+
+    def decorate(fn: Callable[..., Awaitable[Any]]) -> GraphFn:
+        check_function(fn, "@trioflow.graph_fn")
+        if not inspect.iscoroutinefunction(fn):
+            raise ConfigTypeError(
+                f"@trioflow.graph_fn needs an async def, got {fn!r}; "
+                "use @trioflow.graphify for a plain def traced into a static graph"
+            )
+        return GraphFn(fn=fn, name=name or fn.__name__, outputs=out_names, max_concurrency=cap)
+
+    return decorate if fn is None else decorate(fn)
+
+
+def _as_call(item: object) -> ToolCall | Callable[[], Awaitable[Any]]:
+    if isinstance(item, ToolCall) or (callable(item) and not inspect.isawaitable(item)):
+        return item
+    if inspect.isawaitable(item):
+        return lambda: item
+    raise ConfigTypeError(
+        f"gather() takes tool calls, awaitables or zero-argument async callables, got {item!r}"
+    )
+
+
+async def gather(*calls: Any) -> list[Any]:
+    """Run calls concurrently and return their results in order.
+
+    Takes tool calls, nested graph calls, awaitables or zero-argument async callables. The first
+    failure cancels the rest and propagates (under the run's `fail_fast` policy).
+    """
+    items = [_as_call(c) for c in calls]
+    frame = FRAME.get()
+    if frame is not None:
+        run: RunState = frame.run
+        return await run.fan_out(frame, items)
+    return await _plain_gather(items)
+
+
+async def _plain_gather(items: list[ToolCall | Callable[[], Awaitable[Any]]]) -> list[Any]:
+    """`gather` outside any run: a nursery, results in order, first failure cancels the rest."""
+    results: list[Any] = [None] * len(items)
+    failure: list[Exception] = []
+
+    async def one(i: int, fn: Callable[[], Awaitable[Any]]) -> None:
+        try:
+            results[i] = await fn()
+        except Exception as exc:
+            failure.append(exc)
+            nursery.cancel_scope.cancel(reason="a sibling failed")
+
+    async with trio.open_nursery() as nursery:
+        for i, fn in enumerate(items):
+            if isinstance(fn, ToolCall):
+                raise ContextError("a tool call was gathered outside the run that made it")
+            nursery.start_soon(one, i, fn)
+    if failure:
+        raise failure[0]
+    return results
+
+
+def map_param(tool: Tool, param: str | None, fixed: Mapping[str, Any]) -> str:
+    """The one input of `tool` that each mapped item is passed as."""
+    spec = tool.spec
+    unknown = sorted(set(fixed) - spec.params)
+    if unknown:
+        raise ConfigTypeError(
+            f"map(): tool {tool.name!r} has no inputs {unknown}; its inputs are {spec.signature}"
+        )
+    if param is not None:
+        if param not in spec.params:
+            raise ConfigError(
+                f"map(param={param!r}): tool {tool.name!r} has no such input; "
+                f"its inputs are {sorted(spec.params)}"
+            )
+        free = spec.required - set(fixed) - {param}
+        if free:
+            raise ConfigError(f"map(): tool {tool.name!r} also needs {sorted(free)}; pass them")
+        return param
+    free_required = sorted(spec.required - set(fixed))
+    free_all = sorted(spec.params - set(fixed))
+    candidates = free_required if free_required else free_all
+    if len(candidates) != 1:
+        raise ConfigError(
+            f"map(): cannot tell which input of tool {tool.name!r} takes the items "
+            f"(candidates {candidates}); name it with param=..."
+        )
+    return candidates[0]
+
+
+@attrs.frozen(eq=False)
+class MapCall:
+    """An awaitable streaming fan-out of one tool over items, inside a run."""
+
+    tool: Tool
+    items: Iterable[Any]
+    param: str
+    fixed: dict[str, Any]
+
+    def __await__(self) -> Any:
+        frame = FRAME.get()
+        if frame is None:
+            raise ContextError(f"map({self.tool.name!r}) was awaited outside its run")
+        tool, param, fixed = self.tool, self.param, self.fixed
+        calls = (ToolCall(tool, {**fixed, param: item}) for item in self.items)
+        run: RunState = frame.run
+        return run.fan_out(frame, calls).__await__()
+
+
+def map(tool: Tool, items: Any, *, param: str | None = None, **fixed: Any) -> Any:
+    """Fan a tool out over items: each item is passed as the tool's one free input.
+
+    In a `graph_fn`, `await trioflow.map(...)` returns the output dicts in item order, taking
+    capacity before each task is spawned (streaming: items may be a generator). In a
+    `graphify`, it returns a ref whose outputs are lists in item order.
+    """
+    if not isinstance(tool, Tool):
+        raise ConfigTypeError(f"map() takes a @trioflow.tool as its first argument, got {tool!r}")
+    name = map_param(tool, param, fixed)
+    tracer = TRACER.get()
+    if tracer is not None:
+        return tracer.map(tool, items, name, fixed)  # type: ignore[attr-defined]
+    if FRAME.get() is None:
+        raise ContextError(
+            "trioflow.map() runs inside a run: call it from a @graph_fn body or a tool, "
+            "or in a @graphify body"
+        )
+    return MapCall(tool, items, name, dict(fixed))

@@ -1,0 +1,107 @@
+"""What happened in a run: node states, timings and errors, as attrs data.
+
+Records are frozen and JSON-safe (`to_dict`/`from_dict` round-trip losslessly through the one
+cattrs converter). Times are on the Trio clock, so tests under `MockClock` can compare them exactly.
+"""
+
+from __future__ import annotations
+
+import enum
+import traceback
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from ._convert import converter
+
+__all__ = ["ErrorInfo", "NodeRecord", "NodeState", "RunRecord", "RunResult"]
+
+
+class NodeState(enum.StrEnum):
+    """The life of one node: PENDING → RUNNING → DONE | FAILED | CANCELLED, or SKIPPED."""
+
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    DONE = "DONE"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    SKIPPED = "SKIPPED"
+
+    def __repr__(self) -> str:
+        return f"NodeState.{self.name}"
+
+
+@attrs.frozen
+class ErrorInfo:
+    """A node's error, JSON-safe: exception type name, message and formatted traceback."""
+
+    type: str
+    message: str
+    traceback: str = ""
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> ErrorInfo:
+        return cls(
+            type=type(exc).__qualname__,
+            message=str(exc),
+            traceback="".join(traceback.format_exception(exc)),
+        )
+
+
+@attrs.frozen
+class NodeRecord:
+    """What happened to one node of a run."""
+
+    tool: str
+    state: NodeState = NodeState.PENDING
+    started_at: float | None = None  # trio clock
+    finished_at: float | None = None
+    attempts: int = 0
+    error: ErrorInfo | None = None
+
+
+@attrs.frozen
+class RunRecord:
+    """One run: its id, the root graph's id, every node's record (in admission order), timings."""
+
+    run_id: str
+    graph_id: str
+    nodes: dict[str, NodeRecord] = attrs.field(factory=dict)
+    started_at: float | None = None
+    finished_at: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict; `RunRecord.from_dict(r.to_dict()) == r`."""
+        result: dict[str, Any] = converter.unstructure(self)
+        return result
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunRecord:
+        return converter.structure(data, cls)
+
+    def states(self) -> dict[str, NodeState]:
+        """Node id → state, a convenience for assertions."""
+        return {node_id: rec.state for node_id, rec in self.nodes.items()}
+
+
+@attrs.frozen
+class RunResult:
+    """A run's outputs (those that could be computed) together with its record."""
+
+    outputs: dict[str, Any]
+    record: RunRecord
+
+    @property
+    def errors(self) -> dict[str, ErrorInfo]:
+        """Node id → error, for every node that failed."""
+        return {
+            node_id: rec.error
+            for node_id, rec in self.record.nodes.items()
+            if rec.state is NodeState.FAILED and rec.error is not None
+        }
+
+    @property
+    def ok(self) -> bool:
+        """True when no node failed."""
+        return not self.errors

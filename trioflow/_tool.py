@@ -1,0 +1,313 @@
+"""`@tool`: a function declared as a unit of work, with outputs, a timeout and a retry policy.
+
+A `Tool` is a spec. What calling it does depends on where the call is made: inside a run it
+returns an awaitable `ToolCall` (awaiting it runs the tool as a scheduled node); while a
+`@graphify` body is traced it returns a `NodeRef`; anywhere else it is the plain function.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextvars import ContextVar
+from typing import Any, Protocol, overload
+
+import attrs
+
+from ._checks import adopt_metadata, check_function, check_names, check_seconds
+from ._context import FRAME, NodeContext
+from ._errors import ConfigError, ConfigTypeError, ContextError
+
+__all__ = [
+    "InputSpec",
+    "Retry",
+    "Tool",
+    "ToolCall",
+    "normalize_outputs",
+    "tool",
+]
+
+
+class Tracer(Protocol):
+    """What a `@graphify` trace does with a tool call (see `_compile`)."""
+
+    def call(self, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any: ...
+
+
+TRACER: ContextVar[Tracer | None] = ContextVar("trioflow.tracer", default=None)
+
+
+def _check_attempts(_: object, __: object, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(
+            f"Retry(attempts=...) must be an int >= 1 (it counts the first try), got {value!r}"
+        )
+
+
+def _check_backoff(_: object, __: object, value: object) -> None:
+    if callable(value):
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise ConfigError(
+            "Retry(backoff=...) must be seconds >= 0 or a callable attempt -> seconds, "
+            f"got {value!r}"
+        )
+
+
+def _to_exception_types(value: object) -> tuple[type[BaseException], ...]:
+    types = (value,) if isinstance(value, type) else value
+    if not isinstance(types, Iterable):
+        raise ConfigTypeError(f"Retry(retry_on=...) must be exception classes, got {value!r}")
+    result = tuple(types)
+    for t in result:
+        if not (isinstance(t, type) and issubclass(t, Exception)):
+            raise ConfigTypeError(
+                f"Retry(retry_on=...) must contain Exception subclasses, got {t!r}; "
+                "cancellation and KeyboardInterrupt are never retried"
+            )
+    return result
+
+
+@attrs.frozen
+class Retry:
+    """How often a failing node is tried again.
+
+    `attempts` counts the first try. `backoff` is the pause in seconds before the next attempt,
+    or a callable given the 1-based number of the attempt that just failed. Only exceptions in
+    `retry_on` are retried; a per-attempt `timeout` expiry counts as an error.
+    """
+
+    attempts: int = attrs.field(default=3, validator=_check_attempts)
+    backoff: float | Callable[[int], float] = attrs.field(default=0.0, validator=_check_backoff)
+    retry_on: tuple[type[BaseException], ...] = attrs.field(
+        default=(Exception,), converter=_to_exception_types
+    )
+
+    def delay(self, failed_attempt: int) -> float:
+        """Seconds to wait after `failed_attempt` (1-based) failed."""
+        backoff = self.backoff
+        return float(backoff(failed_attempt) if callable(backoff) else backoff)
+
+
+def _injects_context(param: inspect.Parameter) -> bool:
+    ann = param.annotation
+    if ann is NodeContext:
+        return True
+    if isinstance(ann, str) and ann.rsplit(".", 1)[-1] == "NodeContext":
+        return True
+    return param.name == "context"
+
+
+_SIMPLE_KINDS = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+
+
+@attrs.frozen(eq=False)
+class InputSpec:
+    """The named inputs of a tool or graph function, read from its signature once."""
+
+    owner: str
+    signature: inspect.Signature
+    context_param: str | None
+    params: frozenset[str]
+    required: frozenset[str]
+    simple: bool
+
+    @classmethod
+    def of(cls, fn: Callable[..., Any], owner: str) -> InputSpec:
+        sig = inspect.signature(fn)
+        ctx = next((p.name for p in sig.parameters.values() if _injects_context(p)), None)
+        inputs = [p for p in sig.parameters.values() if p.name != ctx]
+        return cls(
+            owner=owner,
+            signature=sig.replace(parameters=inputs),
+            context_param=ctx,
+            params=frozenset(p.name for p in inputs),
+            required=frozenset(p.name for p in inputs if p.default is inspect.Parameter.empty),
+            simple=all(p.kind in _SIMPLE_KINDS for p in inputs),
+        )
+
+    def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Map a call's arguments to input names; a bad call raises `ConfigTypeError` here."""
+        if self.context_param is not None and self.context_param in kwargs:
+            # Passing context=context explicitly is allowed; the node gets its own context.
+            kwargs = {k: v for k, v in kwargs.items() if k != self.context_param}
+        if not args and self.simple:
+            keys = kwargs.keys()
+            if keys <= self.params and self.required <= keys:
+                return kwargs
+        try:
+            bound = self.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise ConfigTypeError(
+                f"bad call to {self.owner}: {exc}; its inputs are {self.signature}"
+            ) from None
+        if not self.simple:
+            raise ConfigTypeError(
+                f"{self.owner} takes *args/**kwargs or positional-only parameters, "
+                "which cannot be scheduled as named inputs; give it named parameters"
+            )
+        return dict(bound.arguments)
+
+    def check(self, inputs: Mapping[str, Any] | None, argument: str = "inputs") -> dict[str, Any]:
+        """Validate a run's `inputs=` mapping: no unknown names, every required one given."""
+        if inputs is None:
+            inputs = {}
+        if not isinstance(inputs, Mapping):
+            raise ConfigTypeError(
+                f"{argument} must be a mapping of input name to value, got {inputs!r}"
+            )
+        unknown = sorted(k for k in inputs if k not in self.params)
+        if unknown:
+            raise ConfigError(
+                f"unknown {argument} {unknown} for {self.owner}; it takes {sorted(self.params)}"
+            )
+        missing = sorted(self.required - inputs.keys())
+        if missing:
+            raise ConfigError(
+                f"missing required {argument} {missing} for {self.owner}; "
+                f"pass {argument}={{{', '.join(repr(m) + ': ...' for m in missing)}}}"
+            )
+        return dict(inputs)
+
+
+@attrs.frozen(eq=False, slots=False)
+class Tool:
+    """A function declared as a node: its name, outputs, timeout, retry and resource limits."""
+
+    fn: Callable[..., Any]
+    name: str
+    outputs: tuple[str, ...]
+    timeout: float | None = None
+    retry: Retry | None = None
+    limits: tuple[str, ...] = ()
+    # Derived once, so that calls pay nothing for inspection.
+    spec: InputSpec = attrs.field(init=False, repr=False)
+    is_async: bool = attrs.field(init=False, repr=False)
+    context_param: str | None = attrs.field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        spec = InputSpec.of(self.fn, f"tool {self.name!r}")
+        object.__setattr__(self, "spec", spec)
+        object.__setattr__(self, "is_async", inspect.iscoroutinefunction(self.fn))
+        object.__setattr__(self, "context_param", spec.context_param)
+        adopt_metadata(self, self.fn)
+
+    # -- calling -------------------------------------------------------------------------
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        tracer = TRACER.get()
+        if tracer is not None:
+            return tracer.call(self, args, kwargs)
+        if FRAME.get() is not None:
+            return ToolCall(self, self.spec.bind(args, kwargs))
+        return self.fn(*args, **kwargs)
+
+    def invoke(self, inputs: Mapping[str, Any], context: NodeContext | None) -> Any:
+        """Call the function with inputs (and the context, if it takes one)."""
+        if self.context_param is not None:
+            return self.fn(**inputs, **{self.context_param: context})
+        return self.fn(**inputs)
+
+    def normalize(self, result: Any) -> dict[str, Any]:
+        """Turn a return value into the outputs dict, or raise naming what is wrong."""
+        return normalize_outputs(f"tool {self.name!r}", self.outputs, result)
+
+
+def normalize_outputs(owner: str, outputs: tuple[str, ...], result: Any) -> dict[str, Any]:
+    """The outputs dict for a return value: a dict with exactly `outputs`, or a bare value
+    when there is one output. Anything else raises, naming the missing/unexpected keys."""
+    if len(outputs) == 1:
+        (out,) = outputs
+        if isinstance(result, dict) and out in result:
+            if len(result) == 1:
+                return result
+        else:
+            return {out: result}
+    elif result is None and not outputs:
+        return {}
+    elif not isinstance(result, dict):
+        raise TypeError(
+            f"{owner} must return a dict with outputs {list(outputs)}, got {type(result).__name__}"
+        )
+    if len(result) == len(outputs) and all(k in result for k in outputs):
+        return result
+    missing = [k for k in outputs if k not in result]
+    unexpected = [k for k in result if k not in outputs]
+    parts = []
+    if missing:
+        parts.append(f"missing outputs {missing}")
+    if unexpected:
+        parts.append(f"unexpected outputs {unexpected}")
+    raise ValueError(f"{owner} returned {', '.join(parts)}; it declares outputs={list(outputs)}")
+
+
+class ToolCall:
+    """An awaitable call of a tool inside a run; awaiting it runs the tool as a node."""
+
+    __slots__ = ("inputs", "tool")
+
+    def __init__(self, tool: Tool, inputs: dict[str, Any]) -> None:
+        self.tool = tool
+        self.inputs = inputs
+
+    def __repr__(self) -> str:
+        return f"<ToolCall {self.tool.name}({', '.join(self.inputs)})>"
+
+    def __await__(self) -> Any:
+        frame = FRAME.get()
+        if frame is None:
+            raise ContextError(
+                f"a call of tool {self.tool.name!r} was awaited outside the run that made it"
+            )
+        return frame.run.call(self, frame).__await__()
+
+
+@overload
+def tool(fn: Callable[..., Any], /) -> Tool: ...
+@overload
+def tool(
+    fn: None = None,
+    /,
+    *,
+    outputs: Sequence[str] | None = None,
+    name: str | None = None,
+    timeout: float | None = None,
+    retry: Retry | None = None,
+    limits: Sequence[str] = (),
+) -> Callable[[Callable[..., Any]], Tool]: ...
+def tool(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    outputs: Sequence[str] | None = None,
+    name: str | None = None,
+    timeout: float | None = None,
+    retry: Retry | None = None,
+    limits: Sequence[str] = (),
+) -> Tool | Callable[[Callable[..., Any]], Tool]:
+    """Declare a function (async, or sync to run in a worker thread) as a trioflow tool.
+
+    `outputs` names what it returns (default `["result"]`); a single output may be returned
+    bare. `timeout` bounds each attempt; `retry` is a `Retry`; `limits` names runtime resource
+    limiters the node must hold (`open_runtime(limits={"gpu": 1})`).
+    """
+    out_names = ("result",) if outputs is None else check_names(outputs, "outputs")
+    seconds = check_seconds(timeout, "timeout")
+    if retry is not None and not isinstance(retry, Retry):
+        raise ConfigTypeError(f"retry must be a trioflow.Retry, got {retry!r}")
+    limit_keys = check_names(limits, "limits")
+    if name is not None and (not isinstance(name, str) or not name):
+        raise ConfigError(f"name must be a non-empty string, got {name!r}")
+
+    def decorate(fn: Callable[..., Any]) -> Tool:
+        check_function(fn, "@trioflow.tool")
+        return Tool(
+            fn=fn,
+            name=name or fn.__name__,
+            outputs=out_names,
+            timeout=seconds,
+            retry=retry,
+            limits=limit_keys,
+        )
+
+    return decorate if fn is None else decorate(fn)

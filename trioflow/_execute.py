@@ -32,7 +32,6 @@ _DONE = NodeState.DONE
 _FAILED = NodeState.FAILED
 _CANCELLED = NodeState.CANCELLED
 _PENDING = NodeState.PENDING
-_now = trio.current_time
 
 
 class GraphTarget(Protocol):
@@ -61,19 +60,24 @@ class RunState:
     resources: Mapping[str, trio.CapacityLimiter] = attrs.field(factory=dict)
     services: ServiceAccess | None = None
     ledger: Ledger = attrs.field(factory=Ledger)
-    _counters: dict[tuple[str, str], int] = attrs.field(factory=dict, init=False)
+    # The clock's own bound method: cheaper than trio.current_time() on the per-node path.
+    now: Callable[[], float] = attrs.field(
+        factory=lambda: trio.lowlevel.current_clock().current_time, init=False
+    )
+    _counters: dict[str, int] = attrs.field(factory=dict, init=False)
     _limiters: dict[tuple[str, ...], Limiters] = attrs.field(factory=dict, init=False)
 
     # -- identities and capacity ---------------------------------------------------------
 
     def node_id(self, graph_id: str, name: str) -> str:
         """`<name>_<k>` (k from 1 per name), prefixed by the graph's id in a nested graph."""
-        key = (graph_id, name)
-        k = self._counters.get(key, 0) + 1
-        self._counters[key] = k
+        counters = self._counters
         if graph_id == self.graph_id:
+            k = counters[name] = counters.get(name, 0) + 1
             return f"{name}_{k}"
-        return f"{graph_id}.{name}_{k}"
+        key = f"{graph_id}.{name}"
+        k = counters[key] = counters.get(key, 0) + 1
+        return f"{key}_{k}"
 
     def limiters_for(self, limits: tuple[str, ...]) -> Limiters:
         """The limiters a node with these resource keys must hold, in a fixed order."""
@@ -105,14 +109,18 @@ class RunState:
     async def call(self, call: ToolCall, parent: Frame) -> dict[str, Any]:
         """Run an awaited tool call as a node, inline in the awaiting task."""
         tool = call.tool
-        limiters = self.limiters_for(tool.limits)
+        limiters = self._limiters.get(tool.limits) or self.limiters_for(tool.limits)
         node_id = self.node_id(parent.graph_id, tool.name)
         idx = self.ledger.add(node_id, tool.name)
         lent = _lend(parent)
+        slot = Slot()
         try:
-            slot = Slot()
             try:
-                await slot.take(limiters)
+                if len(limiters) == 1:  # the common case, without a frame in between
+                    await limiters[0].acquire_on_behalf_of(slot)
+                    slot.held = limiters
+                else:
+                    await slot.take(limiters)
             except BaseException:
                 self.ledger.states[idx] = _CANCELLED
                 raise
@@ -208,7 +216,7 @@ class RunState:
         ledger = self.ledger
         idx = ledger.add(node_id, target.name)
         ledger.states[idx] = _RUNNING
-        ledger.started[idx] = _now()
+        ledger.started[idx] = self.now()
         ledger.attempts[idx] = 1
         lent = _lend(parent)
         frame = Frame(self, node_id, node_id, 1, None)
@@ -216,7 +224,7 @@ class RunState:
         try:
             outputs: dict[str, Any] = await target.run_body(self, inputs, frame)
         except BaseException as exc:
-            ledger.finished[idx] = _now()
+            ledger.finished[idx] = self.now()
             if isinstance(exc, Exception):
                 ledger.states[idx] = _FAILED
                 ledger.errors[idx] = exc
@@ -228,7 +236,7 @@ class RunState:
             if lent:
                 await _reclaim(parent, lent)
         ledger.states[idx] = _DONE
-        ledger.finished[idx] = _now()
+        ledger.finished[idx] = self.now()
         return outputs
 
 
@@ -286,10 +294,13 @@ async def execute_node(
     `CANCELLED` and propagates untouched.
     """
     ledger = run.ledger
+    now = run.now
     ledger.states[idx] = _RUNNING
-    ledger.started[idx] = _now()
+    ledger.started[idx] = now()
     retry = tool.retry
     timeout = tool.timeout
+    is_async = tool.is_async
+    context_param = tool.context_param
     frame = Frame(run, graph_id, node_id, 1, slot)
     token = FRAME.set(frame)
     try:
@@ -298,7 +309,10 @@ async def execute_node(
             ledger.attempts[idx] = attempt
             try:
                 if timeout is None:
-                    result = await _invoke(tool, inputs, frame)
+                    if is_async and context_param is None:
+                        result = await tool.fn(**inputs)
+                    else:
+                        result = await _invoke(tool, inputs, frame)
                 else:
                     with trio.fail_after(timeout):
                         result = await _invoke(tool, inputs, frame)
@@ -314,26 +328,27 @@ async def execute_node(
                     attempt += 1
                     frame.attempt = attempt
                     continue
-                raise _fail(ledger, idx, node_id, tool.name, exc) from exc
+                raise _fail(run, idx, node_id, tool.name, exc) from exc
             try:
                 outputs = tool.normalize(result)
             except Exception as exc:
-                raise _fail(ledger, idx, node_id, tool.name, exc) from exc
+                raise _fail(run, idx, node_id, tool.name, exc) from exc
             ledger.states[idx] = _DONE
-            ledger.finished[idx] = _now()
+            ledger.finished[idx] = now()
             return outputs
     except BaseException:
         if ledger.states[idx] is _RUNNING:
             ledger.states[idx] = _CANCELLED
-            ledger.finished[idx] = _now()
+            ledger.finished[idx] = now()
         raise
     finally:
         FRAME.reset(token)
 
 
-def _fail(ledger: Ledger, idx: int, node_id: str, tool: str, exc: Exception) -> NodeFailed:
+def _fail(run: RunState, idx: int, node_id: str, tool: str, exc: Exception) -> NodeFailed:
+    ledger = run.ledger
     ledger.states[idx] = _FAILED
-    ledger.finished[idx] = _now()
+    ledger.finished[idx] = run.now()
     ledger.errors[idx] = exc
     return NodeFailed(node_id, tool, f"node {node_id!r} (tool {tool!r}) failed: {exc!r}")
 

@@ -38,6 +38,10 @@ class Slot:
 
     async def take(self, limiters: Limiters) -> None:
         """Take one token on each limiter, waiting as needed; a cancelled wait takes nothing."""
+        if len(limiters) == 1:
+            await limiters[0].acquire_on_behalf_of(self)
+            self.held = limiters
+            return
         taken = 0
         try:
             for lim in limiters:

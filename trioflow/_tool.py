@@ -210,7 +210,10 @@ class Tool:
 
     def normalize(self, result: Any) -> dict[str, Any]:
         """Turn a return value into the outputs dict, or raise naming what is wrong."""
-        return normalize_outputs(f"tool {self.name!r}", self.outputs, result)
+        outputs = self.outputs
+        if len(outputs) == 1 and type(result) is not dict:
+            return {outputs[0]: result}  # the common case: one output, returned bare
+        return normalize_outputs(f"tool {self.name!r}", outputs, result)
 
 
 def normalize_outputs(owner: str, outputs: tuple[str, ...], result: Any) -> dict[str, Any]:

@@ -5,6 +5,7 @@ reactive graphs under a concurrency cap, and every task lives inside a nursery t
 the runtime owns.
 """
 
+from ._compile import NodeRef as NodeRef
 from ._context import NodeContext as NodeContext
 from ._context import current_context as current_context
 from ._errors import (
@@ -34,10 +35,24 @@ from ._errors import (
 from ._errors import (
     TrioflowError as TrioflowError,
 )
+from ._graph import (
+    InputRef as InputRef,
+)
+from ._graph import (
+    NodeSpec as NodeSpec,
+)
+from ._graph import (
+    OutputRef as OutputRef,
+)
+from ._graph import (
+    TaskGraph as TaskGraph,
+)
 from ._graph_fn import GraphFn as GraphFn
 from ._graph_fn import gather as gather
 from ._graph_fn import graph_fn as graph_fn
 from ._graph_fn import map as map
+from ._graphify import Graphify as Graphify
+from ._graphify import graphify as graphify
 from ._records import (
     ErrorInfo as ErrorInfo,
 )

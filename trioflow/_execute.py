@@ -213,16 +213,45 @@ class RunState:
     ) -> dict[str, Any]:
         """Run a nested graph as a node of the parent graph, sharing this run's capacity."""
         node_id = self.node_id(parent.graph_id, target.name)
+        idx = self.ledger.add(node_id, target.name)
+        outputs: dict[str, Any] = await self.run_composite(
+            idx, node_id, parent.slot, lambda frame: target.run_body(self, inputs, frame)
+        )
+        return outputs
+
+    async def run_map(
+        self, tool: Tool, calls: Iterable[ToolCall], idx: int, node_id: str, slot: Slot | None
+    ) -> dict[str, list[Any]]:
+        """A map node: fan the calls out (ids prefixed by `node_id`); outputs become lists."""
+
+        async def body(frame: Frame) -> dict[str, list[Any]]:
+            results = await self.fan_out(frame, calls)
+            return {out: [r[out] for r in results] for out in tool.outputs}
+
+        outputs: dict[str, list[Any]] = await self.run_composite(idx, node_id, slot, body)
+        return outputs
+
+    async def run_composite(
+        self,
+        idx: int,
+        node_id: str,
+        slot: Slot | None,
+        body: Callable[[Frame], Awaitable[Any]],
+    ) -> Any:
+        """Run a node made of nodes (a nested graph, a map) in a frame of its own.
+
+        The node holds no capacity while its inner nodes run: it lends what `slot` holds.
+        An inner failure is recorded on this node too and propagates unchanged.
+        """
         ledger = self.ledger
-        idx = ledger.add(node_id, target.name)
         ledger.states[idx] = _RUNNING
         ledger.started[idx] = self.now()
         ledger.attempts[idx] = 1
-        lent = _lend(parent)
+        lent = slot.give_back() if slot is not None else ()
         frame = Frame(self, node_id, node_id, 1, None)
         token = FRAME.set(frame)
         try:
-            outputs: dict[str, Any] = await target.run_body(self, inputs, frame)
+            outputs = await body(frame)
         except BaseException as exc:
             ledger.finished[idx] = self.now()
             if isinstance(exc, Exception):
@@ -234,7 +263,8 @@ class RunState:
         finally:
             FRAME.reset(token)
             if lent:
-                await _reclaim(parent, lent)
+                assert slot is not None
+                await slot.take(lent)
         ledger.states[idx] = _DONE
         ledger.finished[idx] = self.now()
         return outputs

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import random
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -20,7 +20,9 @@ from ._checks import check_max_concurrency
 from ._context import FRAME, Frame, ServiceAccess
 from ._errors import ConfigError, ConfigTypeError, RunCancelled, _RunError, is_run_failure
 from ._execute import ErrorPolicy, GraphTarget, RunState
+from ._graph import TaskGraph
 from ._records import RunRecord, RunResult
+from ._schedule import CompiledGraph
 from ._tool import Tool
 
 __all__ = ["RunOptions", "RuntimeLike", "check_run", "execute_run"]
@@ -33,7 +35,7 @@ class RunnableTarget(GraphTarget, Protocol):
     @property
     def max_concurrency(self) -> float | None: ...
 
-    def tools(self) -> tuple[Tool, ...]: ...
+    def tools(self) -> Sequence[Tool]: ...
 
 
 class RuntimeLike(Protocol):
@@ -72,6 +74,8 @@ def check_run(
     record: bool,
 ) -> tuple[RunnableTarget, RunOptions]:
     """Validate everything about a run before anything starts."""
+    if isinstance(target, TaskGraph):
+        target = CompiledGraph(target)
     if not (hasattr(target, "run_body") and hasattr(target, "check_inputs")):
         raise ConfigTypeError(
             f"run() takes a @trioflow.graph_fn or @trioflow.graphify graph, got {target!r}"

@@ -1,0 +1,408 @@
+"""The static graph as data: `TaskGraph`, `NodeSpec` and the refs between them.
+
+Pure data (attrs), no Trio. Node arguments are trees of constants and refs; a ref names a graph
+input or a node output, plus an optional projection path (`vals[2]`, `ref.items[0]`) resolved at
+run time. `to_dict`/`from_dict` go through the one cattrs converter and round-trip losslessly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import importlib
+import json
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Literal
+
+import attrs
+
+from ._convert import converter
+from ._errors import ConfigError, GraphBuildError
+
+__all__ = [
+    "InputRef",
+    "NodeKind",
+    "NodeSpec",
+    "OutputRef",
+    "TaskGraph",
+    "iter_refs",
+    "resolve",
+]
+
+NodeKind = Literal["tool", "map", "graph"]
+Path = tuple[str | int, ...]
+
+
+def _shape_error(what: str, op: str) -> GraphBuildError:
+    return GraphBuildError(
+        f"{op} of {what} is not known while the graph is traced",
+        code="shape-dependent",
+        hints=(
+            "pass the inputs to compile (graph.compile(vals=[...])) or run the graph: a graph "
+            "whose shape depends on an input is built when the inputs are known",
+            "for a fan-out over a list known only at run time, use trioflow.map(tool, ref)",
+        ),
+    )
+
+
+class _RefOps:
+    """Trace-time behaviour shared by refs: projection, and loud shape-dependent operations."""
+
+    __slots__ = ()
+    path: Path
+
+    def _with_path(self, path: Path) -> Any:
+        return attrs.evolve(self, path=path)  # type: ignore[misc]
+
+    def __getitem__(self, key: str | int) -> Any:
+        if not isinstance(key, str | int) or isinstance(key, bool):
+            raise GraphBuildError(
+                f"refs can be projected by a str key or an int index, got {key!r}",
+                code="bad-projection",
+                hints=("slices and other keys are not supported; do it inside a tool",),
+            )
+        return self._with_path((*self.path, key))
+
+    def _value(self, op: str) -> Any:
+        from ._tool import TRACER  # the active trace may know an input's value
+
+        tracer = TRACER.get()
+        known = getattr(tracer, "known_value", None)
+        if known is not None:
+            found, value = known(self)
+            if found:
+                return value
+        raise _shape_error(self.describe(), op)
+
+    def __len__(self) -> int:
+        return len(self._value("len()"))
+
+    def __iter__(self) -> Iterator[Any]:
+        value = self._value("iteration")
+        return (self[i] for i in range(len(value)))
+
+    def __bool__(self) -> bool:
+        return bool(self._value("bool()"))
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+
+def _check_path(_: object, __: object, value: Path) -> None:
+    for key in value:
+        if not isinstance(key, str | int) or isinstance(key, bool):
+            raise ConfigError(f"a ref path holds str keys and int indexes, got {key!r}")
+
+
+@attrs.frozen
+class InputRef(_RefOps):
+    """A graph input (optionally projected: `vals[2]`)."""
+
+    name: str
+    path: Path = attrs.field(default=(), converter=tuple, validator=_check_path)
+
+    def describe(self) -> str:
+        return f"graph input {self.name!r}{_show_path(self.path)}"
+
+
+@attrs.frozen
+class OutputRef(_RefOps):
+    """One output of one node (optionally projected: `ref.items[0]`)."""
+
+    node: str
+    output: str
+    path: Path = attrs.field(default=(), converter=tuple, validator=_check_path)
+
+    def describe(self) -> str:
+        return f"output {self.output!r} of node {self.node!r}{_show_path(self.path)}"
+
+
+def _show_path(path: Path) -> str:
+    return "".join(f"[{key!r}]" for key in path)
+
+
+Ref = InputRef | OutputRef
+
+
+def iter_refs(value: Any) -> Iterator[Ref]:
+    """Every ref inside an argument tree (lists, tuples, dicts), depth first."""
+    if isinstance(value, InputRef | OutputRef):
+        yield value
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from iter_refs(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from iter_refs(item)
+
+
+def _project(value: Any, path: Path) -> Any:
+    for key in path:
+        value = value[key]
+    return value
+
+
+def resolve(value: Any, lookup: Callable[[Ref], Any]) -> Any:
+    """The argument tree with every ref replaced by `lookup(ref)` projected along its path."""
+    if isinstance(value, InputRef | OutputRef):
+        return _project(lookup(value), value.path)
+    if isinstance(value, list):
+        return [resolve(item, lookup) for item in value]
+    if isinstance(value, tuple):
+        return tuple(resolve(item, lookup) for item in value)
+    if isinstance(value, dict):
+        return {key: resolve(item, lookup) for key, item in value.items()}
+    return value
+
+
+def has_refs(value: Any) -> bool:
+    return next(iter_refs(value), None) is not None
+
+
+@attrs.frozen
+class NodeSpec:
+    """One node: what runs (`tool`, a name), with which arguments, and on which nodes it waits.
+
+    `kind` is `"tool"`, `"map"` (the tool runs once per item of `args[map_param]`) or `"graph"`
+    (a nested graph). `target` is the import path used to find the callable after `from_dict`.
+    """
+
+    id: str
+    tool: str
+    args: dict[str, Any] = attrs.field(factory=dict)
+    deps: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+    kind: NodeKind = "tool"
+    map_param: str | None = None
+    target: str = ""
+
+
+@attrs.frozen
+class TaskGraph:
+    """A compiled static graph: nodes in insertion order (a topological order), their edges,
+    the graph's inputs and its output bindings."""
+
+    name: str
+    inputs: tuple[str, ...]
+    nodes: dict[str, NodeSpec]
+    outputs: dict[str, Any]
+    # The callables behind the nodes (tool/graph name → object); not data, not compared.
+    callables: Mapping[str, Any] = attrs.field(factory=dict, eq=False, repr=False)
+
+    @property
+    def edges(self) -> list[tuple[str, str]]:
+        """`(dependency, dependent)` id pairs."""
+        return [(dep, node.id) for node in self.nodes.values() for dep in node.deps]
+
+    def topological_order(self) -> list[str]:
+        """Node ids, dependencies first; ties in insertion order (Kahn's algorithm)."""
+        index = {node_id: i for i, node_id in enumerate(self.nodes)}
+        ids = list(self.nodes)
+        indegree = [len(self.nodes[n].deps) for n in ids]
+        dependents: list[list[int]] = [[] for _ in ids]
+        for i, node_id in enumerate(ids):
+            for dep in self.nodes[node_id].deps:
+                dependents[index[dep]].append(i)
+        ready = [i for i, d in enumerate(indegree) if d == 0]
+        heapq.heapify(ready)
+        order: list[str] = []
+        while ready:
+            i = heapq.heappop(ready)
+            order.append(ids[i])
+            for j in dependents[i]:
+                indegree[j] -= 1
+                if indegree[j] == 0:
+                    heapq.heappush(ready, j)
+        if len(order) != len(ids):
+            raise GraphBuildError("the graph has a cycle", code="cycle")
+        return order
+
+    # -- serialisation ---------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict; `TaskGraph.from_dict(g.to_dict()) == g`."""
+        data: dict[str, Any] = converter.unstructure(self)
+        data.pop("callables", None)
+        return data
+
+    @classmethod
+    def from_dict(
+        cls, data: Mapping[str, Any], *, callables: Mapping[str, Any] | None = None
+    ) -> TaskGraph:
+        """Rebuild a graph; tools are found in `callables` (name → tool) or by import path."""
+        graph = converter.structure({k: v for k, v in data.items() if k != "callables"}, cls)
+        return attrs.evolve(graph, callables=dict(callables or {}))
+
+    @property
+    def content_hash(self) -> str:
+        """sha256 of the structure and constant arguments (not of graph input values)."""
+        data = self.to_dict()
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=repr)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def callable_for(self, node: NodeSpec) -> Any:
+        """The tool or graph object behind a node (by name, else by import path)."""
+        name = node.tool
+        found = self.callables.get(name)
+        if found is not None:
+            return found
+        if node.target:
+            module, _, qualname = node.target.partition(":")
+            try:
+                obj: Any = importlib.import_module(module)
+                for part in qualname.split("."):
+                    obj = getattr(obj, part)
+            except (ImportError, AttributeError):
+                pass
+            else:
+                return obj
+        raise ConfigError(
+            f"node {node.id!r} runs {name!r}, which cannot be found (import path "
+            f"{node.target!r}); pass TaskGraph.from_dict(data, callables={{{name!r}: tool}})"
+        )
+
+    # -- drawing ---------------------------------------------------------------------------
+
+    def to_mermaid(self) -> str:
+        """A Mermaid flowchart: inputs and outputs as parallelograms, nodes as boxes."""
+        lines = ["flowchart TD"]
+        for name in self.inputs:
+            lines.append(f"    in_{name}[/{name}/]")
+        for node in self.nodes.values():
+            label = node.id if node.kind == "tool" else f"{node.id} ({node.kind})"
+            lines.append(f'    {_mid(node.id)}["{label}"]')
+        for src, dst in self._all_edges():
+            lines.append(f"    {src} --> {dst}")
+        for name in self.outputs:
+            lines.append(f"    out_{name}[\\{name}\\]")
+        return "\n".join(lines) + "\n"
+
+    def to_dot(self) -> str:
+        """A Graphviz digraph of the same picture."""
+        lines = [f'digraph "{self.name}" {{', "    rankdir=TB;"]
+        for name in self.inputs:
+            lines.append(f'    in_{name} [label="{name}", shape=invhouse];')
+        for node in self.nodes.values():
+            lines.append(f'    {_mid(node.id)} [label="{node.id}\\n{node.tool}", shape=box];')
+        for name in self.outputs:
+            lines.append(f'    out_{name} [label="{name}", shape=house];')
+        for src, dst in self._all_edges():
+            lines.append(f"    {src} -> {dst};")
+        lines.append("}")
+        return "\n".join(lines) + "\n"
+
+    def _all_edges(self) -> list[tuple[str, str]]:
+        edges: dict[tuple[str, str], None] = {}
+        for node in self.nodes.values():
+            for ref in iter_refs(node.args):
+                if isinstance(ref, InputRef):
+                    edges[(f"in_{ref.name}", _mid(node.id))] = None
+            for dep in node.deps:
+                edges[(_mid(dep), _mid(node.id))] = None
+        for name, value in self.outputs.items():
+            for ref in iter_refs(value):
+                src = f"in_{ref.name}" if isinstance(ref, InputRef) else _mid(ref.node)
+                edges[(src, f"out_{name}")] = None
+        return list(edges)
+
+
+def _mid(node_id: str) -> str:
+    return "n_" + node_id.replace(".", "__")
+
+
+# -- serialisation of argument trees -------------------------------------------------------------
+# Refs and tuples are tagged so that the round trip is exact; other constants must be JSON data.
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, InputRef):
+        return {"$input": value.name, "path": list(value.path)}
+    if isinstance(value, OutputRef):
+        return {"$output": [value.node, value.output], "path": list(value.path)}
+    if isinstance(value, tuple):
+        return {"$tuple": [_encode(v) for v in value]}
+    if isinstance(value, list):
+        return [_encode(v) for v in value]
+    if isinstance(value, dict):
+        if not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"graph constants must have str dict keys to serialise: {value!r}")
+        if any(k.startswith("$") for k in value):
+            return {"$dict": {k: _encode(v) for k, v in value.items()}}
+        return {k: _encode(v) for k, v in value.items()}
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    raise ConfigError(
+        f"graph constant {value!r} ({type(value).__name__}) is not JSON data; pass it as a graph "
+        "input instead of a constant to serialise the graph"
+    )
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    if isinstance(value, dict):
+        if "$input" in value:
+            return InputRef(value["$input"], tuple(value["path"]))
+        if "$output" in value:
+            node, output = value["$output"]
+            return OutputRef(node, output, tuple(value["path"]))
+        if "$tuple" in value:
+            return tuple(_decode(v) for v in value["$tuple"])
+        if "$dict" in value:
+            return {k: _decode(v) for k, v in value["$dict"].items()}
+        return {k: _decode(v) for k, v in value.items()}
+    return value
+
+
+def _unstructure_tree(tree: dict[str, Any]) -> dict[str, Any]:
+    return {k: _encode(v) for k, v in tree.items()}
+
+
+def _structure_tree(data: Mapping[str, Any], _: object) -> dict[str, Any]:
+    return {k: _decode(v) for k, v in data.items()}
+
+
+converter.register_unstructure_hook(
+    NodeSpec,
+    lambda node: {
+        "id": node.id,
+        "tool": node.tool,
+        "args": _unstructure_tree(node.args),
+        "deps": list(node.deps),
+        "outputs": list(node.outputs),
+        "kind": node.kind,
+        "map_param": node.map_param,
+        "target": node.target,
+    },
+)
+converter.register_structure_hook(
+    NodeSpec,
+    lambda data, _: NodeSpec(
+        id=data["id"],
+        tool=data["tool"],
+        args=_structure_tree(data["args"], None),
+        deps=tuple(data["deps"]),
+        outputs=tuple(data["outputs"]),
+        kind=data["kind"],
+        map_param=data["map_param"],
+        target=data["target"],
+    ),
+)
+converter.register_unstructure_hook(
+    TaskGraph,
+    lambda graph: {
+        "name": graph.name,
+        "inputs": list(graph.inputs),
+        "nodes": {k: converter.unstructure(v, NodeSpec) for k, v in graph.nodes.items()},
+        "outputs": _unstructure_tree(graph.outputs),
+    },
+)
+converter.register_structure_hook(
+    TaskGraph,
+    lambda data, _: TaskGraph(
+        name=data["name"],
+        inputs=tuple(data["inputs"]),
+        nodes={k: converter.structure(v, NodeSpec) for k, v in data["nodes"].items()},
+        outputs=_structure_tree(data["outputs"], None),
+    ),
+)

@@ -1,0 +1,165 @@
+"""`@graphify`: a plain function traced into a static `TaskGraph`, then run by the scheduler.
+
+A graph whose shape does not depend on its input values is traced once and reused. One whose
+shape does (`len(vals)`) is traced again for each run, with the values known.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, overload
+
+import attrs
+
+from ._checks import adopt_metadata, check_function, check_max_concurrency, check_names
+from ._compile import trace
+from ._context import FRAME, Frame
+from ._errors import ConfigError, ConfigTypeError, GraphBuildError
+from ._execute import GraphCall, RunState
+from ._graph import TaskGraph
+from ._schedule import Plan, lower, run_plan
+from ._tool import TRACER, InputSpec, Tool
+
+__all__ = ["Graphify", "graphify"]
+
+
+@attrs.frozen(eq=False, slots=False)
+class Graphify:
+    """A static graph: its body is traced into a `TaskGraph` and lowered into one nursery."""
+
+    fn: Callable[..., Any]
+    name: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    max_concurrency: float | None = None
+    spec: InputSpec = attrs.field(init=False, repr=False)
+    defaults: dict[str, Any] = attrs.field(init=False, repr=False)
+    # Trace cache: the lowered plan when the shape does not depend on input values.
+    _cache: dict[str, Any] = attrs.field(init=False, factory=dict, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        spec = InputSpec.of(self.fn, f"graphify {self.name!r}")
+        object.__setattr__(self, "spec", spec)
+        params = inspect.signature(self.fn).parameters
+        object.__setattr__(
+            self,
+            "defaults",
+            {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty},
+        )
+        adopt_metadata(self, self.fn)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """In a trace: a subgraph node. In a run: an awaitable nested graph.
+        Elsewhere: a coroutine that runs the graph as a run of its own."""
+        tracer = TRACER.get()
+        if tracer is not None:
+            return tracer.call(self, args, kwargs)
+        inputs = self.spec.bind(args, kwargs)
+        if FRAME.get() is not None:
+            return GraphCall(self, self.check_inputs(inputs))
+        from ._runtime import run_async
+
+        return run_async(self, inputs)
+
+    def check_inputs(self, inputs: Mapping[str, Any] | None) -> dict[str, Any]:
+        return {**self.defaults, **self.spec.check(inputs)}
+
+    def compile(self, **inputs: Any) -> TaskGraph:
+        """The `TaskGraph` for these input values (or, with none, for any values).
+
+        With no inputs, a body whose shape depends on an input raises `GraphBuildError`
+        (code `"shape-dependent"`).
+        """
+        if not inputs:
+            return self._trace(None)
+        unknown = sorted(set(inputs) - set(self.inputs))
+        if unknown:
+            raise ConfigError(
+                f"unknown inputs {unknown} for graphify {self.name!r}; it takes {list(self.inputs)}"
+            )
+        return self._trace({**self.defaults, **inputs})
+
+    def _trace(self, values: Mapping[str, Any] | None) -> TaskGraph:
+        return trace(
+            self.fn, name=self.name, inputs=self.inputs, outputs=self.outputs, values=values
+        )
+
+    def plan_for(self, inputs: Mapping[str, Any]) -> Plan:
+        """The lowered graph for a run: cached when the shape does not depend on the inputs."""
+        cache = self._cache
+        shape = cache.get("shape")
+        if shape == "static":
+            plan: Plan = cache["plan"]
+            return plan
+        if shape is None:
+            try:
+                graph = self._trace(None)
+            except GraphBuildError as exc:
+                if exc.code != "shape-dependent":
+                    raise
+                cache["shape"] = "dynamic"
+            else:
+                plan = lower(graph)
+                cache.update(shape="static", plan=plan)
+                return plan
+        return lower(self._trace(inputs))
+
+    async def run_body(self, run: RunState, inputs: dict[str, Any], frame: Frame) -> Any:
+        return await run_plan(run, self.plan_for(inputs), inputs, frame)
+
+    def tools(self) -> tuple[Tool, ...]:
+        return ()
+
+
+@overload
+def graphify(fn: Callable[..., Any], /) -> Graphify: ...
+@overload
+def graphify(
+    fn: None = None,
+    /,
+    *,
+    name: str | None = None,
+    inputs: Sequence[str] | None = None,
+    outputs: Sequence[str] | None = None,
+    max_concurrency: float | None = None,
+) -> Callable[[Callable[..., Any]], Graphify]: ...
+def graphify(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    inputs: Sequence[str] | None = None,
+    outputs: Sequence[str] | None = None,
+    max_concurrency: float | None = None,
+) -> Graphify | Callable[[Callable[..., Any]], Graphify]:
+    """Declare a plain function as a static graph, traced into a `TaskGraph`.
+
+    Inside the body, tool calls return refs (`ref.out` is an output); `inputs` names the
+    graph's inputs (default: the function's parameters) and `outputs` what it returns.
+    """
+    out_names = ("result",) if outputs is None else check_names(outputs, "outputs")
+    in_names = None if inputs is None else check_names(inputs, "inputs")
+    cap = None if max_concurrency is None else check_max_concurrency(max_concurrency)
+    if name is not None and (not isinstance(name, str) or not name):
+        raise ConfigError(f"name must be a non-empty string, got {name!r}")
+
+    def decorate(fn: Callable[..., Any]) -> Graphify:
+        check_function(fn, "@trioflow.graphify")
+        if inspect.iscoroutinefunction(fn):
+            raise ConfigTypeError(
+                f"@trioflow.graphify traces a plain def, got the async def {fn!r}; "
+                "use @trioflow.graph_fn for async code"
+            )
+        params = list(inspect.signature(fn).parameters)
+        declared = tuple(params) if in_names is None else in_names
+        if set(declared) != set(params):
+            raise ConfigError(
+                f"@trioflow.graphify(inputs={list(declared)}) does not match the parameters "
+                f"{params} of {fn.__name__}; name every parameter once"
+            )
+        return Graphify(
+            fn=fn, name=name or fn.__name__, inputs=declared, outputs=out_names, max_concurrency=cap
+        )
+
+    return decorate if fn is None else decorate(fn)

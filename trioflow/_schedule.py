@@ -1,0 +1,400 @@
+"""Lowering a TaskGraph into one nursery.
+
+The graph is lowered once into index arrays (`Plan`): dependents lists and in-degree counters,
+so a completion costs O(its out-degree), never a scan. A run of a plan is a small pool of
+workers, at most `max_concurrency`, spawned only when ready work outnumbers idle workers; each
+pops the next ready node (lowest index first: insertion order, which is topological; or a
+random ready node when the run has an `rng`). Live tasks stay O(max_concurrency), not O(nodes).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import trio
+
+from ._context import Frame
+from ._errors import ConfigError, DependencyFailed
+from ._execute import RunState, _fail, execute_node
+from ._graph import InputRef, NodeSpec, OutputRef, TaskGraph, resolve
+from ._records import ErrorInfo, NodeState
+from ._slots import Slot
+from ._tool import Tool, ToolCall
+
+__all__ = ["CompiledGraph", "Plan", "lower", "run_plan"]
+
+_TOOL, _MAP, _GRAPH = 0, 1, 2
+_KINDS = {"tool": _TOOL, "map": _MAP, "graph": _GRAPH}
+_PENDING = NodeState.PENDING
+_SKIPPED = NodeState.SKIPPED
+
+# How a node gets one argument: a constant, one output of one dependency, or a tree to resolve.
+ArgPlan = tuple[dict[str, Any], tuple[tuple[str, int, str], ...], tuple[tuple[str, Any], ...]]
+
+
+@attrs.frozen(eq=False)
+class Plan:
+    """A TaskGraph lowered to index arrays, once per graph."""
+
+    graph: TaskGraph
+    ids: list[str]
+    names: list[str]
+    kinds: list[int]
+    targets: list[Any]
+    args: list[ArgPlan]
+    dependents: list[list[int]]
+    indegree: list[int]
+    index: dict[str, int]
+
+    def tools(self) -> list[Tool]:
+        return [t for t in self.targets if isinstance(t, Tool)]
+
+
+def _arg_plan(node: NodeSpec, index: Mapping[str, int]) -> ArgPlan:
+    consts: dict[str, Any] = {}
+    direct: list[tuple[str, int, str]] = []
+    trees: list[tuple[str, Any]] = []
+    for name, value in node.args.items():
+        if isinstance(value, OutputRef) and not value.path:
+            direct.append((name, index[value.node], value.output))
+        elif isinstance(value, InputRef | OutputRef | list | tuple | dict):
+            trees.append((name, value))
+        else:
+            consts[name] = value
+    return consts, tuple(direct), tuple(trees)
+
+
+def lower(graph: TaskGraph) -> Plan:
+    """Index arrays for a graph: ids, targets, argument plans, dependents, in-degrees."""
+    nodes = list(graph.nodes.values())
+    index = {node.id: i for i, node in enumerate(nodes)}
+    dependents: list[list[int]] = [[] for _ in nodes]
+    indegree = [0] * len(nodes)
+    for i, node in enumerate(nodes):
+        indegree[i] = len(node.deps)
+        for dep in node.deps:
+            dependents[index[dep]].append(i)
+    return Plan(
+        graph=graph,
+        ids=[node.id for node in nodes],
+        names=[node.tool for node in nodes],
+        kinds=[_KINDS[node.kind] for node in nodes],
+        targets=[graph.callable_for(node) for node in nodes],
+        args=[_arg_plan(node, index) for node in nodes],
+        dependents=dependents,
+        indegree=indegree,
+        index=index,
+    )
+
+
+class _Missing(Exception):
+    """An output ref whose node did not produce a value."""
+
+
+@attrs.define(eq=False)
+class _PlanRun:
+    """The mutable state of one run of a plan."""
+
+    run: RunState
+    plan: Plan
+    inputs: Mapping[str, Any]
+    graph_id: str
+    prefix: str
+    base: int
+    cap: float
+    results: list[dict[str, Any] | None]
+    indegree: list[int]
+    ready: list[int]
+    remaining: int
+    lot: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot)
+    idle: int = 0
+    workers: int = 0
+    failures: list[Exception] = attrs.field(factory=list)
+    failed: list[int] = attrs.field(factory=list)
+    skipped: set[int] = attrs.field(factory=set)
+    nursery: trio.Nursery | None = None
+
+    # -- the ready queue -------------------------------------------------------------------
+
+    def pop_ready(self) -> int:
+        ready = self.ready
+        if not ready:
+            return -1
+        rng = self.run.rng
+        if rng is None:
+            return heapq.heappop(ready)
+        k = rng.randrange(len(ready))
+        ready[k], ready[-1] = ready[-1], ready[k]
+        return ready.pop()
+
+    def push_ready(self, i: int) -> None:
+        if self.run.rng is None:
+            heapq.heappush(self.ready, i)
+        else:
+            self.ready.append(i)
+
+    def wake(self, count: int) -> None:
+        """Make sure `count` more ready nodes have a worker: unpark idle ones, spawn the rest."""
+        if self.idle and count:
+            woken = len(self.lot.unpark(count=min(count, self.idle)))
+            self.idle -= woken
+            count -= woken
+        spawn = min(count, self.cap - self.workers)
+        if spawn > 0:
+            assert self.nursery is not None
+            for _ in range(int(spawn)):
+                self.workers += 1
+                self.nursery.start_soon(self.worker)
+
+    # -- workers ---------------------------------------------------------------------------
+
+    async def worker(self) -> None:
+        slot = Slot()
+        run = self.run
+        limiters = run.limiters_for(())
+        try:
+            while True:
+                i = self.pop_ready()
+                if i < 0:
+                    if self.remaining <= 0:
+                        return
+                    slot.give_back()  # an idle worker holds no capacity
+                    self.idle += 1
+                    await self.lot.park()
+                    continue
+                if not slot.held and not slot.take_nowait(limiters):
+                    await slot.take(limiters)
+                await self.run_node(i, slot)
+                # One scheduling round per node, like a channel receive: keeps the loop fair
+                # and cancellable even when tool bodies never await anything.
+                await trio.lowlevel.checkpoint()
+        finally:
+            slot.give_back()
+
+    def args_for(self, i: int) -> dict[str, Any]:
+        consts, direct, trees = self.plan.args[i]
+        results = self.results
+        kwargs = dict(consts)
+        for name, dep, output in direct:
+            kwargs[name] = results[dep][output]  # type: ignore[index]
+        for name, tree in trees:
+            kwargs[name] = resolve(tree, self.lookup)
+        return kwargs
+
+    def lookup(self, ref: InputRef | OutputRef) -> Any:
+        if isinstance(ref, InputRef):
+            return self.inputs[ref.name]
+        produced = self.results[self.plan.index[ref.node]]
+        if produced is None:
+            raise _Missing(ref.node)
+        return produced[ref.output]
+
+    async def run_node(self, i: int, slot: Slot) -> None:
+        plan = self.plan
+        run = self.run
+        idx = self.base + i
+        node_id = self.prefix + plan.ids[i] if self.prefix else plan.ids[i]
+        target = plan.targets[i]
+        try:
+            try:
+                kwargs = self.args_for(i)
+            except Exception as exc:
+                raise _fail(run, idx, node_id, plan.names[i], exc) from exc
+            kind = plan.kinds[i]
+            if kind == _TOOL:
+                if target.limits:
+                    outputs = await self.run_limited(target, kwargs, idx, node_id, slot)
+                else:
+                    outputs = await execute_node(
+                        run, idx, target, kwargs, self.graph_id, node_id, slot
+                    )
+            elif kind == _MAP:
+                outputs = await self.run_map(i, target, kwargs, node_id, slot)
+            else:
+                outputs = await run.run_composite(
+                    idx,
+                    node_id,
+                    slot,
+                    lambda frame: target.run_body(run, target.check_inputs(kwargs), frame),
+                )
+        except Exception as exc:
+            self.on_failure(i, exc)
+            return
+        self.results[i] = outputs
+        self.remaining -= 1
+        pushed = 0
+        indegree = self.indegree
+        for d in plan.dependents[i]:
+            indegree[d] -= 1
+            if indegree[d] == 0:
+                self.push_ready(d)
+                pushed += 1
+        if pushed > 1:
+            self.wake(pushed - 1)  # this worker takes one of them itself
+        if self.remaining <= 0:
+            self.finish()
+
+    def finish(self) -> None:
+        """Every node is accounted for: let idle workers see it and exit."""
+        self.idle = 0
+        self.lot.unpark_all()
+
+    async def run_limited(
+        self, tool: Tool, kwargs: dict[str, Any], idx: int, node_id: str, slot: Slot
+    ) -> dict[str, Any]:
+        resources = Slot()
+        await resources.take(self.run.limiters_for(tool.limits)[len(slot.held) :])
+        try:
+            return await execute_node(self.run, idx, tool, kwargs, self.graph_id, node_id, slot)
+        finally:
+            resources.give_back()
+
+    async def run_map(
+        self, i: int, tool: Tool, kwargs: dict[str, Any], node_id: str, slot: Slot
+    ) -> dict[str, Any]:
+        param = self.plan.graph.nodes[self.plan.ids[i]].map_param
+        assert param is not None
+        items = kwargs.pop(param)
+        calls = (ToolCall(tool, {**kwargs, param: item}) for item in items)
+        return await self.run.run_map(tool, calls, self.base + i, node_id, slot)
+
+    # -- failures --------------------------------------------------------------------------
+
+    def on_failure(self, i: int, exc: Exception) -> None:
+        self.failures.append(exc)
+        self.failed.append(i)
+        self.remaining -= 1
+        if self.run.policy == "fail_fast":
+            assert self.nursery is not None
+            self.nursery.cancel_scope.cancel(reason=f"node {self.plan.ids[i]!r} failed")
+        else:
+            self.remaining -= self.skip_descendants(i)
+            if self.remaining <= 0:
+                self.finish()
+
+    def skip_descendants(self, i: int) -> int:
+        """Mark every not-yet-started descendant of failed node `i` SKIPPED; count them."""
+        ledger = self.run.ledger
+        plan = self.plan
+        cause = ErrorInfo(
+            type="DependencyFailed",
+            message=f"skipped: dependency {self.prefix + plan.ids[i]!r} failed",
+        )
+        count = 0
+        stack = [i]
+        while stack:
+            for d in plan.dependents[stack.pop()]:
+                idx = self.base + d
+                if d in self.skipped or ledger.states[idx] is not _PENDING:
+                    continue
+                self.skipped.add(d)
+                ledger.states[idx] = _SKIPPED
+                ledger.errors[idx] = cause
+                count += 1
+                stack.append(d)
+        return count
+
+    def outputs(self, *, partial: bool) -> dict[str, Any]:
+        """The graph's output values; with `partial`, only those that could be computed."""
+        values: dict[str, Any] = {}
+        missing: list[str] = []
+        for name, tree in self.plan.graph.outputs.items():
+            try:
+                values[name] = resolve(tree, self.lookup)
+            except _Missing:
+                missing.append(name)
+        if missing and not partial:
+            raise DependencyFailed(
+                f"graph {self.plan.graph.name!r} cannot produce outputs {missing}: the nodes "
+                "producing them failed or were skipped",
+                missing=missing,
+            )
+        return values
+
+
+async def run_plan(
+    run: RunState, plan: Plan, inputs: Mapping[str, Any], frame: Frame
+) -> dict[str, Any]:
+    """Run every node of `plan` in one nursery; return the graph's outputs.
+
+    Under `fail_fast` the first failure cancels running nodes and is raised. Otherwise
+    independent branches finish, descendants of failures are SKIPPED, and the failures are
+    raised (one bare, several as an ExceptionGroup) — except for a top-level `collect` run,
+    which returns the outputs that could be computed.
+    """
+    nested = frame.graph_id != run.graph_id
+    prefix = f"{frame.graph_id}." if nested else ""
+    ledger = run.ledger
+    ids = [prefix + node_id for node_id in plan.ids] if nested else plan.ids
+    base = ledger.add_many(ids, plan.names)
+    run.check_limits(plan.tools())
+    indegree = list(plan.indegree)
+    ready = [i for i, d in enumerate(indegree) if d == 0]  # ascending: already a heap
+    state = _PlanRun(
+        run=run,
+        plan=plan,
+        inputs=inputs,
+        graph_id=frame.graph_id,
+        prefix=prefix,
+        base=base,
+        cap=run.limiter.total_tokens,
+        results=[None] * len(ids),
+        indegree=indegree,
+        ready=ready,
+        remaining=len(ids),
+    )
+    async with trio.open_nursery() as nursery:
+        state.nursery = nursery
+        state.wake(len(ready))
+    if state.failures and run.policy == "fail_fast":
+        for i in state.failed:
+            state.skip_descendants(i)
+    if state.failures:
+        top_level_collect = run.policy == "collect" and not nested
+        if top_level_collect:
+            return state.outputs(partial=True)
+        first = state.failures[0]
+        if run.policy == "fail_fast" or len(state.failures) == 1:
+            raise first
+        raise ExceptionGroup(f"{len(state.failures)} nodes failed", state.failures)
+    return state.outputs(partial=False)
+
+
+@attrs.frozen(eq=False)
+class CompiledGraph:
+    """A `TaskGraph` as a run target: `trioflow.run(graph.compile(...), inputs=...)`."""
+
+    graph: TaskGraph
+    plan: Plan = attrs.field(init=False)
+    max_concurrency: float | None = None
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "plan", lower(self.graph))
+
+    @property
+    def name(self) -> str:
+        return self.graph.name
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return tuple(self.graph.outputs)
+
+    def check_inputs(self, inputs: Mapping[str, Any] | None) -> dict[str, Any]:
+        given = dict(inputs or {})
+        unknown = sorted(set(given) - set(self.graph.inputs))
+        missing = sorted(set(self.graph.inputs) - set(given))
+        if unknown or missing:
+            raise ConfigError(
+                f"graph {self.name!r} takes inputs {list(self.graph.inputs)}; "
+                f"unknown {unknown}, missing {missing}"
+            )
+        return given
+
+    async def run_body(self, run: RunState, inputs: dict[str, Any], frame: Frame) -> Any:
+        return await run_plan(run, self.plan, inputs, frame)
+
+    def tools(self) -> list[Tool]:
+        return self.plan.tools()

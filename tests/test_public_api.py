@@ -9,7 +9,8 @@ import trioflow
 
 PUBLIC = {
     "ConfigError", "ConfigTypeError", "ContextError", "DependencyFailed", "ErrorInfo",
-    "GraphBuildError", "GraphFn", "NodeContext", "NodeFailed", "NodeRecord", "NodeState",
+    "GraphBuildError", "GraphFn", "Graphify", "InputRef", "NodeRef", "NodeSpec", "OutputRef",
+    "TaskGraph", "graphify", "NodeContext", "NodeFailed", "NodeRecord", "NodeState",
     "Retry", "RunCancelled", "RunRecord", "RunResult", "Runtime", "ServiceError", "Tool",
     "TrioflowError", "current_context", "current_runtime", "gather", "graph_fn", "map",
     "open_runtime", "run", "run_async", "tool",

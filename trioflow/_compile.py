@@ -16,7 +16,7 @@ from typing import Any
 
 import attrs
 
-from ._errors import ConfigTypeError, GraphBuildError
+from ._errors import GraphBuildError
 from ._graph import InputRef, NodeKind, NodeSpec, OutputRef, TaskGraph, _project
 from ._tool import TRACER, Tool
 
@@ -204,7 +204,7 @@ def trace(
         ) from None
     finally:
         TRACER.reset(token)
-    if len(outputs) == 1 and not (isinstance(result, dict) and set(result) == set(outputs)):
+    if len(outputs) == 1 and not (isinstance(result, dict) and outputs[0] in result):
         result = {outputs[0]: result}
     if not isinstance(result, dict):
         raise GraphBuildError(
@@ -225,8 +225,3 @@ def trace(
         outputs=bindings,
         callables=tracer.callables,
     )
-
-
-def check_traceable(target: object) -> None:
-    if not (hasattr(target, "spec") and hasattr(target, "outputs")):
-        raise ConfigTypeError(f"cannot call {target!r} inside a graphify body")

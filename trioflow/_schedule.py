@@ -353,10 +353,14 @@ async def run_plan(
         for i in state.failed:
             state.skip_descendants(i)
     if state.failures:
-        top_level_collect = run.policy == "collect" and not nested
-        if top_level_collect:
-            return state.outputs(partial=True)
         first = state.failures[0]
+        if run.policy == "collect":
+            if not nested:
+                return state.outputs(partial=True)
+            try:  # a nested graph under collect fails only if an output is missing
+                return state.outputs(partial=False)
+            except DependencyFailed as exc:
+                raise exc from first
         if run.policy == "fail_fast" or len(state.failures) == 1:
             raise first
         raise ExceptionGroup(f"{len(state.failures)} nodes failed", state.failures)

@@ -1,0 +1,84 @@
+"""Hypothesis strategies for graphs and schedules: DAGs, durations, failure masks, caps, rngs.
+
+Every strategy shrinks toward the smallest, simplest case (fewer nodes, fewer edges, zero
+durations, no failures, a cap of 1), so a falsified property reports a tiny counterexample.
+"""
+
+from __future__ import annotations
+
+import math
+
+from hypothesis import strategies as st
+
+from ._dags import Dag, DagGraph
+
+__all__ = ["caps", "dag_graphs", "dags", "durations", "failure_masks", "schedule_rngs"]
+
+
+@st.composite
+def dags(
+    draw: st.DrawFn,
+    *,
+    min_nodes: int = 1,
+    max_nodes: int = 10,
+    max_deps: int = 3,
+    max_width: int | None = None,
+    max_depth: int | None = None,
+) -> Dag:
+    """Random acyclic graphs: node `i` depends on up to `max_deps` distinct nodes below `i`."""
+    if not 0 <= min_nodes <= max_nodes:
+        raise ValueError(f"need 0 <= min_nodes <= max_nodes, got {min_nodes}, {max_nodes}")
+    n = draw(st.integers(min_nodes, max_nodes))
+    deps: list[tuple[int, ...]] = []
+    for i in range(n):
+        k = draw(st.integers(0, min(max_deps, i)))
+        if k == 0:
+            deps.append(())
+            continue
+        chosen = draw(st.lists(st.integers(0, i - 1), min_size=k, max_size=k, unique=True))
+        deps.append(tuple(sorted(chosen)))
+    dag = Dag(tuple(deps))
+    if max_width is not None and dag.width() > max_width:
+        draw(st.nothing())  # reject: Hypothesis tries again
+    if max_depth is not None and dag.depth() > max_depth:
+        draw(st.nothing())
+    return dag
+
+
+def durations(dag: Dag, *, max_seconds: int = 5) -> st.SearchStrategy[tuple[int, ...]]:
+    """Whole virtual seconds per node (integers, so makespans compare exactly)."""
+    return st.tuples(*[st.integers(0, max_seconds) for _ in range(dag.size)])
+
+
+def failure_masks(dag: Dag) -> st.SearchStrategy[tuple[bool, ...]]:
+    """Which nodes fail; shrinks toward no failures."""
+    return st.tuples(*[st.booleans() for _ in range(dag.size)])
+
+
+def caps(max_cap: int = 4, *, unlimited: bool = True) -> st.SearchStrategy[float]:
+    """A concurrency cap: 1..max_cap, or `math.inf`."""
+    finite = st.integers(1, max_cap)
+    return st.one_of(finite, st.just(math.inf)) if unlimited else finite
+
+
+def schedule_rngs() -> st.SearchStrategy[object]:
+    """A `random.Random` for the scheduler's tie-breaks, so examples explore interleavings
+    (importing Hypothesis makes Trio's own scheduling deterministic)."""
+    return st.randoms(use_true_random=False)
+
+
+@st.composite
+def dag_graphs(
+    draw: st.DrawFn,
+    *,
+    min_nodes: int = 1,
+    max_nodes: int = 10,
+    max_deps: int = 3,
+    max_seconds: int = 5,
+    failures: bool = True,
+) -> DagGraph:
+    """A runnable `@graphify` graph over a drawn DAG, with drawn durations and failures."""
+    dag = draw(dags(min_nodes=min_nodes, max_nodes=max_nodes, max_deps=max_deps))
+    times = draw(durations(dag, max_seconds=max_seconds))
+    mask = draw(failure_masks(dag)) if failures else (False,) * dag.size
+    return DagGraph(dag, times, mask)

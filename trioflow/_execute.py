@@ -23,7 +23,14 @@ from ._records import NodeState
 from ._slots import Limiters, Slot
 from ._tool import Tool, ToolCall
 
-__all__ = ["ErrorPolicy", "GraphCall", "GraphTarget", "RunState", "execute_node"]
+__all__ = [
+    "ErrorPolicy",
+    "GraphCall",
+    "GraphTarget",
+    "RunState",
+    "execute_node",
+    "fail_node",
+]
 
 ErrorPolicy = Literal["fail_fast", "skip_dependents", "collect"]
 
@@ -124,11 +131,11 @@ class RunState:
             except BaseException:
                 self.ledger.states[idx] = _CANCELLED
                 raise
+            token = FRAME.set(Frame(self, parent.graph_id, node_id, 1, slot))
             try:
-                return await execute_node(
-                    self, idx, tool, call.inputs, parent.graph_id, node_id, slot
-                )
+                return await execute_node(self, idx, tool, call.inputs)
             finally:
+                FRAME.reset(token)
                 slot.give_back()
         finally:
             if lent:
@@ -160,10 +167,9 @@ class RunState:
                             nursery.cancel_scope.cancel(reason="a sibling node failed")
 
                 async def run_node(i: int, call: ToolCall, idx: int, slot: Slot) -> None:
+                    FRAME.set(Frame(self, graph_id, ledger.ids[idx], 1, slot))  # this task's
                     try:
-                        results[i] = await execute_node(
-                            self, idx, call.tool, call.inputs, graph_id, ledger.ids[idx], slot
-                        )
+                        results[i] = await execute_node(self, idx, call.tool, call.inputs)
                     except Exception as exc:
                         failures.append(exc)
                         if fail_fast:
@@ -310,39 +316,30 @@ async def _invoke(tool: Tool, inputs: Mapping[str, Any], frame: Frame) -> Any:
 
 
 async def execute_node(
-    run: RunState,
-    idx: int,
-    tool: Tool,
-    inputs: Mapping[str, Any],
-    graph_id: str,
-    node_id: str,
-    slot: Slot | None,
+    run: RunState, idx: int, tool: Tool, inputs: Mapping[str, Any]
 ) -> dict[str, Any]:
     """Run one node to completion: attempts, timeout, retry, outputs contract, record.
 
-    A failure raises `NodeFailed` from the original exception. Cancellation marks the node
-    `CANCELLED` and propagates untouched.
+    The caller has set `FRAME` to this node's frame. A failure raises `NodeFailed` from the
+    original exception. Cancellation marks the node `CANCELLED` and propagates untouched.
     """
+    frame = FRAME.get()
+    assert frame is not None
+    node_id = frame.node_id
     ledger = run.ledger
     now = run.now
     ledger.states[idx] = _RUNNING
     ledger.started[idx] = now()
     retry = tool.retry
     timeout = tool.timeout
-    is_async = tool.is_async
-    context_param = tool.context_param
-    frame = Frame(run, graph_id, node_id, 1, slot)
-    token = FRAME.set(frame)
+    plain = tool.is_async and tool.context_param is None
     try:
-        attempt = 1
+        attempt = frame.attempt = 1
         while True:
             ledger.attempts[idx] = attempt
             try:
                 if timeout is None:
-                    if is_async and context_param is None:
-                        result = await tool.fn(**inputs)
-                    else:
-                        result = await _invoke(tool, inputs, frame)
+                    result = await (tool.fn(**inputs) if plain else _invoke(tool, inputs, frame))
                 else:
                     with trio.fail_after(timeout):
                         result = await _invoke(tool, inputs, frame)
@@ -355,14 +352,13 @@ async def execute_node(
                     delay = retry.delay(attempt)
                     if delay > 0:
                         await trio.sleep(delay)
-                    attempt += 1
-                    frame.attempt = attempt
+                    attempt = frame.attempt = attempt + 1
                     continue
-                raise _fail(run, idx, node_id, tool.name, exc) from exc
+                raise fail_node(run, idx, node_id, tool.name, exc) from exc
             try:
                 outputs = tool.normalize(result)
             except Exception as exc:
-                raise _fail(run, idx, node_id, tool.name, exc) from exc
+                raise fail_node(run, idx, node_id, tool.name, exc) from exc
             ledger.states[idx] = _DONE
             ledger.finished[idx] = now()
             return outputs
@@ -371,11 +367,10 @@ async def execute_node(
             ledger.states[idx] = _CANCELLED
             ledger.finished[idx] = now()
         raise
-    finally:
-        FRAME.reset(token)
 
 
-def _fail(run: RunState, idx: int, node_id: str, tool: str, exc: Exception) -> NodeFailed:
+def fail_node(run: RunState, idx: int, node_id: str, tool: str, exc: Exception) -> NodeFailed:
+    """Record a node's failure; returns the `NodeFailed` to raise from `exc`."""
     ledger = run.ledger
     ledger.states[idx] = _FAILED
     ledger.finished[idx] = run.now()

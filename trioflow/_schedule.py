@@ -16,9 +16,9 @@ from typing import Any
 import attrs
 import trio
 
-from ._context import Frame
-from ._errors import ConfigError, DependencyFailed
-from ._execute import RunState, _fail, execute_node
+from ._context import FRAME, Frame
+from ._errors import ConfigError, DependencyFailed, NodeFailed
+from ._execute import RunState, execute_node, fail_node
 from ._graph import InputRef, NodeSpec, OutputRef, TaskGraph, resolve
 from ._records import ErrorInfo, NodeState
 from ._slots import Slot
@@ -30,9 +30,15 @@ _TOOL, _MAP, _GRAPH = 0, 1, 2
 _KINDS = {"tool": _TOOL, "map": _MAP, "graph": _GRAPH}
 _PENDING = NodeState.PENDING
 _SKIPPED = NodeState.SKIPPED
+_RUNNING = NodeState.RUNNING
+_DONE = NodeState.DONE
+_CANCELLED = NodeState.CANCELLED
 
-# How a node gets one argument: a constant, one output of one dependency, or a tree to resolve.
-ArgPlan = tuple[dict[str, Any], tuple[tuple[str, int, str], ...], tuple[tuple[str, Any], ...]]
+# How a node gets its arguments: constants; one output of one dependency; a list of such
+# outputs (fan-in); or, for anything else, a tree of refs to resolve.
+Direct = tuple[str, int, str]
+Gather = tuple[str, tuple[tuple[int, str], ...]]
+ArgPlan = tuple[dict[str, Any], tuple[Direct, ...], tuple[Gather, ...], tuple[tuple[str, Any], ...]]
 
 
 @attrs.frozen(eq=False)
@@ -48,23 +54,43 @@ class Plan:
     dependents: list[list[int]]
     indegree: list[int]
     index: dict[str, int]
+    # True for plain async tools (no timeout, retry, limits or context): the inline fast path.
+    fast: list[bool]
 
     def tools(self) -> list[Tool]:
         return [t for t in self.targets if isinstance(t, Tool)]
 
 
+def _plain_ref(value: Any) -> bool:
+    return isinstance(value, OutputRef) and not value.path
+
+
 def _arg_plan(node: NodeSpec, index: Mapping[str, int]) -> ArgPlan:
     consts: dict[str, Any] = {}
-    direct: list[tuple[str, int, str]] = []
+    direct: list[Direct] = []
+    gathers: list[Gather] = []
     trees: list[tuple[str, Any]] = []
     for name, value in node.args.items():
-        if isinstance(value, OutputRef) and not value.path:
+        if _plain_ref(value):
             direct.append((name, index[value.node], value.output))
+        elif type(value) is list and value and all(_plain_ref(v) for v in value):
+            gathers.append((name, tuple((index[v.node], v.output) for v in value)))
         elif isinstance(value, InputRef | OutputRef | list | tuple | dict):
             trees.append((name, value))
         else:
             consts[name] = value
-    return consts, tuple(direct), tuple(trees)
+    return consts, tuple(direct), tuple(gathers), tuple(trees)
+
+
+def _is_fast(target: Any, kind: int) -> bool:
+    return (
+        kind == _TOOL
+        and target.is_async
+        and target.context_param is None
+        and target.timeout is None
+        and target.retry is None
+        and not target.limits
+    )
 
 
 def lower(graph: TaskGraph) -> Plan:
@@ -77,16 +103,19 @@ def lower(graph: TaskGraph) -> Plan:
         indegree[i] = len(node.deps)
         for dep in node.deps:
             dependents[index[dep]].append(i)
+    kinds = [_KINDS[node.kind] for node in nodes]
+    targets = [graph.callable_for(node) for node in nodes]
     return Plan(
         graph=graph,
         ids=[node.id for node in nodes],
         names=[node.tool for node in nodes],
-        kinds=[_KINDS[node.kind] for node in nodes],
-        targets=[graph.callable_for(node) for node in nodes],
+        kinds=kinds,
+        targets=targets,
         args=[_arg_plan(node, index) for node in nodes],
         dependents=dependents,
         indegree=indegree,
         index=index,
+        fast=[_is_fast(t, k) for t, k in zip(targets, kinds, strict=True)],
     )
 
 
@@ -103,6 +132,7 @@ class _PlanRun:
     inputs: Mapping[str, Any]
     graph_id: str
     prefix: str
+    node_ids: list[str]
     base: int
     cap: float
     results: list[dict[str, Any] | None]
@@ -152,34 +182,79 @@ class _PlanRun:
     # -- workers ---------------------------------------------------------------------------
 
     async def worker(self) -> None:
-        slot = Slot()
         run = self.run
+        plan = self.plan
+        slot = Slot()
         limiters = run.limiters_for(())
+        # One frame per worker, re-pointed at each node it runs (a worker runs one at a time).
+        frame = Frame(run, self.graph_id, "", 1, slot)
+        FRAME.set(frame)  # this task's context only
+        ready, rng, fast, targets = self.ready, run.rng, plan.fast, plan.targets
+        ledger = run.ledger
+        states, started, finished, attempts = (
+            ledger.states,
+            ledger.started,
+            ledger.finished,
+            ledger.attempts,
+        )
+        now, base, node_ids, checkpoint = (
+            run.now,
+            self.base,
+            self.node_ids,
+            trio.lowlevel.checkpoint,
+        )
         try:
             while True:
-                i = self.pop_ready()
-                if i < 0:
+                if not ready:
                     if self.remaining <= 0:
                         return
                     slot.give_back()  # an idle worker holds no capacity
                     self.idle += 1
                     await self.lot.park()
                     continue
+                i = heapq.heappop(ready) if rng is None else self.pop_ready()
                 if not slot.held and not slot.take_nowait(limiters):
                     await slot.take(limiters)
-                await self.run_node(i, slot)
+                frame.node_id = node_ids[i]
+                frame.attempt = 1
+                if fast[i]:
+                    # The hot path, inlined: execute_node minus timeout, retry and threads.
+                    idx = base + i
+                    try:
+                        kwargs = self.args_for(i)
+                        states[idx] = _RUNNING
+                        started[idx] = now()
+                        attempts[idx] = 1
+                        target = targets[i]
+                        outputs = target.normalize(await target.fn(**kwargs))
+                    except Exception as exc:
+                        error = fail_node(run, idx, node_ids[i], plan.names[i], exc)
+                        error.__cause__ = exc
+                        self.on_failure(i, error)
+                    except BaseException:
+                        states[idx] = _CANCELLED
+                        finished[idx] = now()
+                        raise
+                    else:
+                        states[idx] = _DONE
+                        finished[idx] = now()
+                        self.complete(i, outputs)
+                else:
+                    await self.run_node(i, slot)
                 # One scheduling round per node, like a channel receive: keeps the loop fair
                 # and cancellable even when tool bodies never await anything.
-                await trio.lowlevel.checkpoint()
+                await checkpoint()
         finally:
             slot.give_back()
 
     def args_for(self, i: int) -> dict[str, Any]:
-        consts, direct, trees = self.plan.args[i]
+        consts, direct, gathers, trees = self.plan.args[i]
         results = self.results
-        kwargs = dict(consts)
+        kwargs = dict(consts) if consts else {}
         for name, dep, output in direct:
             kwargs[name] = results[dep][output]  # type: ignore[index]
+        for name, pairs in gathers:
+            kwargs[name] = [results[dep][output] for dep, output in pairs]  # type: ignore[index]
         for name, tree in trees:
             kwargs[name] = resolve(tree, self.lookup)
         return kwargs
@@ -193,24 +268,23 @@ class _PlanRun:
         return produced[ref.output]
 
     async def run_node(self, i: int, slot: Slot) -> None:
+        """The general path: timeouts, retries, sync tools, limits, maps and subgraphs."""
         plan = self.plan
         run = self.run
         idx = self.base + i
-        node_id = self.prefix + plan.ids[i] if self.prefix else plan.ids[i]
+        node_id = self.node_ids[i]
         target = plan.targets[i]
         try:
             try:
                 kwargs = self.args_for(i)
             except Exception as exc:
-                raise _fail(run, idx, node_id, plan.names[i], exc) from exc
+                raise fail_node(run, idx, node_id, plan.names[i], exc) from exc
             kind = plan.kinds[i]
             if kind == _TOOL:
                 if target.limits:
-                    outputs = await self.run_limited(target, kwargs, idx, node_id, slot)
+                    outputs = await self.run_limited(target, kwargs, idx, slot)
                 else:
-                    outputs = await execute_node(
-                        run, idx, target, kwargs, self.graph_id, node_id, slot
-                    )
+                    outputs = await execute_node(run, idx, target, kwargs)
             elif kind == _MAP:
                 outputs = await self.run_map(i, target, kwargs, node_id, slot)
             else:
@@ -223,11 +297,15 @@ class _PlanRun:
         except Exception as exc:
             self.on_failure(i, exc)
             return
+        self.complete(i, outputs)
+
+    def complete(self, i: int, outputs: dict[str, Any]) -> None:
+        """Node `i` is done: store its outputs, release its dependents, wake workers."""
         self.results[i] = outputs
         self.remaining -= 1
         pushed = 0
         indegree = self.indegree
-        for d in plan.dependents[i]:
+        for d in self.plan.dependents[i]:
             indegree[d] -= 1
             if indegree[d] == 0:
                 self.push_ready(d)
@@ -243,12 +321,12 @@ class _PlanRun:
         self.lot.unpark_all()
 
     async def run_limited(
-        self, tool: Tool, kwargs: dict[str, Any], idx: int, node_id: str, slot: Slot
+        self, tool: Tool, kwargs: dict[str, Any], idx: int, slot: Slot
     ) -> dict[str, Any]:
         resources = Slot()
         await resources.take(self.run.limiters_for(tool.limits)[len(slot.held) :])
         try:
-            return await execute_node(self.run, idx, tool, kwargs, self.graph_id, node_id, slot)
+            return await execute_node(self.run, idx, tool, kwargs)
         finally:
             resources.give_back()
 
@@ -263,7 +341,7 @@ class _PlanRun:
 
     # -- failures --------------------------------------------------------------------------
 
-    def on_failure(self, i: int, exc: Exception) -> None:
+    def on_failure(self, i: int, exc: Exception | NodeFailed) -> None:
         self.failures.append(exc)
         self.failed.append(i)
         self.remaining -= 1
@@ -339,6 +417,7 @@ async def run_plan(
         inputs=inputs,
         graph_id=frame.graph_id,
         prefix=prefix,
+        node_ids=ids,
         base=base,
         cap=run.limiter.total_tokens,
         results=[None] * len(ids),

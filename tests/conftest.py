@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
+import pytest
 import trio
 from hypothesis import HealthCheck, settings
 
@@ -32,3 +34,17 @@ def live_tasks() -> int:
         for nursery in task.child_nurseries:
             stack.extend(nursery.child_tasks)
     return count
+
+
+@pytest.fixture(autouse=True)
+def _isolated_service_registry() -> Iterator[None]:
+    """Each test starts with an empty process-wide service registry and leaves none behind."""
+    from trioflow import _services
+
+    saved = dict(_services._registry)
+    _services._registry.clear()
+    try:
+        yield
+    finally:
+        _services._registry.clear()
+        _services._registry.update(saved)

@@ -14,8 +14,7 @@ import trio
 import trio.testing
 from conftest import live_tasks
 from helpers import Probe
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 import trioflow
 

@@ -13,7 +13,9 @@ PUBLIC = {
     "TaskGraph", "graphify", "NodeContext", "NodeFailed", "NodeRecord", "NodeState",
     "Retry", "RunCancelled", "RunRecord", "RunResult", "Runtime", "ServiceError", "Tool",
     "TrioflowError", "current_context", "current_runtime", "gather", "graph_fn", "map",
-    "open_runtime", "run", "run_async", "tool",
+    "open_runtime", "run", "run_async", "tool", "ChannelMessage", "MemoryEvent", "Service",
+    "ServiceHandle", "ServiceState", "ServiceTask", "critical", "register_context_service",
+    "service_task", "unregister_context_service",
 }  # fmt: skip
 
 

@@ -72,14 +72,16 @@ def check_max_concurrency(value: object, argument: str = "max_concurrency") -> f
     return value if value == math.inf else int(value)
 
 
-def check_function(fn: object, decorator: str) -> None:
+def check_function(fn: object, decorator: str, *, allow_async_generators: bool = False) -> None:
     """Refuse anything that is not a plain function (or an async function)."""
     if not (inspect.isfunction(fn) or inspect.ismethod(fn) or isinstance(fn, functools.partial)):
         raise ConfigTypeError(
             f"{decorator} must decorate a function, got {fn!r}; "
             f"write {decorator}(...) above a def or async def"
         )
-    if inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
+    if inspect.isgeneratorfunction(fn) or (
+        inspect.isasyncgenfunction(fn) and not allow_async_generators
+    ):
         raise ConfigTypeError(f"{decorator} cannot decorate a generator function: {fn!r}")
 
 

@@ -25,9 +25,11 @@ _log = logging.getLogger("trioflow.node")
 
 
 class ServiceAccess(Protocol):
-    """What a context needs from the runtime: look a service (or built-in) up by name."""
+    """What a context needs from the runtime: services by name, and the built-ins."""
 
     def lookup_service(self, name: str) -> Any: ...
+
+    def builtin(self, name: str, context: NodeContext) -> Any: ...
 
 
 class RunLike(Protocol):
@@ -84,18 +86,35 @@ class NodeContext:
             _log, {"run_id": self.run_id, "graph_id": self.graph_id, "node_id": self.node_id}
         )
 
+    def channel(self) -> Any:
+        """Messages out of the run: `await context.channel().send_text("...")`."""
+        return self._runtime_services("channel").builtin("channel", self)
+
+    def memory(self) -> Any:
+        """This run's append-only event log: `await context.memory().record(kind, data)`."""
+        return self._runtime_services("memory").builtin("memory", self)
+
+    def artifacts(self) -> Any:
+        """The content-addressed artifact store: `uri = await context.artifacts().put(b"..")`."""
+        return self._runtime_services("artifacts").builtin("artifacts", self)
+
+    def kv(self) -> Any:
+        """The runtime's key-value store: `await context.kv().set(key, value)`."""
+        return self._runtime_services("kv").builtin("kv", self)
+
+    def _runtime_services(self, name: str) -> ServiceAccess:
+        if self._services is None:
+            from ._errors import ServiceError
+
+            raise ServiceError(
+                f"context.{name}() needs a runtime; this context was made outside any run"
+            )
+        return self._services
+
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
             raise AttributeError(name)
-        from ._errors import ServiceError
-
-        services = self._services
-        if services is None:
-            raise ServiceError(
-                f"no service named {name!r}: this context has no runtime; "
-                "register services with trioflow.register_context_service()"
-            )
-        return services.lookup_service(name)
+        return self._runtime_services(name).lookup_service(name)
 
 
 def context_from_frame(frame: Frame) -> NodeContext:

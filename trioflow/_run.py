@@ -45,8 +45,7 @@ class RuntimeLike(Protocol):
     def global_limiter(self) -> trio.CapacityLimiter | None: ...
     @property
     def resources(self) -> Mapping[str, trio.CapacityLimiter]: ...
-    @property
-    def services(self) -> ServiceAccess | None: ...
+    def services_for(self, run_id: str) -> ServiceAccess: ...
 
 
 @attrs.frozen
@@ -129,7 +128,7 @@ async def execute_run(
         rng=options.rng,
         global_limiter=runtime.global_limiter,
         resources=runtime.resources,
-        services=runtime.services,
+        services=runtime.services_for(options.run_id),
     )
     run.check_limits(graph.tools())
     ledger = run.ledger

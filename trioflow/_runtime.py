@@ -7,36 +7,176 @@ limiter and its per-resource limiters; `run()` outside any runtime opens one for
 from __future__ import annotations
 
 import functools
+import inspect
+import logging
 import math
+import os
 import random
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from contextvars import ContextVar
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import attrs
 import trio
 
+from ._builtins import (
+    ArtifactStore,
+    Channel,
+    ChannelMessage,
+    KeyValueStore,
+    MessageHub,
+    NodeMemory,
+    RunMemory,
+)
 from ._checks import check_max_concurrency
-from ._context import ServiceAccess
-from ._errors import ConfigError, ConfigTypeError
+from ._context import NodeContext
+from ._errors import ConfigError, ConfigTypeError, ServiceError
 from ._records import RunResult
 from ._run import check_run, execute_run
+from ._services import ServiceAccessor, check_service_name, registered_services
 
-__all__ = ["Runtime", "current_runtime", "open_runtime", "run", "run_async"]
+__all__ = [
+    "RunServices",
+    "Runtime",
+    "current_runtime",
+    "open_runtime",
+    "run",
+    "run_async",
+]
 
 _RUNTIME: ContextVar[Runtime | None] = ContextVar("trioflow.runtime", default=None)
 
 
+_CLOSE_TIMEOUT = 30.0
+_log = logging.getLogger("trioflow.runtime")
+
+
+class Stoppable(Protocol):
+    """Something the runtime stops on exit, in reverse order: SERVICE_TASK handles."""
+
+    async def aclose(self) -> None: ...
+
+
+def default_artifacts_dir() -> Path:
+    """`$TRIOFLOW_ARTIFACTS`, else `~/.cache/trioflow/artifacts` (created on first put)."""
+    env = os.environ.get("TRIOFLOW_ARTIFACTS")
+    return Path(env) if env else Path.home() / ".cache" / "trioflow" / "artifacts"
+
+
 @attrs.define(eq=False)
 class Runtime:
-    """Everything runs share: the root nursery, the global limit, resource limits."""
+    """Everything runs share: the root nursery, limits, services and the built-ins."""
 
     max_concurrency: float
     nursery: trio.Nursery
     global_limiter: trio.CapacityLimiter | None
     resources: dict[str, trio.CapacityLimiter]
-    services: ServiceAccess | None = None
+    artifacts_dir: Path = attrs.field(factory=default_artifacts_dir)
+    hub: MessageHub = attrs.field(factory=MessageHub)
+    kv_store: KeyValueStore = attrs.field(factory=KeyValueStore)
+    _local: dict[str, Any] = attrs.field(factory=dict)
+    _started: list[tuple[str, Any]] = attrs.field(factory=list)
+    _stoppables: list[Stoppable] = attrs.field(factory=list)
+    _artifacts: ArtifactStore | None = None
+
+    # -- services ----------------------------------------------------------------------------
+
+    def lookup(self, name: str) -> Any:
+        """The service registered under `name` (this runtime's own first, then the global)."""
+        if name in self._local:
+            return self._local[name]
+        registry = registered_services()
+        if name in registry:
+            return registry[name]
+        known = sorted({*self._local, *registry})
+        raise ServiceError(
+            f"no service named {name!r}; registered: {known or 'none'}; register one with "
+            f"trioflow.register_context_service({name!r}, instance)"
+        )
+
+    async def register(self, name: str, instance: object) -> None:
+        """Register a service for this runtime only, and start it now; closed on exit."""
+        register_check = check_service_name(name)
+        self._local[register_check] = instance
+        await self._start_one(register_check, instance)
+
+    async def _start_one(self, name: str, instance: object) -> None:
+        start = getattr(instance, "start", None)
+        if callable(start) and inspect.iscoroutinefunction(start):
+            try:
+                await start()
+            except Exception as exc:
+                raise ServiceError(f"service {name!r} failed to start: {exc!r}") from exc
+        self._started.append((name, instance))
+
+    async def _start_registered(self) -> None:
+        for name, instance in registered_services().items():
+            await self._start_one(name, instance)
+
+    def track(self, stoppable: Stoppable) -> None:
+        """Stop `stoppable` when the runtime closes (SERVICE_TASKs, in reverse start order)."""
+        self._stoppables.append(stoppable)
+
+    async def _shutdown(self) -> list[BaseException]:
+        """Stop tracked services, then close started services, each in reverse order."""
+        errors: list[BaseException] = []
+        while self._stoppables:
+            await self._stoppables.pop().aclose()
+        while self._started:
+            name, instance = self._started.pop()
+            close = getattr(instance, "close", None)
+            if not (callable(close) and inspect.iscoroutinefunction(close)):
+                continue
+            try:
+                await close()
+            except Exception as exc:
+                _log.error("service %r failed to close: %r", name, exc, exc_info=exc)
+                errors.append(exc)
+        return errors
+
+    # -- built-ins ---------------------------------------------------------------------------
+
+    @property
+    def artifacts(self) -> ArtifactStore:
+        """The content-addressed artifact store (created on first use)."""
+        if self._artifacts is None:
+            self._artifacts = ArtifactStore(self.artifacts_dir)
+        return self._artifacts
+
+    def messages(self) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[ChannelMessage]]:
+        """Subscribe to channel messages: `async with rt.messages() as m: async for msg in m`."""
+        return self.hub.subscribe()
+
+    def services_for(self, run_id: str) -> RunServices:
+        """What the nodes of one run see as `context.<name>()` and the built-ins."""
+        return RunServices(self, run_id)
+
+
+@attrs.define(eq=False)
+class RunServices:
+    """One run's view of the runtime's services; owns the run's memory."""
+
+    runtime: Runtime
+    run_id: str
+    _memory: RunMemory | None = None
+
+    def lookup_service(self, name: str) -> ServiceAccessor:
+        return ServiceAccessor(name, self.runtime.lookup(name))
+
+    def builtin(self, name: str, context: NodeContext) -> Any:
+        if name == "channel":
+            return Channel(self.runtime.hub, self.run_id, context.graph_id, context.node_id)
+        if name == "memory":
+            if self._memory is None:
+                self._memory = RunMemory(self.run_id)
+            return NodeMemory(self._memory, context.node_id)
+        if name == "artifacts":
+            return self.runtime.artifacts
+        if name == "kv":
+            return self.runtime.kv_store
+        raise ServiceError(f"no built-in named {name!r}")  # pragma: no cover
 
 
 def current_runtime() -> Runtime | None:
@@ -59,16 +199,23 @@ def _check_limits(limits: object) -> dict[str, float]:
 
 @asynccontextmanager
 async def open_runtime(
-    *, max_concurrency: float = math.inf, limits: Mapping[str, float] | None = None
+    *,
+    max_concurrency: float = math.inf,
+    limits: Mapping[str, float] | None = None,
+    artifacts_dir: str | os.PathLike[str] | None = None,
 ) -> AsyncIterator[Runtime]:
-    """Open a runtime for the body: runs inside share its limits and its root nursery.
+    """Open a runtime: start the registered services, run the body, then tear down.
 
     `max_concurrency` caps nodes across *all* runs in the runtime; `limits` defines resource
-    limiters that tools name with `@tool(limits=[...])`.
+    limiters that tools name with `@tool(limits=[...])`; `artifacts_dir` is where
+    `context.artifacts()` stores files. Services start in registration order; on exit,
+    SERVICE_TASKs are stopped and then services closed, each in reverse order, even when the
+    body failed or was cancelled.
     """
     cap = check_max_concurrency(max_concurrency)
     resource_caps = _check_limits(limits)
     body_error: BaseException | None = None
+    close_errors: list[BaseException] = []
     async with trio.open_nursery() as root:
         runtime = Runtime(
             max_concurrency=cap,
@@ -76,8 +223,11 @@ async def open_runtime(
             global_limiter=None if cap == math.inf else trio.CapacityLimiter(cap),
             resources={k: trio.CapacityLimiter(v) for k, v in resource_caps.items()},
         )
+        if artifacts_dir is not None:
+            runtime.artifacts_dir = Path(artifacts_dir)
         token = _RUNTIME.set(runtime)
         try:
+            await runtime._start_registered()
             yield runtime
         except BaseException as exc:
             # Raised after the nursery closes, so the body's own exception comes out as itself
@@ -85,9 +235,14 @@ async def open_runtime(
             body_error = exc
         finally:
             _RUNTIME.reset(token)
+            # Teardown runs even when the body was cancelled: shielded, but bounded.
+            with trio.move_on_after(_CLOSE_TIMEOUT, shield=True):
+                close_errors = await runtime._shutdown()
             root.cancel_scope.cancel(reason="runtime closed")
     if body_error is not None:
         raise body_error
+    if close_errors:
+        raise ServiceError(f"{len(close_errors)} service(s) failed to close") from close_errors[0]
 
 
 async def run_async(

@@ -20,6 +20,7 @@ from ._errors import (
     ServiceError as ServiceError,
     TrioflowError as TrioflowError,
 )
+from ._flow import FlowType as FlowType, task as task
 from ._graph import (
     InputRef as InputRef,
     NodeSpec as NodeSpec,

@@ -12,11 +12,11 @@ import logging
 import math
 import os
 import random
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import attrs
 import trio
@@ -50,6 +50,7 @@ _RUNTIME: ContextVar[Runtime | None] = ContextVar("trioflow.runtime", default=No
 
 
 _CLOSE_TIMEOUT = 30.0
+S = TypeVar("S", bound="Stoppable")
 _log = logging.getLogger("trioflow.runtime")
 
 
@@ -80,6 +81,7 @@ class Runtime:
     _started: list[tuple[str, Any]] = attrs.field(factory=list)
     _stoppables: list[Stoppable] = attrs.field(factory=list)
     _artifacts: ArtifactStore | None = None
+    _shared: dict[object, Any] = attrs.field(factory=dict)
 
     # -- services ----------------------------------------------------------------------------
 
@@ -114,6 +116,15 @@ class Runtime:
     async def _start_registered(self) -> None:
         for name, instance in registered_services().items():
             await self._start_one(name, instance)
+
+    def shared(self, key: object, factory: Callable[[], S]) -> S:
+        """A per-runtime object for `key`, made on first use and stopped on exit (its
+        `aclose()`), like the one instance behind an AGENT_TOOL_AS_SERVICE tool."""
+        found = self._shared.get(key)
+        if found is None:
+            found = self._shared[key] = factory()
+            self.track(found)
+        return found
 
     def track(self, stoppable: Stoppable) -> None:
         """Stop `stoppable` when the runtime closes (SERVICE_TASKs, in reverse start order)."""

@@ -191,7 +191,10 @@ class ServiceHandle(Generic[T]):
                 raise rest from None
             assert crash is not None
             self._ready_at = None
-            return crash.exceptions[0] if len(crash.exceptions) == 1 else crash
+            error: BaseException = crash
+            while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+                error = error.exceptions[0]  # the original exception, not nursery wrappers
+            return error
         return None
 
 

@@ -6,11 +6,13 @@
   `assert_ran_at_most_once`, `assert_failures_contained`, `assert_makespan_bounds`,
   `assert_no_leftover_tokens`; each raises `AssertionError` naming the offending nodes.
 - `run_virtual()`: one run under `MockClock(autojump_threshold=0)`, bounded by `fail_after`.
+- `FakeService` / `RecordingService`: stand-ins that record every call and the calling node.
 
 Importing this module needs Hypothesis (`pip install trioflow[test]`).
 """
 
 from ._dags import Dag as Dag, DagGraph as DagGraph, PlantedFailure as PlantedFailure
+from ._fakes import Call as Call, FakeService as FakeService, RecordingService as RecordingService
 from ._invariants import (
     assert_cap_respected as assert_cap_respected,
     assert_dependencies_respected as assert_dependencies_respected,

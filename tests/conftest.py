@@ -2,38 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
-import trio
-from hypothesis import HealthCheck, settings
 
-# A fast default for local runs; `ci` is derandomized so CI failures reproduce exactly.
-settings.register_profile("default", max_examples=60, deadline=None)
-settings.register_profile(
-    "ci",
-    max_examples=150,
-    deadline=None,
-    derandomize=True,
-    print_blob=True,
-    suppress_health_check=[HealthCheck.too_slow],
-)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+from trioflow.testing.plugin import load_profile
 
-
-def live_tasks() -> int:
-    """Number of tasks alive in this Trio run (the whole task tree)."""
-    root = trio.lowlevel.current_root_task()
-    assert root is not None
-    count = 0
-    stack = [root]
-    while stack:
-        task = stack.pop()
-        count += 1
-        for nursery in task.child_nurseries:
-            stack.extend(nursery.child_tasks)
-    return count
+# Dogfood the plugin's profiles: `trioflow-fast` locally, `trioflow-ci` (derandomized) when
+# CI sets TRIOFLOW_HYPOTHESIS_PROFILE=ci.
+load_profile(default="fast")
 
 
 @pytest.fixture(autouse=True)

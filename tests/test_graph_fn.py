@@ -7,11 +7,11 @@ import math
 import pytest
 import trio
 import trio.lowlevel
-from conftest import live_tasks
 from helpers import Probe
 
 import trioflow
 from trioflow import NodeState
+from trioflow.testing import live_tasks
 
 
 def probe_tool(probe: Probe, seconds: float = 1.0) -> trioflow.Tool:

@@ -12,11 +12,11 @@ from typing import Any
 
 import trio
 import trio.testing
-from conftest import live_tasks
 from helpers import Probe
 from hypothesis import given, strategies as st
 
 import trioflow
+from trioflow.testing import live_tasks
 
 # A tree: a leaf is a duration; ("gather", children) fans out in the body; ("tool", children)
 # is a tool that awaits a nested graph_fn running its children (it must lend its slot).

@@ -8,11 +8,11 @@ import signal
 
 import pytest
 import trio
-from conftest import live_tasks
 from helpers import Probe
 
 import trioflow
 from trioflow import NodeState
+from trioflow.testing import live_tasks
 
 
 def make_fan(probe: Probe, seconds: float = 1.0, **graph_kwargs: object) -> trioflow.GraphFn:

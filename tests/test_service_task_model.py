@@ -12,8 +12,7 @@ import attrs
 import pytest
 import trio
 import trio.testing
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 import trioflow
 from trioflow import ServiceError, ServiceState

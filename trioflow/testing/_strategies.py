@@ -15,6 +15,21 @@ from ._dags import Dag, DagGraph
 __all__ = ["caps", "dag_graphs", "dags", "durations", "failure_masks", "schedule_rngs"]
 
 
+def _back_offsets(max_deps: int, lookback: int) -> st.SearchStrategy[list[int]]:
+    """One node's dependencies as distances back (1 = the node just before it).
+
+    Relative offsets over a fixed range keep every node's draw independent of its position, so
+    Hypothesis can delete nodes while shrinking and the rest of the graph keeps its shape.
+    """
+    return st.lists(st.integers(1, lookback), max_size=max_deps, unique=True)
+
+
+def _build_dag(offsets: list[list[int]]) -> Dag:
+    return Dag(
+        tuple(tuple(sorted({i - o for o in offs if o <= i})) for i, offs in enumerate(offsets))
+    )
+
+
 @st.composite
 def dags(
     draw: st.DrawFn,
@@ -28,16 +43,14 @@ def dags(
     """Random acyclic graphs: node `i` depends on up to `max_deps` distinct nodes below `i`."""
     if not 0 <= min_nodes <= max_nodes:
         raise ValueError(f"need 0 <= min_nodes <= max_nodes, got {min_nodes}, {max_nodes}")
-    n = draw(st.integers(min_nodes, max_nodes))
-    deps: list[tuple[int, ...]] = []
-    for i in range(n):
-        k = draw(st.integers(0, min(max_deps, i)))
-        if k == 0:
-            deps.append(())
-            continue
-        chosen = draw(st.lists(st.integers(0, i - 1), min_size=k, max_size=k, unique=True))
-        deps.append(tuple(sorted(chosen)))
-    dag = Dag(tuple(deps))
+    offsets = draw(
+        st.lists(
+            _back_offsets(max_deps, max(max_nodes - 1, 1)),
+            min_size=min_nodes,
+            max_size=max_nodes,
+        )
+    )
+    dag = _build_dag(offsets)
     if max_width is not None and dag.width() > max_width:
         draw(st.nothing())  # reject: Hypothesis tries again
     if max_depth is not None and dag.depth() > max_depth:
@@ -77,8 +90,23 @@ def dag_graphs(
     max_seconds: int = 5,
     failures: bool = True,
 ) -> DagGraph:
-    """A runnable `@graphify` graph over a drawn DAG, with drawn durations and failures."""
-    dag = draw(dags(min_nodes=min_nodes, max_nodes=max_nodes, max_deps=max_deps))
-    times = draw(durations(dag, max_seconds=max_seconds))
-    mask = draw(failure_masks(dag)) if failures else (False,) * dag.size
-    return DagGraph(dag, times, mask)
+    """A runnable `@graphify` graph over a drawn DAG, with drawn durations and failures.
+
+    Each node's dependencies, duration and failure bit are drawn together, so a shrunk
+    counterexample loses whole nodes: failures shrink to a handful of nodes.
+    """
+    nodes = draw(
+        st.lists(
+            st.tuples(
+                _back_offsets(max_deps, max(max_nodes - 1, 1)),
+                st.integers(0, max_seconds),
+                st.booleans() if failures else st.just(False),
+            ),
+            min_size=min_nodes,
+            max_size=max_nodes,
+        )
+    )
+    dag = _build_dag([offs for offs, _, _ in nodes])
+    return DagGraph(
+        dag, tuple(seconds for _, seconds, _ in nodes), tuple(bad for _, _, bad in nodes)
+    )

@@ -82,6 +82,7 @@ class Tracer:
     nodes: dict[str, NodeSpec] = attrs.field(factory=dict)
     callables: dict[str, Any] = attrs.field(factory=dict)
     counters: dict[str, int] = attrs.field(factory=dict)
+    paths: dict[str, str] = attrs.field(factory=dict)  # name → import path, computed once
 
     def known_value(self, ref: object) -> tuple[bool, Any]:
         """The value of an input ref, if this trace knows the inputs."""
@@ -96,14 +97,16 @@ class Tracer:
         k = self.counters[name] = self.counters.get(name, 0) + 1
         return f"{name}_{k}"
 
-    def _prepare(self, value: Any, deps: dict[str, None], where: str) -> Any:
-        """Validate an argument tree: refs belong to this trace; node refs become outputs."""
+    def _prepare(self, value: Any, deps: dict[str, None], node_id: str) -> Any:
+        """Validate an argument tree: refs belong to this trace; node refs become outputs.
+
+        `node_id` names the node (or the output) being built, for error messages."""
         if value is None or isinstance(value, str | int | float | bool):
             return value
         if isinstance(value, NodeRef):
             if value.id not in self.nodes or len(value.outputs) != 1:
                 raise GraphBuildError(
-                    f"{where}: a node ref was passed where a value is expected",
+                    f"node {node_id!r}: a node ref was passed where a value is expected",
                     code="node-ref-not-a-value",
                     hints=(f"pass one of its outputs: ref.{value.outputs[0]}",)
                     if value.outputs
@@ -113,7 +116,7 @@ class Tracer:
         if isinstance(value, OutputRef):
             if value.node not in self.nodes:
                 raise GraphBuildError(
-                    f"{where}: {value.describe()} does not belong to graph {self.name!r}",
+                    f"node {node_id!r}: {value.describe()} does not belong to graph {self.name!r}",
                     code="foreign-ref",
                     hints=("refs cannot cross graphs; pass the value as a subgraph input",),
                 )
@@ -122,16 +125,16 @@ class Tracer:
         if isinstance(value, InputRef):
             if value.name not in self.inputs:
                 raise GraphBuildError(
-                    f"{where}: {value.describe()} is not an input of graph {self.name!r}",
+                    f"node {node_id!r}: {value.describe()} is not an input of graph {self.name!r}",
                     code="foreign-ref",
                 )
             return value
         if isinstance(value, list):
-            return [self._prepare(v, deps, where) for v in value]
+            return [self._prepare(v, deps, node_id) for v in value]
         if isinstance(value, tuple):
-            return tuple(self._prepare(v, deps, where) for v in value)
+            return tuple(self._prepare(v, deps, node_id) for v in value)
         if isinstance(value, dict):
-            return {k: self._prepare(v, deps, where) for k, v in value.items()}
+            return {k: self._prepare(v, deps, node_id) for k, v in value.items()}
         return value
 
     def _add(
@@ -144,9 +147,12 @@ class Tracer:
         map_param: str | None = None,
     ) -> NodeRef:
         deps: dict[str, None] = {}
-        where = f"node {node_id!r}"
-        prepared = {key: self._prepare(v, deps, where) for key, v in args.items()}
+        prepare = self._prepare
+        prepared = {key: prepare(v, deps, node_id) for key, v in args.items()}
         outputs: tuple[str, ...] = target.outputs
+        if self.callables.get(name) is not target:
+            self.callables[name] = target
+            self.paths[name] = _target_path(target)
         self.nodes[node_id] = NodeSpec(
             id=node_id,
             tool=name,
@@ -155,9 +161,8 @@ class Tracer:
             outputs=outputs,
             kind=kind,
             map_param=map_param,
-            target=_target_path(target),
+            target=self.paths[name],
         )
-        self.callables[name] = target
         return NodeRef(node_id, outputs)
 
     def call(self, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> NodeRef:
@@ -217,7 +222,7 @@ def trace(
             f"graph {name!r} returned outputs {sorted(result)} but declares {list(outputs)}",
             code="bad-outputs",
         )
-    bindings = {out: tracer._prepare(result[out], {}, f"output {out!r}") for out in outputs}
+    bindings = {out: tracer._prepare(result[out], {}, f"output {out}") for out in outputs}
     return TaskGraph(
         name=name,
         inputs=inputs,

@@ -58,9 +58,11 @@ def dags(
     return dag
 
 
-def durations(dag: Dag, *, max_seconds: int = 5) -> st.SearchStrategy[tuple[int, ...]]:
+def durations(
+    dag: Dag, *, min_seconds: int = 0, max_seconds: int = 5
+) -> st.SearchStrategy[tuple[int, ...]]:
     """Whole virtual seconds per node (integers, so makespans compare exactly)."""
-    return st.tuples(*[st.integers(0, max_seconds) for _ in range(dag.size)])
+    return st.tuples(*[st.integers(min_seconds, max_seconds) for _ in range(dag.size)])
 
 
 def failure_masks(dag: Dag) -> st.SearchStrategy[tuple[bool, ...]]:
@@ -87,19 +89,22 @@ def dag_graphs(
     min_nodes: int = 1,
     max_nodes: int = 10,
     max_deps: int = 3,
+    min_seconds: int = 0,
     max_seconds: int = 5,
     failures: bool = True,
 ) -> DagGraph:
     """A runnable `@graphify` graph over a drawn DAG, with drawn durations and failures.
 
     Each node's dependencies, duration and failure bit are drawn together, so a shrunk
-    counterexample loses whole nodes: failures shrink to a handful of nodes.
+    counterexample loses whole nodes: failures shrink to a handful of nodes. With
+    `min_seconds=0`, nodes may take no virtual time, and then which of two such nodes ran
+    first is up to Trio's scheduler; use `min_seconds=1` where a property needs to see order.
     """
     nodes = draw(
         st.lists(
             st.tuples(
                 _back_offsets(max_deps, max(max_nodes - 1, 1)),
-                st.integers(0, max_seconds),
+                st.integers(min_seconds, max_seconds),
                 st.booleans() if failures else st.just(False),
             ),
             min_size=min_nodes,

@@ -31,3 +31,4 @@ def test_demo_command_runs_an_example_graph_end_to_end(capsys: pytest.CaptureFix
     out = capsys.readouterr().out
     assert "'total': 33" in out
     assert out.count("DONE") == 5
+    assert "outputs: {'sum': 20}" in out

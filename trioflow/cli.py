@@ -9,7 +9,7 @@ from typing import Any
 
 import trio
 
-from . import _graph_fn, _tool
+from . import _graph_fn, _graphify, _tool
 from ._runtime import run
 
 __all__ = ["main"]
@@ -33,6 +33,22 @@ async def demo_batch(items: list[str]) -> dict[str, Any]:
     return {"ys": ys, "total": (await total_length(ys=ys))["total"]}
 
 
+@_tool.tool(outputs=["out"])
+async def double(x: int) -> int:
+    return x * 2
+
+
+@_tool.tool(outputs=["sum"])
+async def reduce_sum(xs: list[int]) -> int:
+    return sum(xs)
+
+
+@_graphify.graphify(name="demo_map_reduce", inputs=["vals"], outputs=["sum"])
+def demo_map_reduce(vals: Any) -> Any:
+    outs = [double(x=vals[i]) for i in range(len(vals))]  # fan-out
+    return {"sum": reduce_sum(xs=[o.out for o in outs]).sum}  # fan-in
+
+
 def demo() -> int:
     items = ["structured", "concurrency", "for", "workflows"]
     result = run(demo_batch, inputs={"items": items}, record=True)
@@ -41,6 +57,11 @@ def demo() -> int:
     for node_id, node in result.record.nodes.items():  # type: ignore[union-attr]
         took = (node.finished_at or 0.0) - (node.started_at or 0.0)
         print(f"  {node_id:16} {node.state.value:9} {took * 1000:7.2f} ms")
+    vals = [1, 2, 3, 4]
+    graph = demo_map_reduce.compile(vals=vals)
+    print(f"graphify demo_map_reduce(vals={vals}): {len(graph.nodes)} nodes")
+    print(graph.to_mermaid().rstrip())
+    print(f"  outputs: {run(demo_map_reduce, inputs={'vals': vals})}")
     return 0
 
 

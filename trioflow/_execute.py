@@ -21,13 +21,14 @@ from ._errors import ConfigError, DependencyFailed, NodeFailed, TrioflowError
 from ._ledger import Ledger
 from ._records import NodeState
 from ._slots import Limiters, Slot
-from ._tool import Tool, ToolCall
+from ._tool import TRACER, InputSpec, Tool, ToolCall
 
 __all__ = [
     "ErrorPolicy",
     "GraphCall",
     "GraphTarget",
     "RunState",
+    "call_graph_target",
     "execute_node",
     "fail_node",
 ]
@@ -48,6 +49,8 @@ class GraphTarget(Protocol):
     def name(self) -> str: ...
     @property
     def outputs(self) -> tuple[str, ...]: ...
+    @property
+    def spec(self) -> InputSpec: ...
 
     def check_inputs(self, inputs: Mapping[str, Any] | None) -> dict[str, Any]: ...
 
@@ -304,6 +307,21 @@ class GraphCall:
                 f"a call of graph {self.target.name!r} was awaited outside the run that made it"
             )
         return frame.run.call_graph(self.target, self.inputs, frame).__await__()
+
+
+def call_graph_target(target: GraphTarget, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """What calling a graph (graph_fn or graphify) means where it is called: in a `@graphify`
+    trace, a subgraph node; in a run, an awaitable nested graph; elsewhere, a coroutine that
+    runs the graph as a run of its own."""
+    tracer = TRACER.get()
+    if tracer is not None:
+        return tracer.call(target, args, kwargs)
+    inputs = target.check_inputs(target.spec.bind(args, kwargs))
+    if FRAME.get() is not None:
+        return GraphCall(target, inputs)
+    from ._runtime import run_async
+
+    return run_async(target, inputs)
 
 
 async def _invoke(tool: Tool, inputs: Mapping[str, Any], frame: Frame) -> Any:

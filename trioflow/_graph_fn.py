@@ -24,7 +24,7 @@ from ._errors import (
     TrioflowError,
     is_run_failure,
 )
-from ._execute import GraphCall, RunState
+from ._execute import RunState, call_graph_target
 from ._tool import (
     TRACER,
     InputSpec,
@@ -54,17 +54,8 @@ class GraphFn:
         adopt_metadata(self, self.fn)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """In a `@graphify` trace: a subgraph node. In a run: an awaitable nested graph.
-        Elsewhere: a coroutine that runs the graph as a run of its own."""
-        tracer = TRACER.get()
-        if tracer is not None:
-            return tracer.call(self, args, kwargs)
-        inputs = self.spec.bind(args, kwargs)
-        if FRAME.get() is not None:
-            return GraphCall(self, inputs)
-        from ._runtime import run_async
-
-        return run_async(self, inputs)
+        """A subgraph node in a trace, a nested graph in a run, else a run of its own."""
+        return call_graph_target(self, args, kwargs)
 
     def check_inputs(self, inputs: Mapping[str, Any] | None) -> dict[str, Any]:
         return self.spec.check(inputs)

@@ -14,12 +14,12 @@ import attrs
 
 from ._checks import adopt_metadata, check_function, check_max_concurrency, check_names
 from ._compile import trace
-from ._context import FRAME, Frame
+from ._context import Frame
 from ._errors import ConfigError, ConfigTypeError, GraphBuildError
-from ._execute import GraphCall, RunState
+from ._execute import RunState, call_graph_target
 from ._graph import TaskGraph
 from ._schedule import Plan, lower, run_plan
-from ._tool import TRACER, InputSpec, Tool
+from ._tool import InputSpec, Tool
 
 __all__ = ["Graphify", "graphify"]
 
@@ -50,17 +50,8 @@ class Graphify:
         adopt_metadata(self, self.fn)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """In a trace: a subgraph node. In a run: an awaitable nested graph.
-        Elsewhere: a coroutine that runs the graph as a run of its own."""
-        tracer = TRACER.get()
-        if tracer is not None:
-            return tracer.call(self, args, kwargs)
-        inputs = self.spec.bind(args, kwargs)
-        if FRAME.get() is not None:
-            return GraphCall(self, self.check_inputs(inputs))
-        from ._runtime import run_async
-
-        return run_async(self, inputs)
+        """A subgraph node in a trace, a nested graph in a run, else a run of its own."""
+        return call_graph_target(self, args, kwargs)
 
     def check_inputs(self, inputs: Mapping[str, Any] | None) -> dict[str, Any]:
         return {**self.defaults, **self.spec.check(inputs)}

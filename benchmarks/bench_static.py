@@ -104,6 +104,43 @@ async def hand_written(deps: Deps, cap: int) -> int:
     return results[-1]
 
 
+async def hand_written_spawning(deps: Deps, cap: int) -> int:
+    """The other design: one task per node, spawned when it is ready and a slot is free."""
+    n = len(deps)
+    dependents: Deps = [[] for _ in range(n)]
+    for i, ds in enumerate(deps):
+        for d in ds:
+            dependents[d].append(i)
+    indegree = [len(ds) for ds in deps]
+    results: list[int] = [0] * n
+    remaining = n
+    limiter = trio.CapacityLimiter(cap)
+    send, receive = trio.open_memory_channel[int](math.inf)
+    for i in range(n):
+        if not indegree[i]:
+            send.send_nowait(i)
+
+    async def node(i: int) -> None:
+        nonlocal remaining
+        try:
+            results[i] = await node_fn(i, [results[d] for d in deps[i]])
+        finally:
+            limiter.release_on_behalf_of(i)
+        for j in dependents[i]:
+            indegree[j] -= 1
+            if not indegree[j]:
+                send.send_nowait(j)
+        remaining -= 1
+        if not remaining:
+            send.close()
+
+    async with trio.open_nursery() as nursery:
+        async for i in receive:
+            await limiter.acquire_on_behalf_of(i)  # capacity first, then the task
+            nursery.start_soon(node, i)
+    return results[-1]
+
+
 # -- trioflow ----------------------------------------------------------------------------------
 
 node = trioflow.tool(outputs=["v"], name="node")(node_fn)
@@ -132,11 +169,14 @@ def measure(
     for cap in caps:
         floor_s, got = timed(functools.partial(hand_written, deps, cap), repeat)
         assert got == answer, ("hand-written", got, answer)
+        spawn_s, got = timed(functools.partial(hand_written_spawning, deps, cap), repeat)
+        assert got == answer, ("hand-written spawning", got, answer)
         run = functools.partial(trioflow.run_async, graph, max_concurrency=cap)
         ours_s, result = timed(run, repeat)
         assert result == {"v": answer}, ("trioflow", result, answer)
         rows = [
             ("hand-written: cap workers + memory channel", floor_s),
+            ("hand-written: task per node, acquire first", spawn_s),
             ("trioflow @graphify run", ours_s),
         ]
         report(f"{title}, max_concurrency={cap}", n, rows, floor=rows[0][0])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import pytest
 import trio
@@ -271,3 +272,40 @@ async def test_gather_outside_a_run_is_a_plain_concurrent_gather() -> None:
         return 1
 
     assert await trioflow.gather(one, one()) == [1, 1]
+
+
+async def test_errors_of_the_map_iterable_come_out_unwrapped(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    probe = Probe()
+    work = probe_tool(probe, seconds=5)
+
+    def items() -> Iterator[int]:
+        yield 1
+        yield 2
+        raise ValueError("the source broke")
+
+    @trioflow.graph_fn(name="g", outputs=["out"])
+    async def g() -> str:
+        try:
+            await trioflow.map(work, items())
+        except ValueError as exc:  # the caller's own error, not an exception group
+            return str(exc)
+        return "no error"
+
+    with trio.fail_after(100):
+        assert await trioflow.run_async(g) == {"out": "the source broke"}
+    assert sorted(probe.cancelled) == [1, 2]  # type: ignore[type-var]  # started calls stopped
+
+
+async def test_a_bad_limit_in_a_gather_is_a_plain_config_error() -> None:
+    @trioflow.tool(outputs=["y"], limits=["tpu"])
+    async def on_tpu() -> None:
+        raise AssertionError("must not run")
+
+    @trioflow.graph_fn(name="g", outputs=["out"])
+    async def g() -> None:
+        await trioflow.gather(on_tpu(), on_tpu())
+
+    with pytest.raises(trioflow.ConfigError, match="tpu"):
+        await trioflow.run_async(g)

@@ -406,3 +406,12 @@ async def test_node_failure_in_a_nested_graphify_is_a_dependency_failure_under_c
     result = await trioflow.run_async(outer, on_error="collect")
     assert result.outputs == {"y": "missing ['y']"}
     assert result.record.nodes["inner_1.bad_1"].state is NodeState.FAILED
+
+
+def test_a_graph_without_nodes_passes_its_inputs_through() -> None:
+    @trioflow.graphify(name="g", outputs=["same", "second"])
+    def g(vals):  # type: ignore[no-untyped-def]
+        return {"same": vals, "second": vals[1]}
+
+    assert g.compile().nodes == {}
+    assert trioflow.run(g, inputs={"vals": [1, 2]}) == {"same": [1, 2], "second": 2}

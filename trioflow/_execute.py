@@ -154,6 +154,7 @@ class RunState:
         """
         results: list[Any] = []
         failures: list[Exception] = []
+        admission_error: Exception | None = None
         fail_fast = self.policy == "fail_fast"
         lent = _lend(parent) if parent is not None else ()
         graph_id = parent.graph_id if parent is not None else self.graph_id
@@ -180,35 +181,44 @@ class RunState:
                     finally:
                         slot.give_back()
 
-                for i, call in enumerate(calls):
-                    results.append(None)
-                    if isinstance(call, ToolCall):
-                        tool = call.tool
-                        limiters = self.limiters_for(tool.limits)
-                        idx = ledger.add(self.node_id(graph_id, tool.name), tool.name)
-                        slot = Slot()
-                        # Acquire before spawning: a million-item map must not park a million
-                        # tasks on the limiter (trio#527).
-                        if not slot.take_nowait(limiters):
-                            try:
-                                await slot.take(limiters)
-                            except BaseException:
-                                ledger.states[idx] = _CANCELLED
-                                raise
-                        nursery.start_soon(run_node, i, call, idx, slot)
-                    elif callable(call):
-                        nursery.start_soon(run_one, i, call)
-                    else:
-                        raise ConfigError(
-                            f"gather() takes tool calls or zero-argument async callables, got "
-                            f"{call!r}; wrap other awaitables as `lambda: aw`"
-                        )
-                    if failures and fail_fast:
-                        break
-                    await trio.lowlevel.checkpoint_if_cancelled()
+                try:
+                    for i, call in enumerate(calls):
+                        results.append(None)
+                        if isinstance(call, ToolCall):
+                            tool = call.tool
+                            limiters = self.limiters_for(tool.limits)
+                            idx = ledger.add(self.node_id(graph_id, tool.name), tool.name)
+                            slot = Slot()
+                            # Acquire before spawning: a million-item map must not park a million
+                            # tasks on the limiter (trio#527).
+                            if not slot.take_nowait(limiters):
+                                try:
+                                    await slot.take(limiters)
+                                except BaseException:
+                                    ledger.states[idx] = _CANCELLED
+                                    raise
+                            nursery.start_soon(run_node, i, call, idx, slot)
+                        elif callable(call):
+                            nursery.start_soon(run_one, i, call)
+                        else:
+                            raise ConfigError(
+                                f"gather() takes tool calls or zero-argument async callables, got "
+                                f"{call!r}; wrap other awaitables as `lambda: aw`"
+                            )
+                        if failures and fail_fast:
+                            break
+                        await trio.lowlevel.checkpoint_if_cancelled()
+                except Exception as exc:
+                    # An error of the admission loop itself (a bad item, an iterable that
+                    # raises, an undefined limit) is the caller's: raise it unwrapped, after
+                    # the calls already started are cancelled.
+                    admission_error = exc
+                    nursery.cancel_scope.cancel(reason="gather/map could not admit a call")
         finally:
             if lent:
                 await _reclaim(parent, lent)  # type: ignore[arg-type]
+        if admission_error is not None:
+            raise admission_error
         if failures:
             if fail_fast or len(failures) == 1:
                 raise failures[0]

@@ -366,3 +366,20 @@ async def test_kv_is_shared_by_the_runs_of_one_runtime() -> None:
             {"old": 1},
             {"old": 2},
         ]
+
+
+async def test_a_failing_close_does_not_keep_the_others_from_closing() -> None:
+    log: list[str] = []
+
+    class Broken(Recorder):
+        async def close(self) -> None:
+            raise OSError("cannot close")
+
+    trioflow.register_context_service("a", Recorder("a", log))
+    trioflow.register_context_service("b", Broken("b", log))
+    trioflow.register_context_service("c", Recorder("c", log))
+    with pytest.raises(ServiceError, match="failed to close") as info:
+        async with trioflow.open_runtime():
+            pass
+    assert isinstance(info.value.__cause__, OSError)
+    assert log == ["start a", "start b", "start c", "close c", "close a"]

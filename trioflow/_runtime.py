@@ -12,7 +12,7 @@ import logging
 import math
 import os
 import random
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from contextvars import ContextVar
 from pathlib import Path
@@ -133,17 +133,20 @@ class Runtime:
     async def _shutdown(self) -> list[BaseException]:
         """Stop tracked services, then close started services, each in reverse order."""
         errors: list[BaseException] = []
-        while self._stoppables:
-            await self._stoppables.pop().aclose()
-        while self._started:
-            name, instance = self._started.pop()
+        closers: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+            (repr(stoppable), stoppable.aclose) for stoppable in reversed(self._stoppables)
+        ]
+        for name, instance in reversed(self._started):
             close = getattr(instance, "close", None)
-            if not (callable(close) and inspect.iscoroutinefunction(close)):
-                continue
-            try:
+            if callable(close) and inspect.iscoroutinefunction(close):
+                closers.append((name, close))
+        self._stoppables.clear()
+        self._started.clear()
+        for name, close in closers:
+            try:  # one failing teardown must not keep the others from running
                 await close()
             except Exception as exc:
-                _log.error("service %r failed to close: %r", name, exc, exc_info=exc)
+                _log.error("service %s failed to close: %r", name, exc, exc_info=exc)
                 errors.append(exc)
         return errors
 

@@ -415,3 +415,47 @@ def test_a_graph_without_nodes_passes_its_inputs_through() -> None:
 
     assert g.compile().nodes == {}
     assert trioflow.run(g, inputs={"vals": [1, 2]}) == {"same": [1, 2], "second": 2}
+
+
+def test_static_nodes_take_the_general_path_for_sync_context_and_limited_tools() -> None:
+    @trioflow.tool(outputs=["thread_node"])
+    def sync_tool(x: int) -> str:  # runs in a worker thread
+        return trioflow.current_context().node_id
+
+    @trioflow.tool(outputs=["me"], limits=["gpu"])
+    async def with_context(x: str, context: trioflow.NodeContext) -> str:
+        return f"{context.node_id}<-{x}"
+
+    @trioflow.graphify(name="g", outputs=["out"])
+    def g():  # type: ignore[no-untyped-def]
+        return with_context(x=sync_tool(x=1).thread_node).me
+
+    async def main() -> object:
+        async with trioflow.open_runtime(limits={"gpu": 1}):
+            return await trioflow.run_async(g)
+
+    assert trio.run(main) == {"out": "with_context_1<-sync_tool_1"}
+    with pytest.raises(trioflow.ConfigError, match=r"limits=\['gpu'\]"):
+        trioflow.run(g)  # the runtime run() opens defines no "gpu" limit: fails before it starts
+
+
+async def test_static_nodes_retry_and_time_out(autojump_clock: trio.testing.MockClock) -> None:
+    attempts: list[int] = []
+
+    @trioflow.tool(outputs=["out"], timeout=2, retry=trioflow.Retry(attempts=3, backoff=1))
+    async def flaky(context: trioflow.NodeContext) -> int:
+        attempts.append(context.attempt)
+        if context.attempt < 3:
+            await trio.sleep(10)  # times out after 2 s
+        return context.attempt
+
+    @trioflow.graphify(name="g", outputs=["out"])
+    def g():  # type: ignore[no-untyped-def]
+        return flaky().out
+
+    with trio.fail_after(100):
+        result = await trioflow.run_async(g, record=True)
+    assert result.outputs == {"out": 3}
+    assert attempts == [1, 2, 3]
+    assert trio.current_time() == 2 + 1 + 2 + 1
+    assert result.record.nodes["flaky_1"].attempts == 3

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from trioflow.testing.plugin import load_profile
+from trioflow.pytest_plugin import load_profile
 
 # Dogfood the plugin's profiles: `trioflow-fast` locally, `trioflow-ci` (derandomized) when
 # CI sets TRIOFLOW_HYPOTHESIS_PROFILE=ci.

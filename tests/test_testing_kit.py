@@ -203,7 +203,7 @@ async def test_plugin_fixtures_give_a_runtime_with_services_in_virtual_time(
 
 
 def test_plugin_profiles_are_registered() -> None:
-    from trioflow.testing.plugin import load_profile
+    from trioflow.pytest_plugin import load_profile
 
     ci = settings.get_profile("trioflow-ci")
     assert ci.derandomize and ci.deadline is None
@@ -211,3 +211,15 @@ def test_plugin_profiles_are_registered() -> None:
     assert load_profile.__doc__
     assert HealthCheck.too_slow in ci.suppress_health_check
     assert math.isfinite(ci.max_examples)
+
+
+def test_the_plugin_loads_without_hypothesis() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['hypothesis'] = None\n"
+        "import trioflow.pytest_plugin as p\n"
+        "assert p.register_profiles() is False and p.load_profile('ci') is None\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,5 +1,8 @@
 """The trioflow pytest plugin (entry point `pytest11`), for pytest-trio users.
 
+It is loaded by every pytest run in an environment where trioflow is installed, so it imports
+nothing heavy and works without Hypothesis (the profiles are registered only when it is there).
+
 Fixtures:
 - `virtual_clock`: a `MockClock(autojump_threshold=0)`; pytest-trio runs the test on it.
 - `trioflow_services`: name → instance to register for one test (empty; override it).
@@ -18,37 +21,53 @@ from typing import Any
 
 import pytest
 import trio.testing
-from hypothesis import HealthCheck, settings
 
-from .._runtime import Runtime, open_runtime
+from ._runtime import Runtime, open_runtime
 
-__all__ = ["load_profile", "trioflow_runtime", "trioflow_services", "virtual_clock"]
+__all__ = [
+    "load_profile",
+    "register_profiles",
+    "trioflow_runtime",
+    "trioflow_services",
+    "virtual_clock",
+]
 
 ENV = "TRIOFLOW_HYPOTHESIS_PROFILE"
 
-settings.register_profile("trioflow-fast", max_examples=50, deadline=None)
-settings.register_profile(
-    "trioflow-ci",
-    max_examples=200,
-    deadline=None,
-    derandomize=True,
-    print_blob=True,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+
+def register_profiles() -> bool:
+    """Register `trioflow-fast` and `trioflow-ci`; False when Hypothesis is not installed."""
+    try:
+        from hypothesis import HealthCheck, settings
+    except ImportError:
+        return False
+    settings.register_profile("trioflow-fast", max_examples=50, deadline=None)
+    settings.register_profile(
+        "trioflow-ci",
+        max_examples=200,
+        deadline=None,
+        derandomize=True,
+        print_blob=True,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+    return True
 
 
 def load_profile(default: str | None = None) -> str | None:
     """Load the profile named by `$TRIOFLOW_HYPOTHESIS_PROFILE` (`fast` or `ci`), else
     `default`; returns the name loaded, or None when neither is set."""
     name = os.environ.get(ENV) or default
-    if not name:
+    if not name or not register_profiles():
         return None
+    from hypothesis import settings
+
     full = name if name.startswith("trioflow-") else f"trioflow-{name}"
     settings.load_profile(full)
     return full
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    register_profiles()
     load_profile()
 
 

@@ -122,7 +122,7 @@ class RunState:
         limiters = self._limiters.get(tool.limits) or self.limiters_for(tool.limits)
         node_id = self.node_id(parent.graph_id, tool.name)
         idx = self.ledger.add(node_id, tool.name)
-        lent = _lend(parent)
+        lent = _lend(parent) if parent.slot is not None else ()
         slot = Slot()
         try:
             try:
@@ -136,7 +136,24 @@ class RunState:
                 raise
             token = FRAME.set(Frame(self, parent.graph_id, node_id, 1, slot))
             try:
-                return await execute_node(self, idx, tool, call.inputs)
+                if not tool.plain:
+                    return await execute_node(self, idx, tool, call.inputs)
+                # The hot path, inlined: execute_node minus timeout, retry and threads.
+                ledger, now = self.ledger, self.now
+                ledger.states[idx] = _RUNNING
+                ledger.started[idx] = now()
+                ledger.attempts[idx] = 1
+                try:
+                    outputs = tool.normalize(await tool.fn(**call.inputs))
+                except Exception as exc:
+                    raise fail_node(self, idx, node_id, tool.name, exc) from exc
+                except BaseException:
+                    ledger.states[idx] = _CANCELLED
+                    ledger.finished[idx] = now()
+                    raise
+                ledger.states[idx] = _DONE
+                ledger.finished[idx] = now()
+                return outputs
             finally:
                 FRAME.reset(token)
                 slot.give_back()

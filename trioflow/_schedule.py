@@ -84,14 +84,7 @@ def _arg_plan(node: NodeSpec, index: Mapping[str, int]) -> ArgPlan:
 
 
 def _is_fast(target: Any, kind: int) -> bool:
-    return (
-        kind == _TOOL
-        and target.is_async
-        and target.context_param is None
-        and target.timeout is None
-        and target.retry is None
-        and not target.limits
-    )
+    return kind == _TOOL and target.plain and not target.limits
 
 
 def lower(graph: TaskGraph) -> Plan:

@@ -184,12 +184,16 @@ class Tool:
     spec: InputSpec = attrs.field(init=False, repr=False)
     is_async: bool = attrs.field(init=False, repr=False)
     context_param: str | None = attrs.field(init=False, repr=False)
+    # An async tool without context, timeout or retry: schedulers run it on an inlined path.
+    plain: bool = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         spec = InputSpec.of(self.fn, f"tool {self.name!r}")
         object.__setattr__(self, "spec", spec)
         object.__setattr__(self, "is_async", inspect.iscoroutinefunction(self.fn))
         object.__setattr__(self, "context_param", spec.context_param)
+        plain = self.is_async and spec.context_param is None
+        object.__setattr__(self, "plain", plain and self.timeout is None and self.retry is None)
         adopt_metadata(self, self.fn)
 
     # -- calling -------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import attrs
 import trio
 
 from ._context import FRAME, Frame, ServiceAccess, context_from_frame
-from ._errors import ConfigError, DependencyFailed, NodeFailed, TrioflowError
+from ._errors import ConfigError, NodeFailed, TrioflowError
 from ._ledger import Ledger
 from ._records import NodeState
 from ._slots import Limiters, Slot
@@ -421,11 +421,3 @@ def fail_node(run: RunState, idx: int, node_id: str, tool: str, exc: Exception) 
     ledger.finished[idx] = run.now()
     ledger.errors[idx] = exc
     return NodeFailed(node_id, tool, f"node {node_id!r} (tool {tool!r}) failed: {exc!r}")
-
-
-def dependency_failed(missing: list[str], graph: str) -> DependencyFailed:
-    return DependencyFailed(
-        f"graph {graph!r} cannot produce outputs {missing}: the nodes producing them failed "
-        "or were skipped",
-        missing=missing,
-    )

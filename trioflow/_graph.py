@@ -155,10 +155,6 @@ def resolve(value: Any, lookup: Callable[[Ref], Any]) -> Any:
     return value
 
 
-def has_refs(value: Any) -> bool:
-    return next(iter_refs(value), None) is not None
-
-
 @attrs.frozen
 class NodeSpec:
     """One node: what runs (`tool`, a name), with which arguments, and on which nodes it waits.

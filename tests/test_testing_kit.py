@@ -196,7 +196,8 @@ async def test_plugin_fixtures_give_a_runtime_with_services_in_virtual_time(
     async def g() -> Any:
         return (await forecast())["w"]
 
-    assert await trioflow.run_async(g) == {"w": "sunny"}
+    with trio.fail_after(7200):
+        assert await trioflow.run_async(g) == {"w": "sunny"}
     assert trio.current_time() == 3600
     fake = trioflow_runtime.lookup("weather")
     assert fake.started and [c.node_id for c in fake.calls] == ["forecast_1"]

@@ -69,6 +69,9 @@ def test_shape_dependent_trace_without_inputs_fails_loudly() -> None:
         (lambda vals: {"sum": work(x=1).nope}, "unknown-output"),
         (lambda vals: {"sum": len(work(x=1))}, "node-ref-not-a-value"),
         (lambda vals: {"sum": 1, "total": 1}, "bad-outputs"),
+        (lambda vals: {"sum": work(x=vals[0] + 1).out}, "value-op"),
+        (lambda vals: {"sum": work(x=1).out if work(x=2).out > 3 else 0}, "value-op"),
+        (lambda vals: {"sum": [work(x=i) for i in range(vals)]}, "shape-dependent"),
     ],
 )
 def test_tracing_errors_have_a_code_and_a_hint(body: object, code: str) -> None:
@@ -79,6 +82,17 @@ def test_tracing_errors_have_a_code_and_a_hint(body: object, code: str) -> None:
     with pytest.raises(GraphBuildError) as info:
         graph.compile()
     assert info.value.code == code
+
+
+def test_known_values_drive_range_and_iteration() -> None:
+    @trioflow.graphify(name="g", outputs=["out"])
+    def g(n, vals):  # type: ignore[no-untyped-def]
+        firsts = [work(x=i) for i in range(n)]
+        rest = [work(x=v) for v in vals]
+        return reduce_sum(xs=[r.out for r in firsts + rest]).sum
+
+    assert len(g.compile(n=2, vals=[5, 6, 7]).nodes) == 6
+    assert trioflow.run(g, inputs={"n": 2, "vals": [5]}) == {"out": 12}
 
 
 def test_unknown_output_names_the_node() -> None:

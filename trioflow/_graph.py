@@ -11,6 +11,7 @@ import hashlib
 import heapq
 import importlib
 import json
+import operator
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal
 
@@ -84,6 +85,27 @@ class _RefOps:
     def __bool__(self) -> bool:
         return bool(self._value("bool()"))
 
+    def __index__(self) -> int:
+        return operator.index(self._value("using it as an int"))
+
+    __int__ = __index__
+
+    def __float__(self) -> float:
+        return float(self._value("float()"))
+
+    def _no_arithmetic(self, *_: object) -> Any:
+        raise GraphBuildError(
+            f"cannot compute with {self.describe()} while the graph is traced: its value "
+            "exists only when the graph runs",
+            code="value-op",
+            hints=("do the computation inside a tool, which receives the real value",),
+        )
+
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = _no_arithmetic
+    __truediv__ = __rtruediv__ = __floordiv__ = __rfloordiv__ = _no_arithmetic
+    __mod__ = __rmod__ = __pow__ = __rpow__ = __neg__ = _no_arithmetic
+    __lt__ = __le__ = __gt__ = __ge__ = _no_arithmetic
+
     def describe(self) -> str:
         raise NotImplementedError
 
@@ -94,7 +116,7 @@ def _check_path(_: object, __: object, value: Path) -> None:
             raise ConfigError(f"a ref path holds str keys and int indexes, got {key!r}")
 
 
-@attrs.frozen
+@attrs.frozen(order=False)
 class InputRef(_RefOps):
     """A graph input (optionally projected: `vals[2]`)."""
 
@@ -105,7 +127,7 @@ class InputRef(_RefOps):
         return f"graph input {self.name!r}{_show_path(self.path)}"
 
 
-@attrs.frozen
+@attrs.frozen(order=False)
 class OutputRef(_RefOps):
     """One output of one node (optionally projected: `ref.items[0]`)."""
 

@@ -383,3 +383,27 @@ async def test_a_failing_close_does_not_keep_the_others_from_closing() -> None:
             pass
     assert isinstance(info.value.__cause__, OSError)
     assert log == ["start a", "start b", "start c", "close c", "close a"]
+
+
+async def test_critical_works_for_services_with_slots(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    class Slotted:
+        __slots__ = ("__weakref__", "value")
+
+        def __init__(self) -> None:
+            self.value = 0
+
+        @trioflow.critical
+        async def incr(self) -> None:
+            current = self.value
+            await trio.sleep(1)
+            self.value = current + 1
+
+    service = Slotted()
+    with trio.fail_after(100):
+        async with trio.open_nursery() as nursery:
+            for _ in range(5):
+                nursery.start_soon(service.incr)
+    assert service.value == 5
+    assert trio.current_time() == 5

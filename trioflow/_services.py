@@ -9,6 +9,7 @@ uses them, never at import or in `__init__`, so one instance works across sequen
 from __future__ import annotations
 
 import functools
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar
 
@@ -126,13 +127,28 @@ class _ServiceLock:
                 self.owner = None
 
 
+# Locks of services that cannot hold an attribute of ours (__slots__ classes).
+_slotted_locks: weakref.WeakKeyDictionary[object, _ServiceLock] = weakref.WeakKeyDictionary()
+
+
 def _lock_of(service: object) -> _ServiceLock:
     # Created lazily, per Trio run: a lock made in one trio.run is useless in the next.
     token = trio.lowlevel.current_trio_token()
     lock: _ServiceLock | None = getattr(service, "_trioflow_lock", None)
+    if lock is None:
+        lock = _slotted_locks.get(service)
     if lock is None or lock.token is not token:
         lock = _ServiceLock(token)
-        object.__setattr__(service, "_trioflow_lock", lock)
+        try:
+            object.__setattr__(service, "_trioflow_lock", lock)
+        except AttributeError:
+            try:
+                _slotted_locks[service] = lock
+            except TypeError:
+                raise ServiceError(
+                    f"{type(service).__name__} has __slots__ without __weakref__, so it "
+                    "cannot hold a service lock; add '__weakref__' to its __slots__"
+                ) from None
     return lock
 
 

@@ -72,6 +72,7 @@ def test_shape_dependent_trace_without_inputs_fails_loudly() -> None:
         (lambda vals: {"sum": work(x=vals[0] + 1).out}, "value-op"),
         (lambda vals: {"sum": work(x=1).out if work(x=2).out > 3 else 0}, "value-op"),
         (lambda vals: {"sum": [work(x=i) for i in range(vals)]}, "shape-dependent"),
+        (lambda vals: {"sum": work(y=1).out}, "bad-call"),
     ],
 )
 def test_tracing_errors_have_a_code_and_a_hint(body: object, code: str) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import attrs
 
-from ._errors import GraphBuildError
+from ._errors import ConfigError, ConfigTypeError, GraphBuildError
 from ._graph import InputRef, NodeKind, NodeSpec, OutputRef, TaskGraph, _project
 from ._tool import TRACER, Tool
 
@@ -207,6 +207,13 @@ def trace(
         raise GraphBuildError(
             f"tracing graph {name!r} at {where}: {message}", code=exc.code, hints=exc.hints
         ) from None
+    except (ConfigError, ConfigTypeError) as exc:  # a bad call of a tool in the body
+        where = _user_location(exc.__traceback__)
+        raise GraphBuildError(
+            f"tracing graph {name!r} at {where}: {exc}",
+            code="bad-call",
+            hints=("call each tool with its declared inputs, by name",),
+        ) from exc
     finally:
         TRACER.reset(token)
     if len(outputs) == 1 and not (isinstance(result, dict) and outputs[0] in result):

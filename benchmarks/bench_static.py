@@ -72,13 +72,18 @@ async def node_fn(i: int, xs: list[int]) -> int:
 # -- the floor: cap workers fed by a memory channel ----------------------------------------------
 
 
-async def hand_written(deps: Deps, cap: int) -> int:
-    n = len(deps)
-    dependents: Deps = [[] for _ in range(n)]
+def counters(deps: Deps) -> tuple[Deps, list[int]]:
+    """Dependents lists and in-degree counters: what both hand-written programs start from."""
+    dependents: Deps = [[] for _ in deps]
     for i, ds in enumerate(deps):
         for d in ds:
             dependents[d].append(i)
-    indegree = [len(ds) for ds in deps]
+    return dependents, [len(ds) for ds in deps]
+
+
+async def hand_written(deps: Deps, cap: int) -> int:
+    n = len(deps)
+    dependents, indegree = counters(deps)
     results: list[int] = [0] * n
     remaining = n
     send, receive = trio.open_memory_channel[int](math.inf)
@@ -107,11 +112,7 @@ async def hand_written(deps: Deps, cap: int) -> int:
 async def hand_written_spawning(deps: Deps, cap: int) -> int:
     """The other design: one task per node, spawned when it is ready and a slot is free."""
     n = len(deps)
-    dependents: Deps = [[] for _ in range(n)]
-    for i, ds in enumerate(deps):
-        for d in ds:
-            dependents[d].append(i)
-    indegree = [len(ds) for ds in deps]
+    dependents, indegree = counters(deps)
     results: list[int] = [0] * n
     remaining = n
     limiter = trio.CapacityLimiter(cap)

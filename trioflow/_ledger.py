@@ -53,13 +53,13 @@ class Ledger:
         self.attempts.extend([0] * n)
         return base
 
-    def finish_unfinished(self, now: float, *, start: int = 0) -> None:
+    def finish_unfinished(self, now: float) -> None:
         """Mark rows still RUNNING as CANCELLED and rows still PENDING as CANCELLED too.
 
         Called when a run (or nested graph) is torn down, so no record is left RUNNING.
         """
         states = self.states
-        for i in range(start, len(states)):
+        for i in range(len(states)):
             state = states[i]
             if state is NodeState.RUNNING:
                 states[i] = NodeState.CANCELLED

@@ -317,7 +317,6 @@ def run(
         "rng": rng,
         "record": record,
     }
-    check_run(target, inputs, **options)  # type: ignore[arg-type]  # raise before trio.run
     try:
         result: dict[str, Any] | RunResult = trio.run(
             functools.partial(run_async, target, inputs, **options)  # type: ignore[arg-type]

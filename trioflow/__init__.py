@@ -29,6 +29,7 @@ from ._graph import (
 )
 from ._graph_fn import GraphFn as GraphFn, gather as gather, graph_fn as graph_fn, map as map
 from ._graphify import Graphify as Graphify, graphify as graphify
+from ._ratelimit import RateLimit as RateLimit
 from ._records import (
     ErrorInfo as ErrorInfo,
     NodeRecord as NodeRecord,

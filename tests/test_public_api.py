@@ -15,7 +15,8 @@ PUBLIC = {
     "TrioflowError", "current_context", "current_runtime", "gather", "graph_fn", "map",
     "open_runtime", "run", "run_async", "tool", "ChannelMessage", "MemoryEvent", "Service",
     "ServiceHandle", "ServiceState", "ServiceTask", "critical", "register_context_service",
-    "service_task", "unregister_context_service", "FlowType", "task", "RateLimit",
+    "service_task", "unregister_context_service", "FlowType", "task",
+    "RunEvent", "Executor", "LoopExecutor", "ThreadExecutor", "Cache", "RateLimit",
 }  # fmt: skip
 
 

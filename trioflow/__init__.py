@@ -7,6 +7,7 @@ the runtime owns.
 """
 
 from ._builtins import ChannelMessage as ChannelMessage, MemoryEvent as MemoryEvent
+from ._cache import Cache as Cache
 from ._compile import NodeRef as NodeRef
 from ._context import NodeContext as NodeContext, current_context as current_context
 from ._errors import (
@@ -19,6 +20,12 @@ from ._errors import (
     RunCancelled as RunCancelled,
     ServiceError as ServiceError,
     TrioflowError as TrioflowError,
+)
+from ._events import RunEvent as RunEvent
+from ._executor import (
+    Executor as Executor,
+    LoopExecutor as LoopExecutor,
+    ThreadExecutor as ThreadExecutor,
 )
 from ._flow import FlowType as FlowType, task as task
 from ._graph import (

@@ -18,17 +18,22 @@ holds exactly, not merely up to rounding.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections import OrderedDict
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from fractions import Fraction
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
 
 from ._errors import ConfigError, ConfigTypeError
 
-__all__ = ["RateLimit", "RateLimits"]
+if TYPE_CHECKING:
+    from ._tool import InputSpec, Tool
+
+__all__ = ["RateLimit", "RateLimits", "check_rate_key", "rate_key_of"]
 
 # How many buckets each call inspects for idleness; more than the one bucket a call can add,
 # so idle buckets are dropped faster than new ones appear.
@@ -311,3 +316,42 @@ class RateLimits:
     def bucket_count(self, name: str) -> int:
         """How many buckets the limit `name` holds now (idle ones are dropped as calls come)."""
         return len(self._limit(name).buckets)
+
+
+# -- rate_key ------------------------------------------------------------------------------------
+
+
+def check_rate_key(tool: str, rate_key: Callable[..., Hashable], spec: InputSpec) -> None:
+    """At decoration: `rate_key` must accept the tool's inputs as keywords (all of them)."""
+    try:
+        signature = inspect.signature(rate_key)
+    except (TypeError, ValueError):  # a builtin without a signature: found out at call time
+        return
+    try:
+        signature.bind(**dict.fromkeys(spec.params))
+    except TypeError as exc:
+        names = list(spec.signature.parameters)
+        like = f"lambda {names[0]}, **_: ..." if names else "lambda **_: ..."
+        raise ConfigTypeError(
+            f"tool {tool!r}: rate_key is called with every input of the tool as a keyword "
+            f"({', '.join(names)}) and cannot take them: {exc}; write e.g. rate_key={like}"
+        ) from None
+
+
+def rate_key_of(tool: Tool, inputs: Mapping[str, Any]) -> Hashable:
+    """The bucket key of one call: `tool.rate_key` given the tool's keyword arguments
+    (defaults filled in, no context); it must be hashable."""
+    assert tool.rate_key is not None
+    kwargs = dict(inputs)
+    for name, param in tool.spec.signature.parameters.items():
+        if name not in kwargs and param.default is not inspect.Parameter.empty:
+            kwargs[name] = param.default
+    key = tool.rate_key(**kwargs)
+    try:
+        hash(key)
+    except TypeError:
+        raise ConfigTypeError(
+            f"tool {tool.name!r}: rate_key returned {key!r}, which is not hashable; "
+            "return a str, a number or a tuple"
+        ) from None
+    return key

@@ -141,7 +141,7 @@ async def test_an_undefined_limit_is_a_bare_config_error_naming_it() -> None:
 async def test_an_unhashable_key_is_a_config_type_error() -> None:
     rates = RateLimits.of({"api": trioflow.RateLimit(1)})
     with pytest.raises(trioflow.ConfigTypeError, match="not hashable"):
-        await rates.turn("api", ["a", "list"])
+        await rates.turn("api", ["a", "list"])  # type: ignore[arg-type]
 
 
 # -- exact start times -------------------------------------------------------------------------

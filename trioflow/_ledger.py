@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from ._errors import is_run_failure
 from ._events import EventKind, Listener, RunEvent
 from ._records import ErrorInfo, NodeRecord, NodeState, RunRecord
 
@@ -41,6 +42,7 @@ class Ledger:
         "finished",
         "graph_id",
         "ids",
+        "infos",
         "listener",
         "listener_error",
         "now",
@@ -75,6 +77,7 @@ class Ledger:
         self.attempts: list[int] = []
         self.executors: list[str] = []
         self.errors: dict[int, BaseException | ErrorInfo] = {}
+        self.infos: dict[int, ErrorInfo] = {}  # errors formatted, on demand
         self.waited: dict[int, float] = {}
         self.cached: set[int] = set()
         self.t0 = now()
@@ -137,13 +140,22 @@ class Ledger:
             self.cached.add(idx)
         self.done(idx, outputs)
 
-    def fail(self, idx: int, exc: BaseException) -> None:
+    def fail(self, idx: int, exc: BaseException | ErrorInfo) -> None:
         """RUNNING → FAILED with the node's original exception."""
         self.states[idx] = _FAILED
         self.finished[idx] = self.now()
         self.errors[idx] = exc
         if self.listener is not None:
             self._emit("node_finished", idx, _FAILED, error=self._error_info(idx))
+
+    def fail_inner(self, idx: int, exc: BaseException) -> None:
+        """RUNNING → FAILED for a node made of nodes (a nested graph, a map) whose inner nodes
+        failed: their errors are theirs, this node's record names them."""
+        inner = sorted({leaf.node_id for leaf in _leaves(exc) if hasattr(leaf, "node_id")})
+        self.fail(
+            idx,
+            ErrorInfo(type="DependencyFailed", message=f"inner nodes failed: {', '.join(inner)}"),
+        )
 
     def cancel(self, idx: int) -> None:
         """RUNNING or PENDING → CANCELLED (a no-op for a node that already finished)."""
@@ -197,10 +209,28 @@ class Ledger:
         return self.wall0 + timedelta(seconds=at - self.t0)
 
     def _error_info(self, idx: int) -> ErrorInfo:
-        err = self.errors[idx]
-        if isinstance(err, BaseException):
-            err = self.errors[idx] = ErrorInfo.from_exception(err)
-        return err
+        info = self.infos.get(idx)
+        if info is None:
+            err = self.errors[idx]
+            info = ErrorInfo.from_exception(err) if isinstance(err, BaseException) else err
+            self.infos[idx] = info
+        return info
+
+    def failures(self) -> list[tuple[int, BaseException]]:
+        """The original exceptions of failed nodes whose own code raised (not composites'
+        inner failures), once each, in row order."""
+        seen: set[int] = set()
+        found: list[tuple[int, BaseException]] = []
+        for idx, err in self.errors.items():
+            if (
+                self.states[idx] is _FAILED
+                and isinstance(err, BaseException)
+                and not is_run_failure(err)
+                and id(err) not in seen
+            ):
+                seen.add(id(err))
+                found.append((idx, err))
+        return found
 
     def _emit(
         self,
@@ -276,3 +306,9 @@ class Ledger:
 
 def _nothing() -> None:
     pass
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]

@@ -108,11 +108,14 @@ class RunResult:
 
     @property
     def errors(self) -> dict[str, ErrorInfo]:
-        """Node id → error, for every node that failed."""
+        """Node id → error, for every node whose own code failed (once per failure: a nested
+        graph or map that failed because an inner node did is not listed again)."""
         return {
             node_id: rec.error
             for node_id, rec in self.record.nodes.items()
-            if rec.state is NodeState.FAILED and rec.error is not None
+            if rec.state is NodeState.FAILED
+            and rec.error is not None
+            and rec.error.type != "DependencyFailed"
         }
 
     @property

@@ -484,7 +484,8 @@ async def test_a_static_map_takes_turns_per_key(autojump_clock: trio.testing.Moc
             rate_limits={"host": RateLimit(4, burst=2)},
         )
     assert out == {"pages": urls}
-    assert starts == {f"http://{h}/{i}": [0, 0, 0.25][i] for h in ("a", "b") for i in range(3)}
+    for h in ("a", "b"):  # the scheduler starts ready nodes in its own order
+        assert sorted(starts[f"http://{h}/{i}"] for i in range(3)) == [0, 0, 0.25]
 
 
 # -- the window property through the scheduler -------------------------------------------------

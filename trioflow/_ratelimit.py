@@ -155,17 +155,11 @@ class _Limit:
             else:
                 del buckets[key]
 
-    def _bucket(self, key: Hashable, now: float) -> _Bucket:
-        try:
-            bucket = self.buckets.get(key)
-        except TypeError:
-            raise ConfigTypeError(
-                f"rate limit {self.name!r}: the key {key!r} is not hashable; "
-                "rate_key must return a hashable value such as a str or a tuple"
-            ) from None
-        if bucket is None:
-            bucket = self.buckets[key] = _Bucket(now)
-        return bucket
+    def _unhashable(self, key: object) -> ConfigTypeError:
+        return ConfigTypeError(
+            f"rate limit {self.name!r}: the key {key!r} is not hashable; "
+            "rate_key must return a hashable value such as a str or a tuple"
+        )
 
     def _start(self, bucket: _Bucket, now: float) -> None:
         bucket.tat = _add_up(max(bucket.tat, now), self.interval)
@@ -175,8 +169,16 @@ class _Limit:
 
     def _take(self, key: Hashable, now: float) -> _Bucket | None:
         """Start now if the bucket allows it and nobody waits on it (None); else the bucket."""
-        self._sweep(now)
-        bucket = self._bucket(key, now)
+        buckets = self.buckets
+        if buckets:
+            self._sweep(now)
+        try:
+            bucket = buckets.get(key)
+        except TypeError:
+            raise self._unhashable(key) from None
+        if bucket is None:  # new, or dropped when idle: the same thing
+            buckets[key] = _Bucket(_add_up(now, self.interval))
+            return None
         tat = bucket.tat
         if bucket.waiters or (tat > now and now < _add_up(tat, -self.tau)):
             return bucket

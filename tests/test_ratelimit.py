@@ -110,6 +110,8 @@ def test_rate_limit_is_public_frozen_and_keeps_its_parameters() -> None:
         ({"rate": 1, "burst": -3}, "burst"),
         ({"rate": 1, "burst": 2.0}, "burst"),
         ({"rate": 1, "burst": True}, "burst"),
+        ({"rate": 1e-300, "per": 1e300}, "rate=1e-300, per"),
+        ({"rate": 1e300, "per": 1e-300}, "rate=1e\\+300, per"),
     ],
 )
 def test_bad_parameters_are_a_config_error_naming_the_parameter(

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import sys
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping
 from fractions import Fraction
@@ -83,6 +84,14 @@ class RateLimit:
     per: float = attrs.field(default=1.0, converter=_check_per)
     burst: int = attrs.field(default=1, validator=_check_burst)
 
+    def __attrs_post_init__(self) -> None:
+        spacing = self.per / self.rate
+        if not (0 < spacing < math.inf):
+            raise ConfigError(
+                f"RateLimit(rate={self.rate!r}, per={self.per!r}): per / rate = {spacing!r} "
+                "seconds between starts is out of range; use numbers of a sensible size"
+            )
+
     @property
     def interval(self) -> float:
         """Seconds between starts once the burst is used up (`per / rate`)."""
@@ -107,7 +116,10 @@ def _spacing(limit: RateLimit) -> tuple[float, float]:
     if Fraction(t) < exact:
         t = math.nextafter(t, math.inf)
     tau_exact = (limit.burst - 1) * Fraction(t)
-    tau = float(tau_exact)
+    try:
+        tau = float(tau_exact)
+    except OverflowError:  # a burst beyond any float: never limits
+        return t, sys.float_info.max
     if Fraction(tau) > tau_exact:
         tau = math.nextafter(tau, 0.0)
     return t, tau

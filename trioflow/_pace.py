@@ -2,16 +2,24 @@
 
 A full `trio.lowlevel.checkpoint()` (a trip through the scheduler) costs about as much as a
 trivial node. `Pacer.tick()` instead checks for cancellation after every node and yields for
-real once at least `YIELD_EVERY` seconds of wall time have passed since the last yield: a
-cancel reaches the loop before its next node starts, and no other task waits longer than about
-`YIELD_EVERY` (plus one node's own run time) for its turn.
+real once at least `YIELD_EVERY` seconds of wall time have passed since the loop last came back
+from such a yield: a cancel reaches the loop before its next node starts, and no other task
+waits longer than about `YIELD_EVERY` (plus one node's own run time) per loop for its turn.
+
+The interval counts from when the loop was *resumed*, not from when it yielded: with many loops
+(a worker pool), a loop's own wait for its turn is not running time, and counting it would make
+every loop yield after every node.
 """
 
 from __future__ import annotations
 
 from time import perf_counter
+from typing import TYPE_CHECKING
 
 import trio
+
+if TYPE_CHECKING:
+    from ._slots import Slot
 
 __all__ = ["YIELD_EVERY", "Pacer"]
 
@@ -30,11 +38,17 @@ class Pacer:
     def __init__(self) -> None:
         self.last = perf_counter()
 
-    async def tick(self) -> None:
-        """Call after each node: raises `Cancelled` if cancelled; yields every ~1 ms."""
-        now = perf_counter()
-        if now - self.last >= YIELD_EVERY:
-            self.last = now
+    async def tick(self, slot: Slot | None = None) -> None:
+        """Call after each node: raises `Cancelled` if cancelled; yields every ~1 ms.
+
+        A loop that keeps its capacity from one node to the next passes its `slot`: the tokens
+        are given back before a real yield, so no other task ever sees them held by a loop
+        that is not running a node.
+        """
+        if perf_counter() - self.last >= YIELD_EVERY:
+            if slot is not None:
+                slot.give_back()
             await _checkpoint()
+            self.last = perf_counter()
         else:
             await _checkpoint_if_cancelled()

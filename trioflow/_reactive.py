@@ -98,6 +98,18 @@ async def call_tool(run: RunState, call: ToolCall, parent: Frame) -> dict[str, A
         await reclaim(parent, lent)
 
 
+def _waited_for(limiters: Limiters) -> bool:
+    """Whether some task waits for a token of one of `limiters`."""
+    return any(_has_waiters(lim) for lim in limiters)
+
+
+def _has_waiters(limiter: trio.CapacityLimiter) -> bool:
+    # `statistics().tasks_waiting` costs as much as a release and a re-acquire; the parking
+    # lot's length is the same number. Without it (a future trio), assume someone waits.
+    lot = getattr(limiter, "_lot", None)
+    return lot is None or bool(lot)
+
+
 def _shuffled(
     items: Iterator[tuple[int, Item]], rng: random.Random, window: int
 ) -> Iterator[tuple[int, Item]]:
@@ -204,64 +216,71 @@ class FanOut:
         pacer = Pacer()
         spawned = False
         items = self.items
-        while not (self.failures and self.fail_fast):
-            try:
-                i, item = next(items)
-            except StopIteration:
-                return
-            except Exception as exc:  # the caller's iterable raised
-                self.refuse(exc)
-                return
-            while len(results) <= i:  # admission order is item order (or an rng's window)
-                results.append(None)
-            if type(item) is not ToolCall:
-                if not callable(item):
-                    self.refuse(
-                        ConfigError(
-                            f"gather() takes tool calls or zero-argument async callables, got "
-                            f"{item!r}; wrap other awaitables as `lambda: aw`"
-                        )
-                    )
+        try:
+            while not (self.failures and self.fail_fast):
+                try:
+                    i, item = next(items)
+                except StopIteration:
                     return
-                self.nursery.start_soon(self.run_callable, i, item)  # type: ignore[union-attr]
-                continue
-            item.used = True
-            tool = item.tool
-            try:
-                limiters = run.check_tool(tool)
-            except Exception as exc:
-                self.refuse(exc)
-                return
-            node_id = run.node_id(self.graph_id, tool.name)
-            idx = ledger.add(node_id, tool.name, tool.executor_key)
-            if not spawned:  # one more worker, once this one has work: never more than calls
-                spawned = True
-                self.spawn()
-            await take_capacity(run, idx, slot, limiters)
-            frame.node_id = node_id
-            frame.attempt = 1
-            try:
-                if tool.plain and run.memo is None:
-                    # The hot path, inlined: execute_node minus executors, timeout and retry.
-                    inputs = item.inputs
-                    ledger.start(idx, inputs)
-                    try:
-                        outputs = tool.normalize(await tool.fn(**inputs))
-                    except Exception as exc:
-                        ledger.fail(idx, exc)
-                        raise node_failed(node_id, tool.name, exc) from exc
-                    except BaseException:
-                        ledger.cancel(idx)
-                        raise
-                    ledger.done(idx, outputs)
-                    results[i] = outputs
-                else:
-                    results[i] = await execute_node(run, idx, tool, item.inputs, frame)
-            except Exception as exc:
-                self.fail(exc)
-            finally:
-                slot.give_back()
-            await pacer.tick()
+                except Exception as exc:  # the caller's iterable raised
+                    self.refuse(exc)
+                    return
+                while len(results) <= i:  # admission order is item order (or an rng's window)
+                    results.append(None)
+                if type(item) is not ToolCall:
+                    if not callable(item):
+                        self.refuse(
+                            ConfigError(
+                                f"gather() takes tool calls or zero-argument async callables, "
+                                f"got {item!r}; wrap other awaitables as `lambda: aw`"
+                            )
+                        )
+                        return
+                    self.nursery.start_soon(self.run_callable, i, item)  # type: ignore[union-attr]
+                    continue
+                item.used = True
+                tool = item.tool
+                try:
+                    limiters = run.check_tool(tool)
+                except Exception as exc:
+                    self.refuse(exc)
+                    return
+                node_id = run.node_id(self.graph_id, tool.name)
+                idx = ledger.add(node_id, tool.name, tool.executor_key)
+                if not spawned:  # one more worker, once this one has work: never more than calls
+                    spawned = True
+                    self.spawn()
+                # The previous call's tokens are kept while this loop runs without suspending
+                # (no other task can see them) and reused when this call needs the same ones
+                # and no other task waits for them: the same as giving them back and taking
+                # them again, minus the cost.
+                if slot.held is not limiters or _waited_for(limiters):
+                    slot.give_back()
+                    await take_capacity(run, idx, slot, limiters)
+                frame.node_id = node_id
+                frame.attempt = 1
+                try:
+                    if tool.plain and run.memo is None:
+                        # The hot path, inlined: execute_node minus executors, timeout, retry.
+                        inputs = item.inputs
+                        ledger.start(idx, inputs)
+                        try:
+                            outputs = tool.normalize(await tool.fn(**inputs))
+                        except Exception as exc:
+                            ledger.fail(idx, exc)
+                            raise node_failed(node_id, tool.name, exc) from exc
+                        except BaseException:
+                            ledger.cancel(idx)
+                            raise
+                        ledger.done(idx, outputs)
+                        results[i] = outputs
+                    else:
+                        results[i] = await execute_node(run, idx, tool, item.inputs, frame)
+                except Exception as exc:
+                    self.fail(exc)
+                await pacer.tick(slot)
+        finally:
+            slot.give_back()
 
 
 async def call_graph(

@@ -19,6 +19,7 @@ failed step and goes on) run both ways in virtual time, and must give
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -242,7 +243,7 @@ def _order_constraints(steps: list[Any]) -> list[tuple[list[int], list[int]]]:
     pairs: list[tuple[list[int], list[int]]] = []
 
     def sequence(ops: list[Any]) -> None:
-        for a, b in zip(ops, ops[1:], strict=False):
+        for a, b in itertools.pairwise(ops):
             pairs.append((_keys(a), _keys(b)))
         for sub in ops:
             walk(sub)

@@ -206,7 +206,11 @@ def test_run_virtual_reports_a_deadlock_not_too_slow() -> None:
     outcome = run_virtual(stuck)
     assert isinstance(outcome.deadlock, Deadlock)
     assert outcome.elapsed == 0  # found at once, not at the limit
-    assert "deadlock at t=0" in str(outcome.error)
+    assert str(outcome.error) == (
+        "deadlock at t=0: every task is waiting and nothing can wake one; stuck: wait_forever_1"
+    )
+    assert outcome.deadlock.stuck == ("wait_forever_1",)
+    assert outcome.record.nodes["wait_forever_1"].state is NodeState.RUNNING
 
 
 def test_leftover_tokens_are_counted_at_an_unlimited_cap() -> None:
@@ -268,13 +272,12 @@ def test_run_virtual_takes_a_services_factory() -> None:
 # -- rng ---------------------------------------------------------------------------------------
 
 
-def start_order(record: RunRecord) -> list[str]:
-    started = [(r.started_at, k) for k, r in record.nodes.items() if r.started_at is not None]
-    return [k for _, k in sorted(started)]
+TICKS: list[int] = []
 
 
 @trioflow.tool(outputs=["out"])
 async def tick(i: int) -> int:
+    TICKS.append(i)
     await trio.sleep(1)
     return i
 
@@ -289,23 +292,60 @@ async def six_gathered() -> list[int]:
     return [r["out"] for r in await trioflow.gather(*(tick(i=i) for i in range(6)))]
 
 
+def item_orders(target: Any) -> set[tuple[int, ...]]:
+    """The order the six items started in, for ten rngs (cap 1: one at a time)."""
+    orders = set()
+    for s in range(10):
+        TICKS.clear()
+        outcome = run_virtual(target, max_concurrency=1, rng=random.Random(s))
+        assert outcome.outputs == {"outs": list(range(6))}
+        orders.add(tuple(TICKS))
+    return orders
+
+
 def test_rng_changes_the_start_order_of_ready_nodes_in_a_static_graph() -> None:
-    orders = {
-        tuple(start_order(run_virtual(six_ready, max_concurrency=1, rng=random.Random(s)).record))
-        for s in range(10)
-    }
-    assert len(orders) > 1
+    assert len(item_orders(six_ready)) > 1
 
 
-@pytest.mark.xfail(strict=True, reason="core: rng not applied to graph_fn fan-outs yet")
 def test_rng_changes_the_start_order_of_a_gather_in_a_graph_fn() -> None:
-    orders = {
-        tuple(
-            start_order(run_virtual(six_gathered, max_concurrency=1, rng=random.Random(s)).record)
-        )
-        for s in range(10)
-    }
-    assert len(orders) > 1
+    assert len(item_orders(six_gathered)) > 1
+
+
+@trioflow.graphify(name="six_mapped", outputs=["outs"])
+def six_mapped() -> Any:
+    return trioflow.map(tick, list(range(6))).out
+
+
+def test_rng_changes_the_order_of_map_items() -> None:
+    assert len(item_orders(six_mapped)) > 1
+
+
+def test_a_sync_tool_does_not_make_virtual_time_jump() -> None:
+    import time
+
+    @trioflow.tool(outputs=["out"], timeout=5)
+    def blocking(x: int) -> int:
+        time.sleep(0.2)  # real time in a worker thread: the watchdog waits for it
+        return x
+
+    @trioflow.graph_fn(name="sync_inside", outputs=["out"])
+    async def sync_inside() -> int:
+        return (await blocking(x=1))["out"]
+
+    outcome = run_virtual(sync_inside)
+    assert outcome.ok, outcome.error
+    assert outcome.elapsed == 0  # the 5 s timeout did not fire early
+
+
+def test_the_docs_page_names_every_public_name() -> None:
+    import trioflow.testing as kit
+
+    page = (ROOT / "docs" / "testing.md").read_text()
+    public = [
+        n for n in dir(kit) if not n.startswith("_") and not isinstance(getattr(kit, n), ModuleType)
+    ]
+    missing = [n for n in public if f"`{n}" not in page and f"{n}(" not in page]
+    assert not missing
 
 
 # -- invariants --------------------------------------------------------------------------------

@@ -125,6 +125,5 @@ def test_a_planted_bug_is_found_and_shrunk(bug: str = "dependent starts early") 
 
 if __name__ == "__main__":
     test_the_correct_scheduler_passes()
-    report = test_a_planted_bug_is_found_and_shrunk()
-    print(report.split("\ncase:")[0])
-    print(report.split("\n", 2)[-1].split("case: ", 1)[-1])
+    print("the correct scheduler passed; with the bug planted:")
+    print(test_a_planted_bug_is_found_and_shrunk())

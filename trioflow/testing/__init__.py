@@ -18,7 +18,7 @@ Everything but the strategies (and `check_scheduler`, which uses them) imports w
 Hypothesis; those raise an `ImportError` with the install line when it is missing.
 """
 
-from typing import Any
+from typing import Any as _Any
 
 from ._dags import Dag as Dag, DagGraph as DagGraph, PlantedFailure as PlantedFailure
 from ._fakes import Call as Call, FakeService as FakeService, RecordingService as RecordingService
@@ -81,7 +81,7 @@ except ImportError as _exc:  # Hypothesis is not installed
     if _exc.name != "hypothesis" and not str(_exc.name or "").startswith("hypothesis."):
         raise
 
-    def __getattr__(name: str) -> Any:
+    def __getattr__(name: str) -> _Any:
         if name in _STRATEGIES:
             raise ImportError(
                 f"trioflow.testing.{name} needs Hypothesis: pip install 'trioflow[test]' "

@@ -92,10 +92,10 @@ def node_value(index: int, inputs: Sequence[Any]) -> int:
 def _by_index(values: Any, size: int, what: str) -> tuple[Any, ...]:
     if isinstance(values, Mapping):
         raise TypeError(f"DagGraph takes {what} as a sequence, one entry per node index")
-    values = tuple(values)
-    if len(values) != size:
-        raise ValueError(f"{what}: need one entry per node ({size}), got {len(values)}")
-    return values
+    found: tuple[Any, ...] = tuple(values)
+    if len(found) != size:
+        raise ValueError(f"{what}: need one entry per node ({size}), got {len(found)}")
+    return found
 
 
 @attrs.define(eq=False, repr=False)

@@ -232,7 +232,9 @@ def _tree(items: list[tuple[list[int], int, bool, int]], max_deps: int, nesting:
             inner = items[pos : pos + group]
             pos += len(inner)
             subgraphs[i] = _tree(inner, max_deps, nesting - 1)
-    return DagGraph(_build_dag(offsets, max_deps=max_deps), seconds, failures, subgraphs)
+    return DagGraph(
+        _build_dag(offsets, max_deps=max_deps), tuple(seconds), tuple(failures), subgraphs
+    )
 
 
 @st.composite

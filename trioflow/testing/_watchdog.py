@@ -11,6 +11,7 @@ stuck. Otherwise it lets the clock jump to that deadline, exactly as autojump wo
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,6 +25,9 @@ __all__ = ["Deadlock", "Stall", "threads_busy", "watch_progress"]
 # Real seconds to wait for worker threads before looking again (they are not Trio tasks, so a
 # run waiting on one looks blocked though it is not).
 _THREAD_POLL = 0.005
+# Real seconds the run must stay idle before a deadlock is declared: a worker thread marks
+# itself idle a moment before it hands its result back to Trio.
+_CONFIRM = 0.02
 
 
 class Deadlock(AssertionError):
@@ -52,8 +56,26 @@ class Stall(Deadlock):
 
 
 def threads_busy() -> bool:
-    """Whether a Trio worker thread (`trio.to_thread`) is running right now."""
-    return trio.to_thread.current_default_thread_limiter().borrowed_tokens > 0
+    """Whether a Trio worker thread (`trio.to_thread`, whatever its limiter) is running a job."""
+    if trio.to_thread.current_default_thread_limiter().borrowed_tokens > 0:
+        return True
+    try:  # trio's thread cache: a worker that is not idle is running a job
+        from trio._core._thread_cache import THREAD_CACHE, WorkerThread
+    except ImportError:  # pragma: no cover - a future trio; the limiter check above remains
+        return False
+    idle = THREAD_CACHE._idle_workers
+    for thread in threading.enumerate():
+        owner = getattr(getattr(thread, "_target", None), "__self__", None)
+        if isinstance(owner, WorkerThread) and owner not in idle:
+            return True
+    return False
+
+
+async def _stuck_for_good() -> bool:
+    """Idle with no timer: confirm over a short real-time cushion (threads may be handing back)."""
+    await trio.testing.wait_all_tasks_blocked(cushion=_CONFIRM)
+    wait = trio.lowlevel.current_statistics().seconds_to_next_deadline
+    return math.isinf(wait) and not threads_busy()
 
 
 async def watch_progress(
@@ -75,6 +97,8 @@ async def watch_progress(
             continue
         now = trio.current_time()
         wait = trio.lowlevel.current_statistics().seconds_to_next_deadline
+        if math.isinf(wait) and not await _stuck_for_good():
+            continue
         if math.isinf(wait) or now + wait > give_up_at:
             record, stuck = snapshot()
             names = ", ".join(stuck) or "no node"

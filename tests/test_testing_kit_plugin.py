@@ -117,7 +117,7 @@ example = runpy.run_path('docs/examples/scheduler_testing.py')
 case = DagGraph(Dag(((), (0,))), durations=(1, 1), failures=(False, False))
 assert run_scheduler(example['schedule'], case, max_concurrency=1).violations() == []
 bad = functools.partial(example['schedule'], bug='dependent starts early')
-assert run_scheduler(bad, case, max_concurrency=1).violations()
+assert run_scheduler(bad, case, max_concurrency=2).violations()
 assert run_virtual(case.graph).outputs == case.expected()
 import trioflow.testing as kit
 for name in ('dags', 'check_scheduler'):

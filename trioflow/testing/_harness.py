@@ -437,7 +437,7 @@ def run_scheduler(
     graph.calls.clear()
     kwargs: dict[str, Any] = {"max_concurrency": case.max_concurrency}
     if case.rng is not None and _accepts(schedule, "rng"):
-        kwargs["rng"] = random.Random(case.rng.getrandbits(64))
+        kwargs["rng"] = case.rng
     wants_nursery = _accepts(schedule, "nursery")
 
     async def main() -> SchedulerRun:

@@ -229,8 +229,44 @@ def test_leftover_tokens_are_counted_at_an_unlimited_cap() -> None:
 
     outcome = run_virtual(leaky, max_concurrency=math.inf)
     assert outcome.ok and outcome.leftover_tokens == 1
-    with pytest.raises(AssertionError, match="tokens still held after the run by"):
+    with pytest.raises(AssertionError, match="tokens still held after the run by an unknown"):
         assert_no_leftover_tokens(outcome)
+
+
+def test_a_leaked_slot_is_named_by_its_node() -> None:
+    from trioflow._context import FRAME
+
+    @trioflow.tool(outputs=["out"])
+    async def forgetful() -> int:
+        frame = FRAME.get()
+        assert frame is not None and frame.slot is not None
+        frame.slot.held = ()  # a planted core bug: the slot forgets what it holds
+        return 1
+
+    @trioflow.graph_fn(name="forgets", outputs=["out"])
+    async def forgets() -> Any:
+        return (await forgetful())["out"]
+
+    outcome = run_virtual(forgets, max_concurrency=2)
+    assert outcome.leftover_tokens == 1 and outcome.leaked_by == ("forgetful_1",)
+    with pytest.raises(AssertionError, match="tokens still held after the run by forgetful_1"):
+        assert_no_leftover_tokens(outcome)
+
+
+def test_count_tokens_false_runs_an_unlimited_cap_without_a_runtime_limiter() -> None:
+    seen: list[object] = []
+
+    @trioflow.tool(outputs=["out"])
+    async def look() -> int:
+        seen.append(trioflow.current_runtime().global_limiter)
+        return 1
+
+    @trioflow.graph_fn(name="plain", outputs=["out"])
+    async def plain() -> Any:
+        return (await look())["out"]
+
+    outcome = run_virtual(plain, max_concurrency=math.inf, count_tokens=False)
+    assert outcome.ok and seen == [None] and outcome.leftover_tokens == 0
 
 
 @trioflow.tool(outputs=["w"])

@@ -167,6 +167,7 @@ def run_virtual(
     services: Services | None = None,
     interleaving: int | None = None,
     limit: float = 1e6,
+    count_tokens: bool = True,
 ) -> Outcome:
     """Run `target` in a fresh `trio.run` under `MockClock(autojump_threshold=0)`.
 
@@ -177,6 +178,10 @@ def run_virtual(
     returned in `Outcome.error`, not raised; so is a `Deadlock` (every task waiting, nothing
     to wake one) or a `Stall` (still waiting after `limit` virtual seconds), with the stuck
     nodes and the record so far.
+
+    The runtime's limiter has `max_concurrency` tokens, or 2**62 when that is `math.inf`, so
+    leftover tokens are counted (and named in `leaked_by`) at any cap; `count_tokens=False`
+    runs an unlimited cap with no runtime limiter, as a plain `open_runtime()` does.
     """
     named = dict(services() if callable(services) else services or {})
     live = _Live()
@@ -186,7 +191,9 @@ def run_virtual(
         if interleaving is not None:
             reseed_trio(interleaving)
         before = live_tasks()
-        runtime_cap = max_concurrency if math.isfinite(max_concurrency) else _COUNTING_CAP
+        runtime_cap: float = max_concurrency
+        if count_tokens and not math.isfinite(max_concurrency):
+            runtime_cap = _COUNTING_CAP
         stalled: list[Deadlock] = []
         outputs: dict[str, Any] | None = None
         error: BaseException | None = None

@@ -141,7 +141,7 @@ class Runtime:
                 finally:
                     service_closed(instance)
 
-        self._stops.append(_Stop(name, release, close_timeout_of(instance)))
+        self._stops.append(_Stop(repr(name), release, close_timeout_of(instance)))
 
     async def _start_registered(self) -> None:
         for name, instance in registered_services().items():
@@ -163,7 +163,7 @@ class Runtime:
             self._handles.append(stoppable)
             self._stops.append(
                 _Stop(
-                    f"{stoppable.name!r}",
+                    repr(stoppable.name),
                     stoppable._stop,
                     stoppable._options.close_timeout,
                     stoppable._force,

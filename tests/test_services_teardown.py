@@ -514,9 +514,9 @@ async def test_service_handle_is_final_read_only_and_made_only_by_a_service_task
         async with trioflow.open_runtime():
             handle = await svc()
             with pytest.raises(AttributeError):
-                handle.state = ServiceState.RUNNING  # type: ignore[misc]
+                handle.state = ServiceState.RUNNING
             with pytest.raises(AttributeError):
-                handle.restarts = 5  # type: ignore[misc]
+                handle.restarts = 5
             assert handle.name == "svc"
 
 

@@ -7,6 +7,10 @@ instead of hanging CI.
 from __future__ import annotations
 
 import logging
+import os
+import pathlib
+import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -167,7 +171,7 @@ async def test_the_callers_deadline_ends_runtime_exit(
         return Stuck()
 
     with trio.fail_after(100):
-        with pytest.raises(ServiceError, match="'stuck' did not"):
+        with pytest.raises(ServiceError, match="'stuck' did not.* before the caller's deadline"):
             with trio.move_on_after(5):
                 async with trioflow.open_runtime():
                     await (await stuck())
@@ -572,3 +576,83 @@ def test_logging_is_quiet_for_a_clean_exit(caplog: pytest.LogCaptureFixture) -> 
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     assert caplog.records == []
+
+
+async def test_a_close_error_already_raised_by_aclose_is_not_raised_again_at_exit(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    @trioflow.service_task(close_timeout=1)
+    async def stuck() -> Stuck:
+        return Stuck()
+
+    with trio.fail_after(100):
+        async with trioflow.open_runtime():  # exits cleanly: the error was delivered once
+            handle = await stuck()
+            await handle
+            with pytest.raises(ServiceError, match="'stuck' did not finish its teardown"):
+                await handle.aclose()
+            assert handle.state is ServiceState.FAILED
+
+
+async def test_a_ctrl_c_during_teardown_still_closes_the_rest_then_comes_out_bare(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    log: list[str] = []
+
+    class Interrupted(trioflow.Service):
+        async def close(self) -> None:
+            raise KeyboardInterrupt
+
+    trioflow.register_context_service("a", Recorder("a", log))
+    trioflow.register_context_service("b", Interrupted())
+    trioflow.register_context_service("c", Recorder("c", log))
+    with trio.fail_after(100):
+        with pytest.raises(KeyboardInterrupt) as info:
+            async with trioflow.open_runtime():
+                pass
+    assert type(info.value) is KeyboardInterrupt
+    assert log == ["start a", "start c", "close c", "close a"]
+
+
+CTRL_C = """
+import os, signal, trio, trioflow
+
+log = []
+
+class Closing(trioflow.Service):
+    def __init__(self, name, interrupt=False):
+        self.name, self.interrupt = name, interrupt
+
+    async def close(self):
+        if self.interrupt:  # a real SIGINT, delivered by trio to the main task
+            await trio.to_thread.run_sync(os.kill, os.getpid(), signal.SIGINT)
+            await trio.sleep(5)
+        log.append("close " + self.name)
+
+trioflow.register_context_service("a", Closing("a"))
+trioflow.register_context_service("b", Closing("b", interrupt=True))
+trioflow.register_context_service("c", Closing("c"))
+
+async def main():
+    async with trioflow.open_runtime():
+        pass
+
+try:
+    trio.run(main)
+except KeyboardInterrupt:
+    print("bare KeyboardInterrupt", log)
+"""
+
+
+def test_a_real_ctrl_c_during_teardown_comes_out_bare_after_closing_the_rest() -> None:
+    root = pathlib.Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-c", CTRL_C],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "bare KeyboardInterrupt ['close c', 'close a']"

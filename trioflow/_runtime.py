@@ -77,7 +77,7 @@ class _Stop:
     """One teardown the runtime owes at exit: a service, a SERVICE_TASK, a shared instance."""
 
     name: str
-    stop: Callable[[float], Awaitable[None]]  # given the deadline it must finish by
+    stop: Callable[[float, str], Awaitable[None]]  # given its deadline, and why that one
     bound: float
     force: Callable[[], None] | None = None  # ends it when the bound passed
 
@@ -134,10 +134,12 @@ class Runtime:
         # Started by its first user (in this or another runtime), closed by its last.
         await acquire_service(name, instance)
 
-        async def release(deadline: float) -> None:
+        async def release(deadline: float, why: str) -> None:
             if release_service(instance):
                 try:
                     await teardown(instance)
+                except Exception as exc:
+                    raise ServiceError(f"service {name!r} failed to close: {exc!r}") from exc
                 finally:
                     service_closed(instance)
 
@@ -171,11 +173,12 @@ class Runtime:
             )
             return
 
-        async def stop(deadline: float) -> None:
+        async def stop(deadline: float, why: str) -> None:
             await stoppable.aclose()
 
         self._stops.append(_Stop(repr(stoppable), stop, DEFAULT_CLOSE_TIMEOUT))
 
+    @trio.lowlevel.enable_ki_protection  # a Ctrl-C arrives at an await, where it is caught
     async def _shutdown(self) -> tuple[list[Exception], BaseException | None]:
         """Tear everything down one by one, in reverse start order, each within its bound.
 
@@ -191,15 +194,17 @@ class Runtime:
             stop = self._stops.pop()
             now = trio.current_time()
             deadline = now + stop.bound
-            by_caller = now < caller_deadline < deadline
-            if by_caller:
-                deadline = caller_deadline
+            why = f"within {stop.bound}s"
+            if now < caller_deadline < deadline:
+                deadline, why = caller_deadline, "before the caller's deadline"
             scope = trio.CancelScope(shield=True, deadline=deadline)
             try:
                 with scope:
                     try:  # one failing teardown must not keep the others from running
-                        await stop.stop(deadline)
-                    except ServiceError as exc:
+                        await stop.stop(deadline, why)
+                    except ServiceError as exc:  # names the service already
+                        if stop.force is None:  # a SERVICE_TASK logged its own
+                            _log.error("%s", exc, exc_info=exc.__cause__ or exc)
                         errors.append(exc)
                     except Exception as exc:
                         error = ServiceError(f"service {stop.name} failed to close: {exc!r}")
@@ -211,14 +216,17 @@ class Runtime:
             if scope.cancelled_caught:
                 if stop.force is not None:
                     stop.force()
-                why = "before the caller's deadline" if by_caller else f"within {stop.bound}s"
                 error = ServiceError(f"service {stop.name} did not close {why}")
                 _log.error("%s; moving on to the next", error)
                 errors.append(error)
-        for handle in self._handles:  # none may outlive the root nursery
+        self._force_all()
+        return errors, interrupted
+
+    def _force_all(self) -> None:
+        """End every SERVICE_TASK still running: none may outlive the root nursery."""
+        for handle in self._handles:
             if not handle.done:
                 handle._force()
-        return errors, interrupted
 
     # -- built-ins ---------------------------------------------------------------------------
 
@@ -336,14 +344,17 @@ async def open_runtime(
                 body_error = exc
             finally:
                 _RUNTIME.reset(token)
-                close_errors, interrupted = await runtime._shutdown()
-                with trio.move_on_after(_CLOSE_TIMEOUT, shield=True):
-                    try:
-                        await runtime.executor_table.aclose()
-                    except Exception as exc:
-                        _log.error("executors failed to close: %r", exc, exc_info=exc)
-                        close_errors.append(exc)
-                root.cancel_scope.cancel(reason="runtime closed")
+                try:
+                    close_errors, interrupted = await runtime._shutdown()
+                    with trio.move_on_after(_CLOSE_TIMEOUT, shield=True):
+                        try:
+                            await runtime.executor_table.aclose()
+                        except Exception as exc:
+                            _log.error("executors failed to close: %r", exc, exc_info=exc)
+                            close_errors.append(exc)
+                finally:  # even if something above was interrupted: nothing outlives the root
+                    runtime._force_all()
+                    root.cancel_scope.cancel(reason="runtime closed")
     except BaseExceptionGroup as group:  # a Ctrl-C that landed in a service task, say
         nursery_error = group
     error = _exit_error(body_error, close_errors, interrupted, nursery_error)

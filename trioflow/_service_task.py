@@ -94,6 +94,8 @@ class ServiceHandle(Generic[T]):
     _stop_deadline: float = attrs.field(default=math.inf, repr=False)
     _teardown: trio.CancelScope | None = attrs.field(default=None, repr=False)
     _forced: bool = attrs.field(default=False, repr=False)
+    _close_error_raised: bool = attrs.field(default=False, repr=False)
+    _deadline_why: str = attrs.field(default="", repr=False)  # who set a tighter deadline
 
     def __init__(self) -> None:
         raise TypeError("a ServiceHandle is made by calling a @trioflow.service_task")
@@ -168,7 +170,11 @@ class ServiceHandle(Generic[T]):
         """
         self.cancel()
         await self._done.wait()
+        self._raise_close_error()
+
+    def _raise_close_error(self) -> None:
         if self._close_error is not None:
+            self._close_error_raised = True  # the runtime's exit does not raise it again
             raise self._close_error
 
     # -- the one place the state changes -------------------------------------------------------
@@ -199,8 +205,10 @@ class ServiceHandle(Generic[T]):
 
     # -- bounded teardown ----------------------------------------------------------------------
 
-    def _stop_by(self, deadline: float) -> None:
+    def _stop_by(self, deadline: float, why: str = "") -> None:
         """The teardown must end by `deadline` (only ever moved earlier)."""
+        if deadline < self._stop_deadline and why:
+            self._deadline_why = why
         self._stop_deadline = min(self._stop_deadline, deadline)
         if self._teardown is not None:
             self._teardown.deadline = self._stop_deadline
@@ -218,12 +226,12 @@ class ServiceHandle(Generic[T]):
     def _disarm(self, scope: trio.CancelScope) -> None:
         self._teardown = None
         if scope.cancelled_caught:
-            why = (
-                "was cut short"
-                if self._forced
-                else (f"did not finish within {self._options.close_timeout}s (close_timeout)")
-            )
-            self._close_failed(ServiceError(f"service {self._name!r}: its teardown {why}"))
+            if self._forced:
+                message = f"service {self._name!r} had its teardown cut short"
+            else:
+                why = self._deadline_why or f"within {self._options.close_timeout}s (close_timeout)"
+                message = f"service {self._name!r} did not finish its teardown {why}"
+            self._close_failed(ServiceError(message))
 
     def _force(self) -> None:
         """The runtime gave up waiting: cut the teardown short and end the service."""
@@ -232,13 +240,14 @@ class ServiceHandle(Generic[T]):
             self._teardown.cancel(reason="teardown cut short")
         self._life.cancel(reason="runtime closed")
 
-    async def _stop(self, deadline: float) -> None:
-        """Stop and wait, tearing down by `deadline`; the runtime's exit calls this."""
-        self._stop_by(deadline)
+    async def _stop(self, deadline: float, why: str) -> None:
+        """Stop and wait, tearing down by `deadline` (set by `why`); the runtime's exit calls
+        this."""
+        self._stop_by(deadline, why)
         self.cancel(reason="runtime closing")
         await self._done.wait()
-        if self._close_error is not None:
-            raise self._close_error
+        if not self._close_error_raised:
+            self._raise_close_error()
 
     # -- supervision, in the runtime's root nursery -------------------------------------------
 

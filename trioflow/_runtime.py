@@ -79,7 +79,7 @@ class _Stop:
     name: str
     stop: Callable[[float, str], Awaitable[None]]  # given its deadline, and why that one
     bound: float
-    force: Callable[[], None] | None = None  # ends it when the bound passed
+    force: Callable[[], Awaitable[None]] | None = None  # ends it when the bound passed
 
 
 def default_artifacts_dir() -> Path:
@@ -168,7 +168,7 @@ class Runtime:
                     repr(stoppable.name),
                     stoppable._stop,
                     stoppable._options.close_timeout,
-                    stoppable._force,
+                    stoppable._abandon,
                 )
             )
             return
@@ -214,8 +214,11 @@ class Runtime:
             except KeyboardInterrupt as exc:  # re-raised by open_runtime once all is closed
                 interrupted = interrupted or exc
             if scope.cancelled_caught:
-                if stop.force is not None:
-                    stop.force()
+                if stop.force is not None:  # so that the next teardown starts after this one
+                    try:
+                        await stop.force()
+                    except KeyboardInterrupt as exc:
+                        interrupted = interrupted or exc
                 error = ServiceError(f"service {stop.name} did not close {why}")
                 _log.error("%s; moving on to the next", error)
                 errors.append(error)

@@ -34,6 +34,7 @@ __all__ = ["ServiceHandle", "ServiceState", "ServiceTask", "service_task", "tear
 
 T = TypeVar("T")
 _log = logging.getLogger("trioflow.services")
+_FORCE_GRACE = 1.0  # seconds a teardown that was cut short gets to unwind
 
 
 class ServiceState(enum.StrEnum):
@@ -239,6 +240,12 @@ class ServiceHandle(Generic[T]):
         if self._teardown is not None:
             self._teardown.cancel(reason="teardown cut short")
         self._life.cancel(reason="runtime closed")
+
+    async def _abandon(self) -> None:
+        """Cut the teardown short, and give it a moment (bounded) to unwind."""
+        self._force()
+        with trio.move_on_after(_FORCE_GRACE, shield=True):
+            await self._done.wait()
 
     async def _stop(self, deadline: float, why: str) -> None:
         """Stop and wait, tearing down by `deadline` (set by `why`); the runtime's exit calls

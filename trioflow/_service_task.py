@@ -66,7 +66,7 @@ class _Options:
 
 
 @typing.final
-@attrs.define(eq=False, init=False)
+@attrs.define(eq=False, init=False, repr=False)
 class ServiceHandle(Generic[T]):
     """A running service: await it for the instance, cancel it to stop it.
 
@@ -76,27 +76,27 @@ class ServiceHandle(Generic[T]):
     """
 
     _name: str
-    _body: Body = attrs.field(repr=False)
-    _options: _Options = attrs.field(repr=False)
+    _body: Body
+    _options: _Options
     _state: ServiceState = ServiceState.STARTING
     _restarts: int = 0
     # Shielded: an enclosing cancel does not reach the service; the runtime stops services one
     # by one, in reverse start order. `_scope` is what `cancel()` cancels.
-    _life: trio.CancelScope = attrs.field(factory=lambda: trio.CancelScope(shield=True), repr=False)
-    _scope: trio.CancelScope = attrs.field(factory=trio.CancelScope, repr=False)
-    _ready: trio.Event = attrs.field(factory=trio.Event, repr=False)
-    _done: trio.Event = attrs.field(factory=trio.Event, repr=False)
-    _instance: Any = attrs.field(default=None, repr=False)
-    _error: BaseException | None = attrs.field(default=None, repr=False)
-    _close_error: ServiceError | None = attrs.field(default=None, repr=False)
-    _ready_at: float | None = attrs.field(default=None, repr=False)
-    _was_ready: bool = attrs.field(default=False, repr=False)
-    _stop_requested: bool = attrs.field(default=False, repr=False)
-    _stop_deadline: float = attrs.field(default=math.inf, repr=False)
-    _teardown: trio.CancelScope | None = attrs.field(default=None, repr=False)
-    _forced: bool = attrs.field(default=False, repr=False)
-    _close_error_raised: bool = attrs.field(default=False, repr=False)
-    _deadline_why: str = attrs.field(default="", repr=False)  # who set a tighter deadline
+    _life: trio.CancelScope = attrs.field(factory=lambda: trio.CancelScope(shield=True))
+    _scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    _ready: trio.Event = attrs.field(factory=trio.Event)
+    _done: trio.Event = attrs.field(factory=trio.Event)
+    _instance: Any = None
+    _error: BaseException | None = None
+    _close_error: ServiceError | None = None
+    _ready_at: float | None = None
+    _was_ready: bool = False
+    _stop_requested: bool = False
+    _stop_deadline: float = math.inf
+    _teardown: trio.CancelScope | None = None
+    _forced: bool = False
+    _close_error_raised: bool = False
+    _deadline_why: str = ""  # who set a tighter deadline, if anyone
 
     def __init__(self) -> None:
         raise TypeError("a ServiceHandle is made by calling a @trioflow.service_task")
@@ -106,6 +106,9 @@ class ServiceHandle(Generic[T]):
         handle = cls.__new__(cls)
         handle.__attrs_init__(name, body, options)
         return handle
+
+    def __repr__(self) -> str:
+        return f"<ServiceHandle {self._name!r} {self._state.value} restarts={self._restarts}>"
 
     # -- the public surface ----------------------------------------------------------------
 

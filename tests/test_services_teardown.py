@@ -656,3 +656,28 @@ def test_a_real_ctrl_c_during_teardown_comes_out_bare_after_closing_the_rest() -
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "bare KeyboardInterrupt ['close c', 'close a']"
+
+
+async def test_an_agent_tool_instance_that_hangs_on_close_is_bounded_and_named(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    class Model:
+        async def __call__(self, prompt: str) -> str:
+            return prompt
+
+        async def aclose(self) -> None:
+            await trio.sleep_forever()
+
+    @trioflow.task(flow_type=trioflow.FlowType.AGENT_TOOL_AS_SERVICE, outputs=["text"])
+    async def llm() -> Model:
+        return Model()
+
+    @trioflow.graph_fn(name="g", outputs=["text"])
+    async def g() -> str:
+        return str((await llm(prompt="hi"))["text"])
+
+    with trio.fail_after(100):
+        with pytest.raises(ServiceError, match="'llm' did not close within 10.0s"):
+            async with trioflow.open_runtime():
+                assert await trioflow.run_async(g) == {"text": "hi"}
+        assert trio.current_time() == 10

@@ -176,7 +176,9 @@ class Runtime:
         async def stop(deadline: float, why: str) -> None:
             await stoppable.aclose()
 
-        self._stops.append(_Stop(repr(stoppable), stop, DEFAULT_CLOSE_TIMEOUT))
+        name = getattr(stoppable, "name", None)
+        label = repr(name) if isinstance(name, str) else repr(stoppable)
+        self._stops.append(_Stop(label, stop, DEFAULT_CLOSE_TIMEOUT))
 
     @trio.lowlevel.enable_ki_protection  # a Ctrl-C arrives at an await, where it is caught
     async def _shutdown(self) -> tuple[list[Exception], BaseException | None]:

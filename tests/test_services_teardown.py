@@ -681,3 +681,34 @@ async def test_an_agent_tool_instance_that_hangs_on_close_is_bounded_and_named(
             async with trioflow.open_runtime():
                 assert await trioflow.run_async(g) == {"text": "hi"}
         assert trio.current_time() == 10
+
+
+async def test_a_run_that_needs_a_service_while_another_closes_it_waits_and_restarts_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    @attrs.define(eq=False)
+    class SlowClose(Shared):
+        async def close(self) -> None:
+            await trio.sleep(1)
+            await super().close()
+
+    shared = SlowClose()
+    trioflow.register_context_service("shared", shared)
+    seen: list[tuple[str, float]] = []
+
+    async def first() -> None:
+        await trioflow.run_async(uses_shared, {"seconds": 1.0})  # start 0-0.5, use, close 1.5-2.5
+        seen.append(("first done", trio.current_time()))
+
+    async def second() -> None:
+        await trio.sleep(2)  # arrives while the first run's runtime is closing the service
+        assert await trioflow.run_async(uses_shared, {"seconds": 1.0}) == {"up": True}
+        seen.append(("second done", trio.current_time()))
+
+    with trio.fail_after(100):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(first)
+            nursery.start_soon(second)
+    # second: waits for the close (until 2.5), starts it again (3.0), uses it (4.0), closes (5.0)
+    assert seen == [("first done", 2.5), ("second done", 5.0)]
+    assert (shared.starts, shared.closes, shared.up) == (2, 2, False)

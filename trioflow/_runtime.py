@@ -80,7 +80,6 @@ class Runtime:
     artifacts_dir: Path = attrs.field(factory=default_artifacts_dir)
     executor_table: ExecutorTable = attrs.field(factory=ExecutorTable)
     on_event: Listener | None = None
-    rate_limits: dict[str, RateLimit] = attrs.field(factory=dict)
     rates: RateLimits = attrs.field(factory=lambda: RateLimits.of(None))  # shared buckets
     store: Any = None
     hub: MessageHub = attrs.field(factory=MessageHub)
@@ -258,7 +257,6 @@ async def open_runtime(
             resources={k: trio.CapacityLimiter(v) for k, v in resource_caps.items()},
             executor_table=ExecutorTable(executor_map),
             on_event=on_event,
-            rate_limits=rates,
             rates=RateLimits.of(rates),
             store=store,
         )

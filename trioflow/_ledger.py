@@ -206,12 +206,6 @@ class Ledger:
         if self.listener is not None:
             self._emit("run_finished", -1, outcome, self.now(), None, None, None)
 
-    def wall(self, at: float | None) -> datetime | None:
-        """The UTC time of a Trio-clock reading of this run."""
-        if at is None:
-            return None
-        return self.wall0 + timedelta(seconds=at - self.t0)
-
     def _error_info(self, idx: int) -> ErrorInfo:
         info = self.infos.get(idx)
         if info is None:
@@ -283,23 +277,42 @@ class Ledger:
     def snapshot(self, started_at: float | None, finished_at: float | None) -> RunRecord:
         """A frozen `RunRecord` of every row so far."""
         errors = {i: self._error_info(i) for i in self.errors}
-        waited, cached, wall = self.waited, self.cached, self.wall
-        started, finished = self.started, self.finished
+        waited, cached, epoch = self.waited, self.cached, self.epoch
+        walls: dict[float | None, datetime | None] = {None: None}  # many nodes share a time
+
+        def wall(at: float | None) -> datetime | None:
+            if at in walls:
+                return walls[at]
+            assert at is not None
+            found = walls[at] = epoch + timedelta(seconds=at)
+            return found
+
         nodes = {
             node_id: NodeRecord(
-                tool=self.tools[i],
-                state=self.states[i],
-                started_at=started[i],
-                finished_at=finished[i],
-                attempts=self.attempts[i],
-                error=errors.get(i),
-                executor=self.executors[i],
-                cached=i in cached,
-                waited=waited.get(i, 0.0),
-                started_wall=wall(started[i]),
-                finished_wall=wall(finished[i]),
+                tool,
+                state,
+                started,
+                finished,
+                attempts,
+                errors.get(i),
+                executor,
+                i in cached,
+                waited.get(i, 0.0),
+                wall(started),
+                wall(finished),
             )
-            for i, node_id in enumerate(self.ids)
+            for i, (node_id, tool, state, started, finished, attempts, executor) in enumerate(
+                zip(
+                    self.ids,
+                    self.tools,
+                    self.states,
+                    self.started,
+                    self.finished,
+                    self.attempts,
+                    self.executors,
+                    strict=True,
+                )
+            )
         }
         return RunRecord(
             run_id=self.run_id,

@@ -22,7 +22,7 @@ Both skip Hypothesis' explain phase, which can take most of a failing test's tim
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -121,6 +121,15 @@ _load_default_profile()
 def virtual_clock() -> trio.testing.MockClock:
     """Virtual time that jumps whenever every task is blocked: timing assertions are exact."""
     return trio.testing.MockClock(autojump_threshold=0)
+
+
+@pytest.fixture
+def trioflow_isolated_services() -> Iterator[None]:
+    """An empty service registry for one test; what was registered before comes back after."""
+    from ._services import isolated_services
+
+    with isolated_services():
+        yield
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ Fixtures:
 - `virtual_clock`: a `MockClock(autojump_threshold=0)`; pytest-trio runs the test on it.
 - `trioflow_services`: name → instance to register for one test (empty; override it).
 - `trioflow_runtime`: an open runtime with `trioflow_services` registered on it.
+- `trioflow_isolated_services`: an empty process-wide service registry for one test.
 These are per *test*: under Hypothesis' `@given` use `trioflow.testing.run_virtual(...,
 services=...)` inside the test body instead, which is fresh for every example.
 

@@ -45,6 +45,7 @@ from trioflow.testing import (
     dags,
     nested_dag_graphs,
     peak_concurrency,
+    run_in_virtual_time,
     run_scheduler,
     run_virtual,
     scheduler_cases,
@@ -318,6 +319,13 @@ async def tick(i: int) -> int:
     return i
 
 
+@trioflow.tool(outputs=["out"])
+async def instant(i: int) -> int:
+    await trio.lowlevel.checkpoint()
+    TICKS.append(i)
+    return i
+
+
 @trioflow.graphify(name="six_ready", outputs=["outs"])
 def six_ready() -> Any:
     return [tick(i=i).out for i in range(6)]
@@ -354,6 +362,29 @@ def six_mapped() -> Any:
 
 def test_rng_changes_the_order_of_map_items() -> None:
     assert len(item_orders(six_mapped)) > 1
+
+
+def test_an_interleaving_seed_picks_a_reproducible_task_order() -> None:
+    @trioflow.graph_fn(name="six_at_once", outputs=["outs"])
+    async def six_at_once() -> list[int]:
+        return [r["out"] for r in await trioflow.gather(*(instant(i=i) for i in range(6)))]
+
+    def order(seed: int) -> tuple[int, ...]:
+        TICKS.clear()
+        assert run_virtual(six_at_once, max_concurrency=math.inf, interleaving=seed).ok
+        return tuple(TICKS)
+
+    assert order(7) == order(7)  # one seed, one interleaving (Trio is seeded under Hypothesis)
+    assert len({order(s) for s in range(10)}) > 1
+
+
+def test_run_in_virtual_time_reports_a_deadlock() -> None:
+    async def stuck() -> None:
+        await trio.Event().wait()
+
+    with pytest.raises(Deadlock, match="deadlock at t=0"):
+        run_in_virtual_time(stuck)
+    assert run_in_virtual_time(trio.sleep, 5) is None
 
 
 def test_a_sync_tool_does_not_make_virtual_time_jump() -> None:

@@ -10,7 +10,6 @@ nodes, not as a bare `TooSlowError`.
 
 from __future__ import annotations
 
-import inspect
 import math
 import random
 from collections.abc import Awaitable, Callable, Mapping
@@ -150,13 +149,6 @@ class _Live:
         return record, stuck
 
 
-def _accepts(fn: Callable[..., Any], name: str) -> bool:
-    try:
-        return name in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def run_virtual(
     target: Any,
     inputs: Mapping[str, Any] | None = None,
@@ -185,7 +177,6 @@ def run_virtual(
     """
     named = dict(services() if callable(services) else services or {})
     live = _Live()
-    events = _accepts(run_async, "on_event")
 
     async def main() -> Outcome:
         if interleaving is not None:
@@ -217,7 +208,6 @@ def run_virtual(
                     )
                 )
                 with trio.CancelScope() as run_scope:
-                    extra: dict[str, Any] = {"on_event": live} if events else {}
                     try:
                         result = await run_async(
                             target,
@@ -226,7 +216,7 @@ def run_virtual(
                             on_error=on_error,
                             rng=rng,
                             record=True,
-                            **extra,
+                            on_event=live,
                         )
                     except Exception as exc:
                         if not is_run_failure(exc):

@@ -23,6 +23,7 @@ import trio
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import trioflow
+import trioflow.testing
 from trioflow import NodeRecord, NodeState, RunRecord
 from trioflow.testing import (
     Dag,
@@ -98,6 +99,12 @@ def test_the_docs_bug_shrinks_to_two_nodes() -> None:
     message = example.test_a_planted_bug_is_found_and_shrunk("dependent starts early")
     assert "node_2 started at 0.0 before node_1 finished at 1.0" in message
     assert "Dag(deps=((), (0,)))" in message
+    # The reported case is Python: pasted back, it replays the failure.
+    case = eval(
+        message.split("case: ", 1)[1].split("\n", 1)[0], vars(trioflow.testing), {"math": math}
+    )
+    bad = functools.partial(example.schedule, bug="dependent starts early")
+    assert run_scheduler(bad, case).violations()
 
 
 def scheduler_for(case: DagGraph, bug: str, cap: float = 1) -> Any:

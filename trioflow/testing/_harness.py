@@ -19,6 +19,7 @@ many drawn cases with Hypothesis, which shrinks a failure to a tiny graph.
 from __future__ import annotations
 
 import inspect
+import math
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -239,8 +240,10 @@ class SchedulerCase:
     interleaving: int | None = None
 
     def __repr__(self) -> str:
+        # Copy-pasteable: `run_scheduler(schedule, <this>)` replays the case (without its rng).
+        cap = "math.inf" if self.max_concurrency == math.inf else repr(self.max_concurrency)
         return (
-            f"SchedulerCase({self.graph!r}, max_concurrency={self.max_concurrency!r}, "
+            f"SchedulerCase({self.graph!r}, max_concurrency={cap}, "
             f"interleaving={self.interleaving!r})"
         )
 

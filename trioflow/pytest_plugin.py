@@ -1,7 +1,8 @@
 """The trioflow pytest plugin (entry point `pytest11`), for pytest-trio users.
 
 It is loaded by every pytest run in an environment where trioflow is installed, so it imports
-nothing heavy and works without Hypothesis (the profiles exist only when it is there).
+nothing heavy but Hypothesis (when installed: its profiles must exist before pytest reads
+`--hypothesis-profile`), and works without it.
 
 Fixtures:
 - `virtual_clock`: a `MockClock(autojump_threshold=0)`; pytest-trio runs the test on it.

@@ -7,7 +7,7 @@ never replaced: a failing node raises `NodeFailed` *from* the original, so `__ca
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._records import RunRecord
@@ -25,8 +25,19 @@ __all__ = [
 ]
 
 
+def _rebuild(cls: type[BaseException], args: tuple[object, ...], state: dict[str, object]) -> Any:
+    """Unpickle a trioflow error without calling its `__init__` (whose signature varies)."""
+    exc = cls.__new__(cls, *args)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
+
+
 class TrioflowError(Exception):
     """Base class of every error trioflow raises itself."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.args, dict(self.__dict__)))
 
 
 class ConfigError(TrioflowError, ValueError):
@@ -42,15 +53,36 @@ class ContextError(TrioflowError, RuntimeError):
 
 
 class GraphBuildError(TrioflowError):
-    """Tracing a `@graphify` body failed; `code` names the problem, `hints` say what to do."""
+    """Tracing a `@graphify` body failed.
 
-    def __init__(self, message: str, *, code: str, hints: Sequence[str] = ()) -> None:
+    `message` says what went wrong, `code` names the problem (`"shape-dependent"`,
+    `"bad-call"`, ...), `hints` say what to do; `graph` and `where` (`file:line` in the body)
+    locate it once the trace knows them. `str(exc)` puts them together.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str,
+        hints: Sequence[str] = (),
+        graph: str | None = None,
+        where: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
         self.code = code
         self.hints = tuple(hints)
-        text = f"[{code}] {message}"
-        if self.hints:
-            text += "\n" + "\n".join(f"  hint: {h}" for h in self.hints)
-        super().__init__(text)
+        self.graph = graph
+        self.where = where
+
+    def __str__(self) -> str:
+        text = f"[{self.code}] "
+        if self.graph is not None:
+            text += f"tracing graph {self.graph!r}"
+            text += f" at {self.where}: " if self.where else ": "
+        text += self.message
+        return "".join([text, *(f"\n  hint: {h}" for h in self.hints)])
 
     @property
     def hint(self) -> str:
@@ -78,9 +110,6 @@ class NodeFailed(_RunError):
         self.node_id = node_id
         self.tool = tool
         super().__init__(message or f"node {node_id!r} (tool {tool!r}) failed")
-
-    def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (self.node_id, self.tool, str(self)))
 
 
 class DependencyFailed(_RunError):

@@ -21,7 +21,8 @@ from ._errors import ConfigError, NodeFailed, TrioflowError
 from ._ledger import Ledger
 from ._records import NodeState
 from ._slots import Limiters, Slot
-from ._tool import TRACER, InputSpec, Tool, ToolCall
+from ._tool import InputSpec, Tool, ToolCall
+from ._trace import TRACER
 
 __all__ = [
     "ErrorPolicy",

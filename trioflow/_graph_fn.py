@@ -26,12 +26,12 @@ from ._errors import (
 )
 from ._execute import RunState, call_graph_target
 from ._tool import (
-    TRACER,
     InputSpec,
     Tool,
     ToolCall,
     normalize_outputs,
 )
+from ._trace import TRACER
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -228,7 +228,7 @@ def map(tool: Tool, items: Any, *, param: str | None = None, **fixed: Any) -> An
     name = map_param(tool, param, fixed)
     tracer = TRACER.get()
     if tracer is not None:
-        return tracer.map(tool, items, name, fixed)  # type: ignore[attr-defined]
+        return tracer.map(tool, items, name, fixed)
     if FRAME.get() is None:
         raise ContextError(
             "trioflow.map() runs inside a run: call it from a @graph_fn body or a tool, "

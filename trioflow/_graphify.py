@@ -73,7 +73,12 @@ class Graphify:
 
     def _trace(self, values: Mapping[str, Any] | None) -> TaskGraph:
         return trace(
-            self.fn, name=self.name, inputs=self.inputs, outputs=self.outputs, values=values
+            self.fn,
+            name=self.name,
+            inputs=self.inputs,
+            outputs=self.outputs,
+            values=values,
+            defaults=self.defaults,
         )
 
     def plan_for(self, inputs: Mapping[str, Any]) -> Plan:

@@ -347,3 +347,39 @@ async def test_a_misspelled_keyword_is_named_in_a_graph_fn() -> None:
 
     with pytest.raises(trioflow.ConfigTypeError, match=r"no input named 'bb' \(did you mean 'b'"):
         await trioflow.run_async(g)
+
+
+# -- the same mistake, the same class ------------------------------------------------------------
+
+
+async def test_a_bad_call_is_a_config_type_error_in_a_trace_as_in_a_graph_fn() -> None:
+    def body(x):  # type: ignore[no-untyped-def]
+        return add(a=x).out  # b is missing
+
+    @trioflow.graph_fn(outputs=["out"])
+    async def reactive(x: int) -> object:
+        return await add(a=x)
+
+    with pytest.raises(trioflow.ConfigTypeError):
+        await trioflow.run_async(reactive, {"x": 1})
+    err = compile_error(body)
+    assert isinstance(err, trioflow.ConfigTypeError) and err.code == "bad-call"
+    # A bad argument value (map() cannot tell which input takes the items) stays a ConfigError.
+    err = compile_error(lambda x: trioflow.map(add, x).out)
+    assert isinstance(err, trioflow.ConfigError) and err.code == "bad-call"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        lambda x: work(x=work(x=x) + 1).out,
+        lambda x: work(x=1 - work(x=x)).out,
+        lambda x: work(x=work(x=x) < 3).out,
+        lambda x: work(x=range(work(x=x))).out,
+        lambda x: work(x=float(work(x=x))).out,
+    ],
+)
+def test_computing_with_a_node_ref_is_a_build_error_like_with_an_output_ref(body: object) -> None:
+    err = compile_error(body)
+    assert err.code == "node-ref-not-a-value"
+    assert "ref.out" in err.hint

@@ -13,6 +13,8 @@ import json
 import pathlib
 from typing import Any
 
+from hypothesis import given, strategies as st
+
 import trioflow
 
 GOLDEN = pathlib.Path(__file__).parent / "data" / "taskgraph_golden.json"
@@ -112,3 +114,59 @@ def test_stored_graphs_read_back_equal_to_a_fresh_compile() -> None:
 def write_golden() -> None:
     out = {n: {"data": g.to_dict(), "hash": g.content_hash} for n, g in graphs().items()}
     GOLDEN.write_text(dumps(out) + "\n")
+
+
+# -- any graph round-trips ------------------------------------------------------------------------
+
+_keys = st.text(alphabet="ab$_k", min_size=1, max_size=3)
+_path = st.lists(st.one_of(st.integers(0, 3), _keys), max_size=2).map(tuple)
+_refs = st.one_of(
+    st.builds(trioflow.InputRef, st.sampled_from(["vals", "cfg"]), _path),
+    st.builds(trioflow.OutputRef, st.just("n_1"), st.sampled_from(["out", "meta"]), _path),
+)
+_constants = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=3)
+)
+_trees = st.recursive(
+    st.one_of(_constants, _refs),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.lists(inner, max_size=3).map(tuple),
+        st.dictionaries(_keys, inner, max_size=3),
+    ),
+    max_leaves=8,
+)
+
+
+@given(
+    args=st.dictionaries(st.sampled_from(["x", "y", "z"]), _trees, max_size=3),
+    outputs=st.dictionaries(st.sampled_from(["a", "b"]), _trees, min_size=1, max_size=2),
+    defaults=st.dictionaries(st.sampled_from(["cfg"]), _trees, max_size=1),
+    kind=st.sampled_from(["tool", "map", "graph"]),
+)
+def test_any_graph_round_trips_through_json(
+    args: dict[str, Any], outputs: dict[str, Any], defaults: dict[str, Any], kind: str
+) -> None:
+    first = trioflow.NodeSpec(id="n_1", tool="n", outputs=("out", "meta"))
+    second = trioflow.NodeSpec(
+        id="m_1",
+        tool="m",
+        args=args,
+        deps=("n_1",),
+        outputs=("out",),
+        kind=kind,  # type: ignore[arg-type]
+        map_param="x" if kind == "map" else None,
+        target="pkg.mod:m",
+    )
+    graph = trioflow.TaskGraph(
+        name="g",
+        inputs=("vals", "cfg"),
+        nodes={"n_1": first, "m_1": second},
+        outputs=outputs,
+        defaults=defaults,
+    )
+    text = json.dumps(graph.to_dict())
+    again = trioflow.TaskGraph.from_dict(json.loads(text))
+    assert again == graph
+    assert json.dumps(again.to_dict()) == text
+    assert ("defaults" in json.loads(text)) == bool(defaults)  # left out when empty

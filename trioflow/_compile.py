@@ -19,7 +19,13 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from ._checks import outputs_dict
-from ._errors import ConfigError, ConfigTypeError, GraphBuildError
+from ._errors import (
+    ConfigError,
+    ConfigTypeError,
+    GraphBuildError,
+    GraphBuildTypeError,
+    GraphBuildValueError,
+)
 from ._graph import InputRef, NodeKind, NodeSpec, OutputRef, TaskGraph, _project, ref_as_text
 from ._trace import TRACER, called_from_user_code
 
@@ -143,6 +149,7 @@ class GraphTracer:
     nodes: dict[str, NodeSpec] = attrs.field(factory=dict)
     callables: dict[str, Any] = attrs.field(factory=dict)
     counters: dict[str, int] = attrs.field(factory=dict)
+    kinds: dict[str, NodeKind] = attrs.field(factory=dict)  # name → "tool" or "graph"
     paths: dict[str, str] = attrs.field(factory=dict)  # name → import path, computed once
 
     def known_value(self, ref: object) -> tuple[bool, Any]:
@@ -198,12 +205,13 @@ class GraphTracer:
             return {k: self._prepare(v, deps, node_id) for k, v in value.items()}
         return value
 
-    def _register(self, name: str, target: Any) -> None:
-        """Remember the callable behind `name`; a different one under the same name is an error,
-        since nodes find their callable by name (one of them would run the other's code)."""
+    def _register(self, name: str, target: Any) -> NodeKind:
+        """Remember the callable behind `name` and return its kind; a different one under the
+        same name is an error, since nodes find their callable by name (one of them would run
+        the other's code). A graph is checked for recursion when first seen."""
         known = self.callables.get(name)
         if known is target:
-            return
+            return self.kinds[name]
         if known is not None:
             raise GraphBuildError(
                 f"graph {self.name!r} calls two different callables named {name!r}: "
@@ -214,8 +222,15 @@ class GraphTracer:
                     "@trioflow.tool(name=...)",
                 ),
             )
+        # Graphs (targets with `check_inputs`, the scheduler's `GraphTarget`) become subgraph
+        # nodes; calling one must not make a graph call itself.
+        kind: NodeKind = "graph" if hasattr(target, "check_inputs") else "tool"
+        if kind == "graph":
+            _check_recursion(target)
         self.callables[name] = target
+        self.kinds[name] = kind
         self.paths[name] = _target_path(target)
+        return kind
 
     def _add(
         self,
@@ -223,10 +238,10 @@ class GraphTracer:
         node_id: str,
         target: Any,
         args: Mapping[str, Any],
-        kind: NodeKind,
+        kind: NodeKind | None = None,
         map_param: str | None = None,
     ) -> NodeRef:
-        self._register(name, target)
+        target_kind = self._register(name, target)
         deps: dict[str, None] = {}
         prepare = self._prepare
         prepared = {key: prepare(v, deps, node_id) for key, v in args.items()}
@@ -237,23 +252,17 @@ class GraphTracer:
             args=prepared,
             deps=tuple(deps),
             outputs=outputs,
-            kind=kind,
+            kind=kind or target_kind,
             map_param=map_param,
             target=self.paths[name],
         )
         return NodeRef(node_id, outputs)
 
     def call(self, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> NodeRef:
-        """A tool call (or a nested graph call) in the body: record a node.
-
-        Graphs (targets with `check_inputs`, the scheduler's `GraphTarget`) become subgraph
-        nodes, after a check that the call does not make the graph call itself."""
+        """A tool call (or a nested graph call: a subgraph node) in the body: record a node."""
         inputs = target.spec.bind(args, kwargs)
-        kind: NodeKind = "graph" if hasattr(target, "check_inputs") else "tool"
-        if kind == "graph":
-            _check_recursion(target)
         name = target.name
-        return self._add(name, self._new_id(name), target, inputs, kind)
+        return self._add(name, self._new_id(name), target, inputs)
 
     def map(self, tool: Tool, items: Any, param: str, fixed: Mapping[str, Any]) -> NodeRef:
         """`trioflow.map(tool, items)` in the body: one node that fans out at run time."""
@@ -337,7 +346,9 @@ def trace(
             exc.where = _user_location(exc.__traceback__)
         raise
     except (ConfigError, ConfigTypeError) as exc:  # a bad call of a tool in the body
-        raise GraphBuildError(
+        # The same mistake keeps its class: a ConfigTypeError in a graph_fn is one here too.
+        cls = GraphBuildTypeError if isinstance(exc, ConfigTypeError) else GraphBuildValueError
+        raise cls(
             str(exc),
             code="bad-call",
             hints=("call each tool with its declared inputs, by name",),

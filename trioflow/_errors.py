@@ -18,6 +18,8 @@ __all__ = [
     "ContextError",
     "DependencyFailed",
     "GraphBuildError",
+    "GraphBuildTypeError",
+    "GraphBuildValueError",
     "NodeFailed",
     "RunCancelled",
     "ServiceError",
@@ -88,6 +90,16 @@ class GraphBuildError(TrioflowError):
     def hint(self) -> str:
         """The first hint (or an empty string)."""
         return self.hints[0] if self.hints else ""
+
+
+class GraphBuildValueError(GraphBuildError, ConfigError):
+    """A bad argument value met while tracing (code `"bad-call"`): a `GraphBuildError` with the
+    graph and source line, and the `ConfigError` the same call raises outside a trace."""
+
+
+class GraphBuildTypeError(GraphBuildError, ConfigTypeError):
+    """A bad call met while tracing (code `"bad-call"`): a `GraphBuildError` with the graph and
+    source line, and the `ConfigTypeError` the same call raises in a graph_fn."""
 
 
 class _RunError(TrioflowError):

@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING, Any, overload
 import attrs
 import trio
 
-from ._checks import adopt_metadata, check_function, check_max_concurrency, check_names
+from ._checks import (
+    adopt_metadata,
+    check_function,
+    check_max_concurrency,
+    check_name,
+    check_names,
+)
 from ._context import FRAME, Frame, context_from_frame
 from ._dispatch import call_graph_target
 from ._errors import (
@@ -115,8 +121,7 @@ def graph_fn(
     """
     out_names = ("result",) if outputs is None else check_names(outputs, "outputs")
     cap = None if max_concurrency is None else check_max_concurrency(max_concurrency)
-    if name is not None and (not isinstance(name, str) or not name):
-        raise ConfigError(f"name must be a non-empty string, got {name!r}")
+    check_name(name, "@trioflow.graph_fn")
 
     def decorate(fn: Callable[..., Awaitable[Any]]) -> GraphFn:
         check_function(fn, "@trioflow.graph_fn")

@@ -23,7 +23,7 @@ from typing import Any, Generic, Literal, TypeVar
 import attrs
 import trio
 
-from ._checks import adopt_metadata, check_function, check_seconds
+from ._checks import adopt_metadata, check_function, check_name, check_seconds
 from ._context import FRAME
 from ._errors import ConfigError, ServiceError
 
@@ -280,6 +280,7 @@ def service_task(
     `start_timeout` bounds the time to ready. `restart="on-failure"` restarts a service that
     crashes after it was ready, at most `max_restarts` times within any `within` seconds.
     """
+    check_name(name, "@trioflow.service_task")
     timeout = check_seconds(start_timeout, "start_timeout")
     if restart not in ("never", "on-failure"):
         raise ConfigError(f"restart must be 'never' or 'on-failure', got {restart!r}")

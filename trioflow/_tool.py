@@ -19,6 +19,7 @@ from ._cache import Cache
 from ._checks import (
     adopt_metadata,
     check_function,
+    check_name,
     check_names,
     check_seconds,
     closest,
@@ -381,8 +382,7 @@ def tool(
     if retry is not None and not isinstance(retry, Retry):
         raise ConfigTypeError(f"retry must be a trioflow.Retry, got {retry!r}")
     limit_keys = check_names(limits, "limits")
-    if name is not None and (not isinstance(name, str) or not name):
-        raise ConfigError(f"name must be a non-empty string, got {name!r}")
+    check_name(name, "@trioflow.tool")
     if executor is not None and (not isinstance(executor, str) or not executor):
         raise ConfigError(
             f"executor must be a key like 'process' or 'ray' (a non-empty string), got {executor!r}"

@@ -124,7 +124,7 @@ def _show_target(obj: Any) -> str:
     return f"{module}:{qualname}" if module and qualname else repr(obj)
 
 
-@attrs.frozen
+@attrs.frozen(eq=False)
 class _Probes:
     """Recursion check state shared by a trace and the traces it starts to probe subgraphs.
 

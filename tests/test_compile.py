@@ -383,3 +383,21 @@ def test_computing_with_a_node_ref_is_a_build_error_like_with_an_output_ref(body
     err = compile_error(body)
     assert err.code == "node-ref-not-a-value"
     assert "ref.out" in err.hint
+
+
+def test_a_method_of_a_ref_is_a_build_error_that_hasattr_still_understands() -> None:
+    err = compile_error(lambda x: work(x=x.upper()).out)
+    assert err.code == "value-op"
+    assert err.message.startswith("graph input 'x' has no attribute 'upper'")
+    assert isinstance(err, AttributeError)  # hasattr(ref, "upper") stays False, not an error
+
+    seen: list[bool] = []
+
+    def body(x):  # type: ignore[no-untyped-def]
+        seen.append(hasattr(work(x=x).out, "upper"))
+        return x
+
+    trioflow.graphify(outputs=["out"])(body).compile()
+    assert seen == [False]
+    with pytest.raises(AttributeError):
+        trioflow.InputRef("x").upper  # noqa: B018  (outside a trace: a plain AttributeError)

@@ -17,6 +17,7 @@ __all__ = [
     "ConfigTypeError",
     "ContextError",
     "DependencyFailed",
+    "GraphBuildAttributeError",
     "GraphBuildError",
     "GraphBuildTypeError",
     "GraphBuildValueError",
@@ -100,6 +101,11 @@ class GraphBuildValueError(GraphBuildError, ConfigError):
 class GraphBuildTypeError(GraphBuildError, ConfigTypeError):
     """A bad call met while tracing (code `"bad-call"`): a `GraphBuildError` with the graph and
     source line, and the `ConfigTypeError` the same call raises in a graph_fn."""
+
+
+class GraphBuildAttributeError(GraphBuildError, AttributeError):
+    """An attribute of a ref read while tracing (`vals.upper()`): a `GraphBuildError` (code
+    `"value-op"`) that is still an `AttributeError`, so `hasattr()` keeps working."""
 
 
 class _RunError(TrioflowError):

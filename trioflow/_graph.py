@@ -20,7 +20,7 @@ import cattrs
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
 from ._convert import converter
-from ._errors import ConfigError, GraphBuildError
+from ._errors import ConfigError, GraphBuildAttributeError, GraphBuildError
 from ._trace import TRACER, called_from_user_code
 
 __all__ = [
@@ -66,6 +66,21 @@ class _RefOps:
                 hints=("slices and other keys are not supported; do it inside a tool",),
             )
         return self._with_path((*self.path, key))
+
+    def __getattr__(self, name: str) -> Any:
+        # Reached only when the attribute does not exist. While tracing, `vals.upper()` is the
+        # user computing with a value that exists only at run time.
+        if name.startswith("_") or TRACER.get() is None:
+            raise AttributeError(name)
+        raise GraphBuildAttributeError(
+            f"{self.describe()} has no attribute {name!r} while the graph is traced: its value "
+            "exists only when the graph runs",
+            code="value-op",
+            hints=(
+                "call methods and read attributes inside a tool; project a key or an item with "
+                "ref['key'] or ref[0]",
+            ),
+        )
 
     def _value(self, op: str) -> Any:
         tracer = TRACER.get()

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import given, strategies as st
 
 import trioflow
 from trioflow import GraphBuildError
@@ -300,6 +301,27 @@ def test_typos_are_one_slip() -> None:
     assert not any(is_typo(k, "out") for k in ("out", "count", "x", "rows", "outer_x"))
     assert is_typo("reslts", "result") and is_typo("resutls", "result")
     assert not is_typo("resolution", "result")
+
+
+@given(name=st.from_regex(r"[a-z]{2,10}", fullmatch=True), at=st.integers(0, 9))
+def test_any_one_slip_of_an_output_name_is_a_typo(name: str, at: int) -> None:
+    from trioflow._checks import is_typo
+
+    i = at % len(name)
+    swapped = name[:i] + name[i + 1 : i + 2] + name[i] + name[i + 2 :]
+    slips = (
+        {
+            name[:i] + name[i + 1 :],  # a letter dropped
+            name[:i] + "Q" + name[i:],  # a letter added
+            name[:i] + "Q" + name[i + 1 :],  # a letter replaced
+            swapped,  # two neighbours swapped
+            name.upper(),
+        }
+        - {name}
+    )
+    assert all(is_typo(slip, name) for slip in slips), slips
+    assert not is_typo(name, name)
+    assert not is_typo(name + "QQQ", name)  # three letters off is a different word
 
 
 # -- defaults survive compile and JSON (issue 9 item 19) ---------------------------------------

@@ -255,3 +255,47 @@ def test_record_must_be_a_bool() -> None:
 
     with pytest.raises(trioflow.ConfigTypeError, match="record"):
         trioflow.run(g, record="yes")  # type: ignore[arg-type]
+
+
+# -- sync tools and threads ------------------------------------------------------------------
+
+
+def test_sync_tools_honour_max_concurrency_beyond_trios_40_threads() -> None:
+    import threading
+
+    barrier = threading.Barrier(45, timeout=10)  # needs 45 threads at once
+
+    @trioflow.tool(outputs=["out"])
+    def meet(i: int) -> int:
+        barrier.wait()
+        return i
+
+    @trioflow.graph_fn(name="g")
+    async def g() -> list[int]:
+        return [r["out"] for r in await trioflow.map(meet, range(45))]
+
+    assert trioflow.run(g, max_concurrency=45) == {"result": list(range(45))}
+
+
+def test_sync_tools_never_run_more_threads_than_the_cap() -> None:
+    import threading
+
+    running = [0, 0]
+    lock = threading.Lock()
+
+    @trioflow.tool(outputs=["out"])
+    def count(i: int) -> int:
+        with lock:
+            running[0] += 1
+            running[1] = max(running[1], running[0])
+        time.sleep(0.005)
+        with lock:
+            running[0] -= 1
+        return i
+
+    @trioflow.graph_fn(name="g")
+    async def g() -> None:
+        await trioflow.map(count, range(40))
+
+    trioflow.run(g, max_concurrency=3)
+    assert running[1] == 3

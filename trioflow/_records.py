@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -101,10 +101,31 @@ class RunRecord:
 
 @attrs.frozen
 class RunResult:
-    """A run's outputs (those that could be computed) together with its record."""
+    """A run's outputs (those that could be computed) together with its record.
+
+    The record may be given as a zero-argument function: it is then built on first access
+    (a run's record is final when the run returns), so `record=True` costs nothing until read.
+    """
 
     outputs: dict[str, Any]
-    record: RunRecord
+    _record: RunRecord | Callable[[], RunRecord] = attrs.field(alias="record", repr=False)
+    _built: list[RunRecord] = attrs.field(factory=list, init=False, eq=False, repr=False)
+
+    @property
+    def record(self) -> RunRecord:
+        """The run's `RunRecord`."""
+        if not self._built:
+            source = self._record
+            self._built.append(source if isinstance(source, RunRecord) else source())
+        return self._built[0]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RunResult):
+            return NotImplemented
+        return self.outputs == other.outputs and self.record == other.record
+
+    def __repr__(self) -> str:
+        return f"RunResult(outputs={self.outputs!r}, record={self.record!r})"
 
     @property
     def errors(self) -> dict[str, ErrorInfo]:

@@ -242,7 +242,7 @@ async def execute_run(
     failed = any(state is NodeState.FAILED for state in ledger.states)
     ledger.run_finished(NodeState.FAILED if failed and collect else NodeState.DONE)
     if options.record or collect:
-        return RunResult(outputs=outputs, record=record())
+        return RunResult(outputs=outputs, record=record)
     return outputs
 
 

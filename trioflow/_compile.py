@@ -149,8 +149,8 @@ class GraphTracer:
     nodes: dict[str, NodeSpec] = attrs.field(factory=dict)
     callables: dict[str, Any] = attrs.field(factory=dict)
     counters: dict[str, int] = attrs.field(factory=dict)
-    kinds: dict[str, NodeKind] = attrs.field(factory=dict)  # name → "tool" or "graph"
-    paths: dict[str, str] = attrs.field(factory=dict)  # name → import path, computed once
+    # name → (callable, "tool" or "graph", import path): computed once per name
+    known: dict[str, tuple[Any, NodeKind, str]] = attrs.field(factory=dict)
 
     def known_value(self, ref: object) -> tuple[bool, Any]:
         """The value of an input ref, if this trace knows the inputs."""
@@ -205,13 +205,11 @@ class GraphTracer:
             return {k: self._prepare(v, deps, node_id) for k, v in value.items()}
         return value
 
-    def _register(self, name: str, target: Any) -> NodeKind:
-        """Remember the callable behind `name` and return its kind; a different one under the
-        same name is an error, since nodes find their callable by name (one of them would run
-        the other's code). A graph is checked for recursion when first seen."""
+    def _register(self, name: str, target: Any) -> tuple[Any, NodeKind, str]:
+        """Remember the callable behind `name`: `(target, kind, import path)`. A different one
+        under the same name is an error, since nodes find their callable by name (one of them
+        would run the other's code). A graph is checked for recursion when first seen."""
         known = self.callables.get(name)
-        if known is target:
-            return self.kinds[name]
         if known is not None:
             raise GraphBuildError(
                 f"graph {self.name!r} calls two different callables named {name!r}: "
@@ -228,9 +226,8 @@ class GraphTracer:
         if kind == "graph":
             _check_recursion(target)
         self.callables[name] = target
-        self.kinds[name] = kind
-        self.paths[name] = _target_path(target)
-        return kind
+        entry = self.known[name] = (target, kind, _target_path(target))
+        return entry
 
     def _add(
         self,
@@ -241,7 +238,9 @@ class GraphTracer:
         kind: NodeKind | None = None,
         map_param: str | None = None,
     ) -> NodeRef:
-        target_kind = self._register(name, target)
+        entry = self.known.get(name)
+        if entry is None or entry[0] is not target:
+            entry = self._register(name, target)
         deps: dict[str, None] = {}
         prepare = self._prepare
         prepared = {key: prepare(v, deps, node_id) for key, v in args.items()}
@@ -252,9 +251,9 @@ class GraphTracer:
             args=prepared,
             deps=tuple(deps),
             outputs=outputs,
-            kind=kind or target_kind,
+            kind=kind or entry[1],
             map_param=map_param,
-            target=self.paths[name],
+            target=entry[2],
         )
         return NodeRef(node_id, outputs)
 

@@ -423,3 +423,12 @@ def test_a_method_of_a_ref_is_a_build_error_that_hasattr_still_understands() -> 
     assert seen == [False]
     with pytest.raises(AttributeError):
         trioflow.InputRef("x").upper  # noqa: B018  (outside a trace: a plain AttributeError)
+
+
+def test_user_code_in_a_package_with_a_stdlib_name_is_still_user_code() -> None:
+    def body(x):  # type: ignore[no-untyped-def]
+        # As if written in the user's own package `test` (a stdlib name): not the stdlib.
+        code = compile("f'{x}'", "/home/user/project/test/graphs.py", "eval")
+        return work(x=eval(code, {"__name__": "test.graphs", "x": x})).out
+
+    assert compile_error(body).code == "ref-as-text"

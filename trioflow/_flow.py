@@ -20,6 +20,7 @@ import attrs
 import trio
 
 from ._checks import check_function, check_name
+from ._context import current_runtime
 from ._errors import ConfigError, ConfigTypeError, ServiceError
 from ._service_task import service_task, teardown
 from ._tool import Tool, tool
@@ -78,8 +79,6 @@ def _agent_tool(
     key = object()
 
     async def call(**inputs: Any) -> Any:
-        from ._runtime import current_runtime
-
         runtime = current_runtime()
         if runtime is None:
             raise ServiceError(f"agent tool {call.__name__!r} needs a runtime (call it in a run)")

@@ -26,7 +26,7 @@ import attrs
 import trio
 
 from ._checks import adopt_metadata, check_function, check_name, check_seconds
-from ._context import FRAME
+from ._context import FRAME, current_runtime
 from ._errors import ConfigError, ServiceError
 from ._services import DEFAULT_CLOSE_TIMEOUT, teardown
 
@@ -432,8 +432,6 @@ class ServiceTask(Generic[T]):
 
     async def __call__(self, *args: Any, **kwargs: Any) -> ServiceHandle[T]:
         """Start an instance in the runtime's root nursery; returns its handle at once."""
-        from ._runtime import current_runtime
-
         runtime = current_runtime()
         if runtime is None:
             raise ServiceError(

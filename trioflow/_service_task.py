@@ -25,7 +25,7 @@ from typing import Any, Generic, Literal, TypeVar
 import attrs
 import trio
 
-from ._checks import adopt_metadata, check_function, check_seconds
+from ._checks import adopt_metadata, check_function, check_name, check_seconds
 from ._context import FRAME, current_runtime
 from ._errors import ConfigError, ServiceError
 from ._services import DEFAULT_CLOSE_TIMEOUT, teardown
@@ -473,6 +473,7 @@ def service_task(
     `max_restarts` times within any `within` seconds; awaiting the handle meanwhile waits for
     the new instance.
     """
+    check_name(name, "@trioflow.service_task")
     timeout = check_seconds(start_timeout, "start_timeout")
     if restart not in ("never", "on-failure"):
         raise ConfigError(f"restart must be 'never' or 'on-failure', got {restart!r}")

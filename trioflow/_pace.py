@@ -8,7 +8,8 @@ waits longer than about `YIELD_EVERY` (plus one node's own run time) per loop fo
 
 The interval counts from when the loop was *resumed*, not from when it yielded: with many loops
 (a worker pool), a loop's own wait for its turn is not running time, and counting it would make
-every loop yield after every node.
+every loop yield after every node. Under a `MockClock` (virtual time) a loop yields after every
+node instead: how fast the machine runs must not change the order of tasks in a test.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING
 
 import trio
+from trio.testing import MockClock
 
 if TYPE_CHECKING:
     from ._slots import Slot
@@ -30,13 +32,23 @@ _checkpoint = trio.lowlevel.checkpoint
 _checkpoint_if_cancelled = trio.lowlevel.checkpoint_if_cancelled
 
 
+def _virtual_time() -> bool:
+    try:
+        return isinstance(trio.lowlevel.current_clock(), MockClock)
+    except RuntimeError:  # outside trio.run
+        return False
+
+
 class Pacer:
     """Per-loop state for `tick()`."""
 
-    __slots__ = ("last",)
+    __slots__ = ("every", "last")
 
     def __init__(self) -> None:
         self.last = perf_counter()
+        # In virtual time (a MockClock: tests) a loop yields after every node, so that the
+        # order of tasks never depends on how fast the machine happens to be.
+        self.every = 0.0 if _virtual_time() else YIELD_EVERY
 
     async def tick(self, slot: Slot | None = None) -> None:
         """Call after each node: raises `Cancelled` if cancelled; yields every ~1 ms.
@@ -45,7 +57,7 @@ class Pacer:
         are given back before a real yield, so no other task ever sees them held by a loop
         that is not running a node.
         """
-        if perf_counter() - self.last >= YIELD_EVERY:
+        if perf_counter() - self.last >= self.every:
             if slot is not None:
                 slot.give_back()
             await _checkpoint()

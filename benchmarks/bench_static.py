@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import math
+import os
 import random
 import time
 import tracemalloc
@@ -23,10 +25,17 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import trio
-from _harness import header, report, timed
+from _harness import header, timed
 
 import trioflow
-from trioflow._schedule import plan_for
+from trioflow._schedule import lower
+
+try:
+    from trioflow._schedule import plan_for
+except ImportError:  # an older trioflow (the "before" column of the closing note)
+    plan_for = None  # type: ignore[assignment]
+
+partial = functools.partial
 
 Deps = list[list[int]]
 
@@ -158,39 +167,93 @@ def graph_for(deps: Deps) -> trioflow.Graphify:
     return trioflow.graphify(name="bench", outputs=["v"])(body)
 
 
+def prepare(graph: trioflow.Graphify) -> tuple[float, float]:
+    """Trace and lower once (later runs reuse the plan); CPU seconds of each."""
+    start = time.process_time()
+    traced = graph.trace(None)
+    middle = time.process_time()
+    lower(traced)
+    lowered = time.process_time()
+    if plan_for is not None:
+        plan_for(graph, {})
+    else:  # an older trioflow keeps the plan on the graph
+        graph.plan_for({})  # type: ignore[attr-defined]
+    return middle - start, lowered - middle
+
+
+def cpu_run(fn: Callable[[], Any]) -> tuple[float, Any]:
+    gc.collect()
+    start = time.process_time()
+    answer = trio.run(fn)
+    return time.process_time() - start, answer
+
+
+def interleaved(
+    cases: list[tuple[str, Callable[[], Any], Callable[[Any], Any]]], repeat: int
+) -> list[tuple[str, float]]:
+    """Best CPU time of each case; every repeat runs every case once, in turn. Each case's
+    check gets the answer (and may do more work: it is timed with the case)."""
+    best = {name: float("inf") for name, _, _ in cases}
+    for _ in range(repeat):
+        for name, fn, check in cases:
+            gc.collect()
+            start = time.process_time()
+            check(trio.run(fn))
+            best[name] = min(best[name], time.process_time() - start)
+    return [(name, best[name]) for name, _, _ in cases]
+
+
+def table(title: str, n: int, rows: list[tuple[str, float]]) -> None:
+    s0w, s0s = rows[0][1], rows[1][1]
+    print(f"\n{title}  (n={n:,}, load {os.getloadavg()[0]:.1f}, CPU time)")
+    for name, seconds in rows:
+        print(
+            f"  {name:44} {seconds * 1e3:8.1f} ms {seconds / n * 1e6:7.2f} us/node "
+            f"{seconds / s0w:5.2f}x S0w {seconds / s0s:5.2f}x S0s"
+        )
+
+
 def measure(
-    title: str, deps: Deps, caps: Sequence[int], repeat: int, memory: bool
-) -> list[tuple[int, float, float]]:
+    title: str, deps: Deps, caps: Sequence[int], repeat: int, memory: bool, record: bool = False
+) -> None:
     n = len(deps)
     answer = expected(deps)
     graph = graph_for(deps)
-    start = time.perf_counter()
-    plan_for(graph, {})  # trace + lower once; later runs reuse the plan
-    compile_s = time.perf_counter() - start
-    out: list[tuple[int, float, float]] = []
+    trace_s, lower_s = prepare(graph)
+
+    def equals(want: Any) -> Callable[[Any], None]:
+        def check(got: Any) -> None:
+            assert got == want, (got, want)
+
+        return check
+
+    def read_record(result: Any) -> None:
+        assert result.outputs == {"v": answer} and len(result.record.nodes) == n
+
     for cap in caps:
-        floor_s, got = timed(functools.partial(hand_written, deps, cap), repeat)
-        assert got == answer, ("hand-written", got, answer)
-        spawn_s, got = timed(functools.partial(hand_written_spawning, deps, cap), repeat)
-        assert got == answer, ("hand-written spawning", got, answer)
-        run = functools.partial(trioflow.run_async, graph, max_concurrency=cap)
-        ours_s, result = timed(run, repeat)
-        assert result == {"v": answer}, ("trioflow", result, answer)
-        rows = [
-            ("hand-written: cap workers + memory channel", floor_s),
-            ("hand-written: task per node, acquire first", spawn_s),
-            ("trioflow @graphify run", ours_s),
-        ]
-        report(f"{title}, max_concurrency={cap}", n, rows, floor=rows[0][0])
-        out.append((cap, floor_s, ours_s))
-    print(f"  (trace + lower once: {compile_s * 1e3:.1f} ms, {compile_s / n * 1e6:.2f} us/node)")
+        cases = [
+            ("S0w: cap workers + memory channel", partial(hand_written, deps, cap), equals(answer)),
+            ("S0s: task per node, acquire first", partial(hand_written_spawning, deps, cap),
+             equals(answer)),
+            ("trioflow @graphify run", partial(trioflow.run_async, graph, max_concurrency=cap),
+             equals({"v": answer})),
+        ]  # fmt: skip
+        if record:
+            run = partial(trioflow.run_async, graph, max_concurrency=cap, record=True)
+            cases.append(("  record=True, record read once", run, read_record))
+        rows = interleaved(cases, repeat)
+        table(f"{title}, max_concurrency={cap}", n, rows)
+        run_s = rows[2][1]
+    print(
+        f"  trace {trace_s / n * 1e6:.2f} us/node + lower {lower_s / n * 1e6:.2f} us/node = "
+        f"{(trace_s + lower_s) / run_s:.2f}x a run (at the last cap)"
+    )
     if memory:
         for label, fn in [
-            ("hand-written", functools.partial(hand_written, deps, caps[-1])),
-            ("trioflow", functools.partial(trioflow.run_async, graph, max_concurrency=caps[-1])),
+            ("hand-written", partial(hand_written, deps, caps[-1])),
+            ("trioflow", partial(trioflow.run_async, graph, max_concurrency=caps[-1])),
         ]:
             print(f"  peak traced memory, {label}: {peak_bytes(fn) / n:.0f} B/node")
-    return out
 
 
 def peak_bytes(fn: Callable[[], Any]) -> int:
@@ -207,6 +270,8 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, one repeat")
     parser.add_argument("--big", action="store_true", help="add the 1M fan-out and scaling")
     parser.add_argument("--memory", action="store_true", help="peak memory per node")
+    parser.add_argument("--record", action="store_true", help="record=True on a 100k graph")
+    parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     header(__doc__.splitlines()[0])
     caps = (4, 64)
@@ -214,16 +279,20 @@ def main() -> None:
         measure("fan-out/fan-in", fan_out_in(300), caps, 1, args.memory)
         measure("random layered DAG", layered(400), caps, 1, args.memory)
         return
-    measure("fan-out/fan-in 10k", fan_out_in(10_000), caps, 3, args.memory)
-    measure("chain 1k", chain(1_000), caps, 5, args.memory)
-    measure("random layered DAG 10k (20 layers, 1-3 deps)", layered(10_000), caps, 3, args.memory)
+    repeat = args.repeat
+    measure("W1 fan-out/fan-in 10k", fan_out_in(10_000), caps, repeat, args.memory)
+    measure("chain 1k", chain(1_000), caps, repeat, args.memory)
+    measure("W3 random layered DAG 10k (20 layers, 1-3 deps)", layered(10_000), caps, repeat,
+            args.memory)  # fmt: skip
+    if args.record:
+        measure("W1 fan-out/fan-in 100k", fan_out_in(100_000), (64,), repeat, False, record=True)
     if args.big:
         measure("fan-out 1M", fan_out_in(1_000_000), caps, 1, args.memory)
         print("\nscaling, fan-out/fan-in at max_concurrency=64 (us/node)")
         for n in (1_000, 10_000, 100_000, 1_000_000):
             deps = fan_out_in(n)
             graph = graph_for(deps)
-            plan_for(graph, {})
+            prepare(graph)
             floor_s, _ = timed(functools.partial(hand_written, deps, 64), 1)
             ours_s, _ = timed(functools.partial(trioflow.run_async, graph, max_concurrency=64), 1)
             print(

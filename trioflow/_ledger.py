@@ -116,10 +116,18 @@ class Ledger:
 
     # -- the life cycle ----------------------------------------------------------------------
 
-    def start(self, idx: int, inputs: Mapping[str, Any] | None = None) -> None:
-        """PENDING → RUNNING: the node holds its capacity and its first attempt begins."""
+    def start(
+        self, idx: int, inputs: Mapping[str, Any] | None = None, at: float | None = None
+    ) -> None:
+        """PENDING → RUNNING: the node holds its capacity and its first attempt begins.
+
+        `at` is a clock reading the caller already has and that is still the time: the finish
+        of the node its loop ran just before, with no suspension since (one read per node).
+        """
         self.states[idx] = _RUNNING
-        self.started[idx] = at = self.now()
+        if at is None:
+            at = self.now()
+        self.started[idx] = at
         self.attempts[idx] = 1
         if self.listener is not None:
             self._emit("node_started", idx, _RUNNING, at, None, inputs, None)
@@ -128,12 +136,13 @@ class Ledger:
         """The node begins attempt number `attempt` (2, 3, ...)."""
         self.attempts[idx] = attempt
 
-    def done(self, idx: int, outputs: Mapping[str, Any]) -> None:
-        """RUNNING → DONE."""
+    def done(self, idx: int, outputs: Mapping[str, Any]) -> float:
+        """RUNNING → DONE; returns the clock reading it recorded."""
         self.states[idx] = _DONE
         self.finished[idx] = at = self.now()
         if self.listener is not None:
             self._emit("node_finished", idx, _DONE, at, None, None, outputs)
+        return at
 
     def reuse(self, idx: int, outputs: Mapping[str, Any], cached: bool) -> None:
         """RUNNING → DONE without an attempt: outputs from a stored run or the result cache."""
@@ -275,20 +284,38 @@ class Ledger:
     # -- snapshots ---------------------------------------------------------------------------
 
     def snapshot(self, started_at: float | None, finished_at: float | None) -> RunRecord:
-        """A frozen `RunRecord` of every row so far."""
+        """A frozen `RunRecord` of every row so far.
+
+        The hot loop of `record=True`: one `NodeRecord` per row, built positionally; the wall
+        time of a clock reading is computed once (nodes of a fast run share many readings).
+        """
         errors = {i: self._error_info(i) for i in self.errors}
-        waited, cached, epoch = self.waited, self.cached, self.epoch
-        walls: dict[float | None, datetime | None] = {None: None}  # many nodes share a time
-
-        def wall(at: float | None) -> datetime | None:
-            if at in walls:
-                return walls[at]
-            assert at is not None
-            found = walls[at] = epoch + timedelta(seconds=at)
-            return found
-
-        nodes = {
-            node_id: NodeRecord(
+        waited, cached = self.waited, self.cached
+        walls: dict[float | None, datetime | None] = {None: None}
+        known = walls.get
+        shift = self.epoch.__add__
+        unseen = _UNSEEN
+        record = NodeRecord
+        nodes: dict[str, NodeRecord] = {}
+        for i, (node_id, tool, state, started, finished, attempts, executor) in enumerate(
+            zip(
+                self.ids,
+                self.tools,
+                self.states,
+                self.started,
+                self.finished,
+                self.attempts,
+                self.executors,
+                strict=True,
+            )
+        ):
+            started_wall = known(started, unseen)
+            if started_wall is unseen:
+                started_wall = walls[started] = shift(timedelta(0, started))
+            finished_wall = known(finished, unseen)
+            if finished_wall is unseen:
+                finished_wall = walls[finished] = shift(timedelta(0, finished))
+            nodes[node_id] = record(
                 tool,
                 state,
                 started,
@@ -298,31 +325,21 @@ class Ledger:
                 executor,
                 i in cached,
                 waited.get(i, 0.0),
-                wall(started),
-                wall(finished),
+                started_wall,
+                finished_wall,
             )
-            for i, (node_id, tool, state, started, finished, attempts, executor) in enumerate(
-                zip(
-                    self.ids,
-                    self.tools,
-                    self.states,
-                    self.started,
-                    self.finished,
-                    self.attempts,
-                    self.executors,
-                    strict=True,
-                )
-            )
-        }
         return RunRecord(
             run_id=self.run_id,
             graph_id=self.graph_id,
             nodes=nodes,
             started_at=started_at,
             finished_at=finished_at,
-            started_wall=wall(started_at),
-            finished_wall=wall(finished_at),
+            started_wall=None if started_at is None else shift(timedelta(0, started_at)),
+            finished_wall=None if finished_at is None else shift(timedelta(0, finished_at)),
         )
+
+
+_UNSEEN: Any = object()
 
 
 def _nothing() -> None:

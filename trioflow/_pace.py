@@ -50,17 +50,18 @@ class Pacer:
         # order of tasks never depends on how fast the machine happens to be.
         self.every = 0.0 if _virtual_time() else YIELD_EVERY
 
-    async def tick(self, slot: Slot | None = None) -> None:
+    async def tick(self, slot: Slot | None = None) -> bool:
         """Call after each node: raises `Cancelled` if cancelled; yields every ~1 ms.
 
         A loop that keeps its capacity from one node to the next passes its `slot`: the tokens
         are given back before a real yield, so no other task ever sees them held by a loop
-        that is not running a node.
+        that is not running a node. Returns whether it yielded (time may have passed).
         """
         if perf_counter() - self.last >= self.every:
             if slot is not None:
                 slot.give_back()
             await _checkpoint()
             self.last = perf_counter()
-        else:
-            await _checkpoint_if_cancelled()
+            return True
+        await _checkpoint_if_cancelled()
+        return False

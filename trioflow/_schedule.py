@@ -246,6 +246,9 @@ class _PlanRun:
         start, done, fail, cancel = ledger.start, ledger.done, ledger.fail, ledger.cancel
         base, node_ids = self.base, self.node_ids
         pacer = Pacer()
+        # The finish time of the node this worker ran last, while the worker has not suspended
+        # since: it is still the time, and the next node's start (one clock read per node).
+        now: float | None = None
         try:
             while True:
                 i = self.pop_ready()
@@ -255,9 +258,11 @@ class _PlanRun:
                     slot.give_back()  # an idle worker holds no capacity
                     self.idle += 1
                     await self.lot.park()
+                    now = None
                     continue
                 if not slot.held and not slot.take_nowait(limiters):
                     await slot.take(limiters)
+                    now = None
                 frame.node_id = node_ids[i]
                 frame.attempt = 1
                 if fast[i]:
@@ -265,10 +270,11 @@ class _PlanRun:
                     idx = base + i
                     try:
                         kwargs = self.args_for(i)
-                        start(idx, kwargs)
+                        start(idx, kwargs, now)
                         target = targets[i]
                         outputs = target.normalize(await target.fn(**kwargs))
                     except Exception as exc:
+                        now = None
                         fail(idx, exc)
                         error = node_failed(node_ids[i], names[i], exc)
                         error.__cause__ = exc
@@ -277,11 +283,13 @@ class _PlanRun:
                         cancel(idx)
                         raise
                     else:
-                        done(idx, outputs)
+                        now = done(idx, outputs)
                         self.complete(i, outputs)
                 else:
+                    now = None
                     await self.run_node(i, slot, frame)
-                await pacer.tick()
+                if await pacer.tick():
+                    now = None
         finally:
             slot.give_back()
 

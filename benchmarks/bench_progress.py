@@ -26,7 +26,8 @@ from rich.console import Console
 
 import trioflow
 from trioflow._cli_run import _drive
-from trioflow._progress import LiveDisplay, PlainDisplay, Progress
+from trioflow._live import LiveDisplay
+from trioflow._progress import PlainDisplay, Progress
 
 
 @trioflow.tool(outputs=["y"])

@@ -69,9 +69,9 @@ def bad_trace(x):
     return double(x=x + 1).out
 
 
-@trioflow.graph_fn(name="echo", outputs=["value", "kind"])
-async def echo(value, times=1):
-    return {"value": value, "kind": type(value).__name__}
+@trioflow.graph_fn(name="echo", outputs=["values"])
+async def echo(a, b=None, c=None, d=None, e=None, f=None):
+    return {"a": a, "b": b, "c": c, "d": d, "e": e, "f": f}
 
 
 @trioflow.tool(outputs=["out"])
@@ -131,6 +131,32 @@ def cli(cwd: pathlib.Path, *args: str, **env: str) -> subprocess.CompletedProces
     )
 
 
+def cli_many(
+    cwd: pathlib.Path, *commands: list[str], **env: str
+) -> list[subprocess.CompletedProcess[str]]:
+    """Independent commands, started together (each still its own process) to save time."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "trioflow", *args],
+            cwd=cwd,
+            env=_env(**env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for args in commands
+    ]
+    done = []
+    try:
+        for args, proc in zip(commands, procs, strict=True):
+            out, err = proc.communicate(timeout=60)
+            done.append(subprocess.CompletedProcess(args, proc.returncode, out, err))
+    finally:
+        for proc in procs:
+            proc.kill()
+    return done
+
+
 def calls(workdir: pathlib.Path) -> list[str]:
     log = workdir / "calls.log"
     return log.read_text().splitlines() if log.exists() else []
@@ -160,30 +186,24 @@ def test_json_output_is_exactly_one_document(workdir: pathlib.Path) -> None:
     assert not (workdir / ".trioflow").exists()
 
 
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [
-        ("hello world", ["hello world", "str"]),  # not JSON: a plain string
-        ("3", [3, "int"]),
-        ('"3"', ["3", "str"]),
-        ('{"a": [1, null]}', [{"a": [1, None]}, "dict"]),
-        ("true", [True, "bool"]),
-    ],
-)
-def test_input_values_are_json_or_plain_strings(
-    workdir: pathlib.Path, value: str, expected: list[object]
+def test_input_values_are_json_or_plain_strings_and_override_the_inputs_file(
+    workdir: pathlib.Path,
 ) -> None:
-    proc = cli(workdir, "run", "flows.py:echo", "--input", f"value={value}", "--json", "--no-store")
+    values = {
+        "a": ("hello world", "hello world"),  # not JSON: a plain string
+        "b": ("3", 3),
+        "c": ('"3"', "3"),
+        "d": ('{"k": [1, null]}', {"k": [1, None]}),
+        "e": ("true", True),
+    }
+    (workdir / "in.json").write_text(json.dumps({"a": "from the file", "f": ["file"]}))
+    args = [arg for name, (text, _) in values.items() for arg in ("--input", f"{name}={text}")]
+    proc = cli(
+        workdir, "run", "flows.py:echo", "--inputs", "in.json", *args, "--json", "--no-store"
+    )
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout) == {"value": expected[0], "kind": expected[1]}
-
-
-def test_input_overrides_the_same_name_from_an_inputs_file(workdir: pathlib.Path) -> None:
-    (workdir / "in.json").write_text(json.dumps({"value": "from file", "times": 2}))
-    args = ["run", "flows.py:echo", "--inputs", "in.json", "--json", "--no-store"]
-    assert json.loads(cli(workdir, *args).stdout)["value"] == "from file"
-    proc = cli(workdir, *args, "--input", "value=[1]")
-    assert json.loads(proc.stdout) == {"value": [1], "kind": "list"}
+    expected = {name: value for name, (_, value) in values.items()}
+    assert json.loads(proc.stdout) == {"values": {**expected, "f": ["file"]}}
 
 
 def test_module_target_imports_from_the_working_directory(workdir: pathlib.Path) -> None:
@@ -213,36 +233,32 @@ def test_file_target_in_another_directory_imports_its_neighbours(workdir: pathli
 def test_node_failure_exits_1_naming_the_node_and_the_original_error(
     workdir: pathlib.Path,
 ) -> None:
-    proc = cli(workdir, "run", "flows.py:failing", "--run-id", "f1")
-    assert proc.returncode == 1
-    assert proc.stdout == ""
-    assert "boom_1: ValueError: bad value 1" in proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert "trioflow runs show f1" in proc.stderr
+    plain, verbose, collect = cli_many(
+        workdir,
+        ["run", "flows.py:failing", "--run-id", "f1"],
+        ["run", "flows.py:failing", "--no-store", "--verbose", "--json"],
+        ["run", "flows.py:failing", "--on-error", "collect", "--json", "--no-store"],
+    )
+    assert plain.returncode == 1
+    assert plain.stdout == ""
+    assert "boom_1: ValueError: bad value 1" in plain.stderr
+    assert "Traceback" not in plain.stderr
+    assert "trioflow runs show f1" in plain.stderr
+    assert "--run-id f1 --resume" in plain.stderr
 
-    verbose = cli(workdir, "run", "flows.py:failing", "--no-store", "--verbose")
     assert verbose.returncode == 1
     assert "Traceback" in verbose.stderr and 'raise ValueError(f"bad value {x}")' in verbose.stderr
+    errors = {"errors": {"boom_1": {"type": "ValueError", "message": "bad value 1"}}}
+    assert json.loads(verbose.stdout) == errors
 
-
-def test_node_failure_with_json_prints_the_errors(workdir: pathlib.Path) -> None:
-    proc = cli(workdir, "run", "flows.py:failing", "--json", "--no-store")
-    assert proc.returncode == 1
-    assert json.loads(proc.stdout) == {
-        "errors": {"boom_1": {"type": "ValueError", "message": "bad value 1"}}
-    }
-
-
-def test_collect_with_failures_exits_1(workdir: pathlib.Path) -> None:
-    proc = cli(workdir, "run", "flows.py:failing", "--on-error", "collect", "--json", "--no-store")
-    assert proc.returncode == 1
-    assert json.loads(proc.stdout)["errors"]["boom_1"]["type"] == "ValueError"
+    assert collect.returncode == 1, collect.stderr
+    assert json.loads(collect.stdout) == errors
 
 
 def test_timeout_exits_1_naming_the_cancelled_nodes(workdir: pathlib.Path) -> None:
     proc = cli(workdir, "run", "flows.py:slow", "--timeout", "0.5", "--json", "--no-store")
     assert proc.returncode == 1, proc.stderr
-    assert "timed out" in proc.stderr and "hang_1" in proc.stderr
+    assert "timed out" in proc.stderr and "cancelled while running: hang_1" in proc.stderr
     assert json.loads(proc.stdout) == {
         "errors": {
             "hang_1": {"type": "Cancelled", "message": "cancelled: the run timed out after 0.5s"}
@@ -252,32 +268,36 @@ def test_timeout_exits_1_naming_the_cancelled_nodes(workdir: pathlib.Path) -> No
 
 # -- run: bad usage -------------------------------------------------------------------------------
 
+BAD_USAGE = [
+    (["nope.py:pipeline"], "no such file: nope.py"),
+    (["nope.flows:pipeline"], "no module named 'nope'"),
+    (["flows.py"], "bad target 'flows.py'"),
+    (["flows.py:pipelin"], "flows.py has no 'pipelin'"),
+    (["flows.py:not_a_graph"], "is a int, not a graph"),
+    (["flows.py:pipeline", "--input", "vals=[1, 2"], "--input vals: bad JSON"),
+    (["flows.py:pipeline", "--input", "vals"], "expected NAME=VALUE"),
+    (["flows.py:pipeline", "--inputs", "missing.json"], "cannot read it"),
+    (["flows.py:pipeline", "--inputs", "flows.py"], "--inputs flows.py: bad JSON"),
+    (["flows.py:pipeline", "--input", "vals=[1]", "--input", "extra=1"], "unknown inputs"),
+    (["flows.py:pipeline"], "missing required inputs ['vals']"),
+    (["flows.py:bad_trace", "--input", "x=1"], "building the graph failed: [value-op]"),
+    (["flows.py:pipeline", "--input", "vals=[1]", "--resume"], "--resume needs --run-id"),
+    (
+        ["flows.py:pipeline", "-i", "vals=[1]", "--no-store", "--resume", "--run-id", "x"],
+        "--resume needs the run store",
+    ),
+]
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["nope.py:pipeline"], "no such file: nope.py"),
-        (["nope.flows:pipeline"], "no module named 'nope'"),
-        (["flows.py"], "bad target 'flows.py'"),
-        (["flows.py:pipelin"], "flows.py has no 'pipelin'"),
-        (["flows.py:not_a_graph"], "is a int, not a graph"),
-        (["flows.py:pipeline", "--input", "vals=[1, 2"], "--input vals: bad JSON"),
-        (["flows.py:pipeline", "--input", "vals"], "expected NAME=VALUE"),
-        (["flows.py:pipeline", "--inputs", "missing.json"], "cannot read it"),
-        (["flows.py:pipeline", "--input", "vals=[1]", "--input", "extra=1"], "unknown inputs"),
-        (["flows.py:pipeline"], "missing required inputs ['vals']"),
-        (["flows.py:bad_trace", "--input", "x=1"], "building the graph failed: [value-op]"),
-        (["flows.py:pipeline", "--input", "vals=[1]", "--resume"], "--resume needs --run-id"),
-    ],
-)
-def test_bad_usage_exits_2_with_a_one_line_hint(
-    workdir: pathlib.Path, args: list[str], message: str
-) -> None:
-    proc = cli(workdir, "run", *args)
-    assert proc.returncode == 2, proc.stderr
-    assert message in proc.stderr
-    assert "hint:" in proc.stderr
-    assert "Traceback" not in proc.stderr
+
+def test_bad_usage_exits_2_with_a_one_line_hint(workdir: pathlib.Path) -> None:
+    procs = cli_many(workdir, *(["run", *args] for args, _ in BAD_USAGE))
+    for (args, message), proc in zip(BAD_USAGE, procs, strict=True):
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert proc.stdout == ""
+        lines = proc.stderr.splitlines()
+        assert len(lines) == 2, (args, proc.stderr)
+        assert lines[0].startswith("error: ") and message in lines[0], (args, proc.stderr)
+        assert lines[1].startswith("  hint: "), (args, proc.stderr)
     assert calls(workdir) == []  # nothing ran
 
 
@@ -285,7 +305,7 @@ def test_bad_usage_with_json_prints_one_error_document(workdir: pathlib.Path) ->
     proc = cli(workdir, "run", "flows.py:pipelin", "--json")
     assert proc.returncode == 2
     error = json.loads(proc.stdout)["error"]
-    assert error["type"] == "UsageError" and "pipelin" in error["message"]
+    assert error["type"] == "UsageError" and "pipelin" in error["message"] and error["hint"]
 
 
 def test_reusing_a_run_id_and_resuming_with_other_inputs_exit_2(workdir: pathlib.Path) -> None:
@@ -375,76 +395,84 @@ def test_ctrl_c_cancels_everything_and_prints_the_command_that_finishes_the_run(
 
 
 def test_graph_formats(workdir: pathlib.Path) -> None:
-    mermaid = cli(
-        workdir, "graph", "flows.py:pipeline", "--input", "vals=[1, 2]", "--format", "mermaid"
+    mermaid, dot, data, defaults, shape, reactive = cli_many(
+        workdir,
+        ["graph", "flows.py:pipeline", "--input", "vals=[1, 2]", "--format", "mermaid"],
+        ["graph", "flows.py:pipeline", "-i", "vals=[1, 2]", "--format", "dot"],
+        ["graph", "flows.py:pipeline", "-i", "vals=[1, 2]", "--format", "json"],
+        ["graph", "flows.py:slow"],  # drawn for the function's default inputs
+        ["graph", "flows.py:pipeline", "--format", "dot"],
+        ["graph", "flows.py:echo"],
     )
     assert mermaid.returncode == 0, mermaid.stderr
     assert mermaid.stdout.startswith("flowchart TD\n") and "n_double_2" in mermaid.stdout
-    dot = cli(workdir, "graph", "flows.py:pipeline", "-i", "vals=[1, 2]", "--format", "dot")
+    assert mermaid.stdout == trioflow_graph(workdir).to_mermaid()
     assert dot.stdout.startswith('digraph "pipeline" {') and "n_double_1 -> n_add_1" in dot.stdout
-    data = cli(workdir, "graph", "flows.py:pipeline", "-i", "vals=[1, 2]", "--format", "json")
     graph = trioflow.TaskGraph.from_dict(json.loads(data.stdout))
     assert list(graph.nodes) == ["double_1", "double_2", "add_1"]
+    assert defaults.returncode == 0 and "n_double_3 --> n_hang_1" in defaults.stdout
 
-
-def test_graph_of_a_shape_dependent_graph_without_inputs_exits_2(workdir: pathlib.Path) -> None:
-    proc = cli(workdir, "graph", "flows.py:pipeline", "--format", "dot")
-    assert proc.returncode == 2
-    assert "shape-dependent" in proc.stderr and "hint:" in proc.stderr
-    reactive = cli(workdir, "graph", "flows.py:echo")
+    assert shape.returncode == 2 and shape.stdout == ""
+    assert "shape-dependent" in shape.stderr and "hint:" in shape.stderr
     assert reactive.returncode == 2 and "@graph_fn" in reactive.stderr
+
+
+def trioflow_graph(workdir: pathlib.Path) -> trioflow.TaskGraph:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cli_test_flows", workdir / "flows.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    graph: trioflow.TaskGraph = module.pipeline.compile(vals=[1, 2])
+    return graph
 
 
 # -- trioflow runs --------------------------------------------------------------------------------
 
 
 def test_runs_list_show_and_export(workdir: pathlib.Path) -> None:
-    assert (
-        cli(workdir, "run", "flows.py:pipeline", "-i", "vals=[1, 2]", "--run-id", "ok-1").returncode
-        == 0
+    ok, bad = cli_many(  # two processes writing to one store at once
+        workdir,
+        ["run", "flows.py:pipeline", "-i", "vals=[1, 2]", "--run-id", "ok-1"],
+        ["run", "flows.py:failing", "--run-id", "bad-1", "--on-error", "skip_dependents"],
     )
-    assert (
-        cli(
-            workdir, "run", "flows.py:failing", "--run-id", "bad-1", "--on-error", "skip_dependents"
-        ).returncode
-        == 1
-    )
+    assert (ok.returncode, bad.returncode) == (0, 1), (ok.stderr, bad.stderr)
 
-    listed = cli(workdir, "runs", "list")
+    listed, shown, exported = cli_many(
+        workdir, ["runs", "list"], ["runs", "show", "bad-1"], ["runs", "export", "ok-1"]
+    )
     assert listed.returncode == 0, listed.stderr
     rows = {line.split()[0]: line.split() for line in listed.stdout.splitlines() if line.strip()}
     assert rows["ok-1"][1:3] == ["pipeline", "DONE"] and rows["ok-1"][-2:] == ["3/3", "0"]
     assert rows["bad-1"][1:3] == ["failing", "FAILED"] and rows["bad-1"][-2:] == ["1/2", "1"]
 
-    shown = cli(workdir, "runs", "show", "bad-1")
     assert shown.returncode == 0, shown.stderr
     lines = {line.split()[0]: line for line in shown.stdout.splitlines() if line.strip()}
     assert "FAILED" in lines["boom_1"] and "ValueError: bad value 1" in lines["boom_1"]
     assert "DONE" in lines["double_1"]
 
-    exported = cli(workdir, "runs", "export", "ok-1")
     record = trioflow.RunRecord.from_dict(json.loads(exported.stdout))
-    assert record.run_id == "ok-1" and list(record.nodes) == ["double_1", "double_2", "add_1"]
+    stored = trioflow.SQLiteStore(str(workdir / ".trioflow" / "runs.db")).load("ok-1")
+    assert record == stored
+    assert list(record.nodes) == ["double_1", "double_2", "add_1"]
 
 
 def test_runs_with_an_unknown_run_id_or_store_exit_2(workdir: pathlib.Path) -> None:
-    assert cli(workdir, "runs", "list").stdout == ""  # no store yet: nothing, and none created
+    listed, shown = cli_many(workdir, ["runs", "list"], ["runs", "show", "nope"])
+    assert listed.returncode == 0 and listed.stdout == ""  # no store: no runs, and none created
+    assert shown.returncode == 2 and "no run store" in shown.stderr
     assert not (workdir / ".trioflow").exists()
-    assert cli(workdir, "runs", "show", "nope").returncode == 2
-    cli(
+    run = ["run", "flows.py:pipeline", "-i", "vals=[1]", "--store", "other.db", "--run-id", "x"]
+    assert cli(workdir, *run).returncode == 0
+    missing, found = cli_many(
         workdir,
-        "run",
-        "flows.py:pipeline",
-        "-i",
-        "vals=[1]",
-        "--store",
-        "other.db",
-        "--run-id",
-        "x",
+        ["runs", "export", "nope", "--store", "other.db"],
+        ["runs", "show", "x", "--store", "other.db"],
     )
-    missing = cli(workdir, "runs", "export", "nope", "--store", "other.db")
-    assert missing.returncode == 2 and "no run 'nope'" in missing.stderr and "x" in missing.stderr
-    assert cli(workdir, "runs", "show", "x", "--store", "other.db").returncode == 0
+    assert missing.returncode == 2 and "no run 'nope'" in missing.stderr
+    assert "hint: recent runs: x" in missing.stderr
+    assert found.returncode == 0 and "x" in found.stdout
 
 
 # -- the live display -----------------------------------------------------------------------------
@@ -493,7 +521,34 @@ def test_live_display_in_a_terminal(workdir: pathlib.Path) -> None:
     assert out == b"out = 3\n"
     assert "\x1b[" in screen  # drawn with terminal control codes, redrawn in place
     assert "━" in screen  # the bar
-    assert "1/3 done" in screen and "3/3 done" in screen
+    assert "1/2 done" in screen and "2/3 done" in screen  # graph_fn: of those known so far
+    assert "3/3 done" in screen
     assert "running 1" in screen
     assert "longest running: tick_2" in screen
     assert screen.count("3/3 done") < 5  # not redrawn needlessly after the end
+
+
+# -- the README's main command ------------------------------------------------------------------
+
+
+def test_readme_demo_command_runs_the_example_through_the_cli(tmp_path: pathlib.Path) -> None:
+    readme = (ROOT / "README.md").read_text().splitlines()
+    line = readme[readme.index("<!-- demo-command -->") + 2]
+    steps = [shlex.split(step) for step in line.split("&&")]
+    assert steps[0][:3] == ["python3", "-m", "venv"] and steps[1][0] == ".venv/bin/pip"
+    commands = steps[2:]
+    assert [c[:2] for c in commands] == [
+        [".venv/bin/trioflow", "run"],
+        [".venv/bin/trioflow", "runs"],
+    ]
+    # The installed console script is `trioflow.cli:main`; here it runs from this checkout.
+    run_args = [str(ROOT / a) if a.startswith("examples/") else a for a in commands[0][1:]]
+    first = cli(tmp_path, *run_args)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith("words = [[")
+    shown = cli(tmp_path, *commands[1][1:])
+    assert shown.returncode == 0, shown.stderr
+    assert "14 nodes: 14 done" in shown.stdout
+    again = cli(tmp_path, *run_args)  # the same line again: every node's output is reused
+    assert again.returncode == 0 and again.stdout == first.stdout
+    assert "(14 reused from the store)" in again.stderr

@@ -23,10 +23,9 @@ from typing import Any
 
 import attrs
 import trio
-from rich.console import Console
 
+from ._cli_output import Messages, Part, is_terminal, to_json
 from ._cli_target import UsageError, load_inputs, load_target
-from ._convert import converter
 from ._errors import (
     ConfigError,
     GraphBuildError,
@@ -35,23 +34,13 @@ from ._errors import (
     TrioflowError,
     is_run_failure,
 )
-from ._progress import Display, LiveDisplay, PlainDisplay, Progress, format_seconds, tick
+from ._progress import Display, PlainDisplay, Progress, format_seconds, tick
 from ._records import ErrorInfo, NodeState, RunRecord, RunResult
 
-__all__ = ["DEFAULT_STORE", "add_run_arguments", "command_run", "stderr_console", "to_json"]
+__all__ = ["DEFAULT_STORE", "add_input_arguments", "add_run_arguments", "command_run"]
 
 DEFAULT_STORE = os.path.join(".trioflow", "runs.db")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-
-
-def stderr_console() -> Console:
-    return Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-def to_json(value: Any, *, indent: int | None = None) -> str:
-    """JSON through trioflow's converter (attrs classes, datetimes, enums); anything else as
-    its `str`."""
-    return json.dumps(converter.unstructure(value), indent=indent, default=str)
 
 
 def _concurrency(text: str) -> float:
@@ -313,21 +302,23 @@ def _print_outputs(outputs: dict[str, Any], as_json: bool) -> None:
     sys.stdout.flush()
 
 
-def _show_failures(console: Console, failures: dict[str, ErrorInfo], verbose: bool) -> None:
+def _show_failures(out: Messages, failures: dict[str, ErrorInfo], verbose: bool) -> None:
     for node_id, error in failures.items():
-        console.print(f"  [bold]{node_id}[/]: [red]{error.type}[/]: {escape(error.message)}")
+        out.say("  ", (node_id or "run", "bold"), ": ", (error.type, "red"), f": {error.message}")
         if verbose and error.traceback:
-            console.print(escape(error.traceback.rstrip()), style="dim")
+            out.say((error.traceback.rstrip(), "dim"))
 
 
-def escape(text: str) -> str:
-    from rich.markup import escape as rich_escape
+def _traceback(exc: BaseException | None) -> str:
+    if exc is None:
+        return ""
+    import traceback
 
-    return rich_escape(text)
+    return "".join(traceback.format_exception(exc))
 
 
 def command_run(args: argparse.Namespace) -> int:
-    console = stderr_console()
+    out = Messages()
     try:
         graph = load_target(args.target)
         inputs = load_inputs(args.input, args.inputs)
@@ -343,7 +334,7 @@ def command_run(args: argparse.Namespace) -> int:
             )
         store, store_path = _open_store(args)
     except UsageError as exc:
-        _usage(console, exc.message, exc.hint, exc.__cause__ if args.verbose else None)
+        out.error(exc.message, exc.hint, _traceback(exc.__cause__) if args.verbose else "")
         if args.json:
             print(_usage_document("UsageError", exc.message, exc.hint))
         return EXIT_USAGE
@@ -359,28 +350,26 @@ def command_run(args: argparse.Namespace) -> int:
         options["store"] = store
         options["resume"] = args.resume
     progress = Progress()
-    live = console.is_terminal and not console.is_dumb_terminal
     display: Display
-    stored = f" · store {store_path}" if store_path else ""
-    if live:
-        display = LiveDisplay(console, graph.name)
-    else:
-        display = PlainDisplay(sys.stderr, verbose=args.verbose)
-        display.note(f"trioflow: run {run_id} of {graph.name}{stored}")
     began = time.perf_counter()
     try:
-        if isinstance(display, LiveDisplay):
-            with display:
-                outcome = trio.run(_drive, graph, inputs, options, progress, display)
+        if out.console is not None and is_terminal(sys.stderr):
+            from ._live import LiveDisplay
+
+            with LiveDisplay(out.console, graph.name) as live:
+                outcome = trio.run(_drive, graph, inputs, options, progress, live)
         else:
+            stored = f" · store {store_path}" if store_path else ""
+            display = PlainDisplay(sys.stderr)
+            display.note(f"trioflow: run {run_id} of {graph.name}{stored}")
             outcome = trio.run(_drive, graph, inputs, options, progress, display)
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt) or (
             isinstance(exc, BaseExceptionGroup) and exc.subgroup(KeyboardInterrupt) is not None
         ):
-            console.print("[bold red]interrupted twice[/]: stopped without waiting for the run")
+            out.say(("interrupted twice", "bold red"), ": stopped without waiting for the run")
             if store_path:
-                console.print(f"finish the run with:\n  {resume_command(args, run_id)}")
+                out.say(f"finish the run with:\n  {resume_command(args, run_id)}")
             return EXIT_INTERRUPTED
         raise
     finally:
@@ -388,97 +377,111 @@ def command_run(args: argparse.Namespace) -> int:
         if callable(close):
             close()
     elapsed = time.perf_counter() - began
-    return _report(console, args, graph.name, run_id, store_path, progress, outcome, elapsed)
+    report = _Report(out, args, graph.name, run_id, store_path, progress, elapsed)
+    return report.exit_code(outcome)
 
 
-def _usage(console: Console, message: str, hint: str, cause: BaseException | None) -> None:
-    console.print(f"[bold red]error[/]: {escape(message)}")
-    if hint:
-        console.print(f"  [dim]hint[/]: {escape(hint)}")
-    if cause is not None:
-        import traceback
+@attrs.define(eq=False)
+class _Report:
+    """Prints how a run ended and picks the exit code."""
 
-        console.print(escape("".join(traceback.format_exception(cause)).rstrip()), style="dim")
+    out: Messages
+    args: argparse.Namespace
+    graph_name: str
+    run_id: str
+    store_path: str | None
+    progress: Progress
+    seconds: float
 
+    def _show_command(self) -> str:
+        store = self.args.store
+        return f"trioflow runs show {shlex.quote(self.run_id)}" + (
+            f" --store {shlex.quote(store)}" if store else ""
+        )
 
-def _report(
-    console: Console,
-    args: argparse.Namespace,
-    graph_name: str,
-    run_id: str,
-    store_path: str | None,
-    progress: Progress,
-    outcome: Outcome,
-    seconds: float,
-) -> int:
-    elapsed = format_seconds(seconds)
-    show = f"trioflow runs show {shlex.quote(run_id)}" + (
-        f" --store {shlex.quote(store_path)}" if store_path and args.store else ""
-    )
-    if outcome.interrupted and (outcome.result is None or outcome.error is not None):
+    def exit_code(self, outcome: Outcome) -> int:
+        args, out = self.args, self.out
+        if outcome.interrupted and (outcome.result is None or outcome.error is not None):
+            return self._interrupted(outcome)
+        error = outcome.error
+        if error is not None and not self.progress.started_any and not is_run_failure(error):
+            message, hint = _usage_hint(error, args)
+            out.error(message, hint, _traceback(error) if args.verbose else "")
+            if args.json:
+                print(_usage_document(type(error).__name__, message, hint))
+            return EXIT_USAGE
+
+        result = outcome.result
+        record = result.record if result is not None else _record_of(error) if error else None
+        failures = _failures(record, error)
+        if result is not None:
+            timed_out = any(n.state is NodeState.CANCELLED for n in result.record.nodes.values())
+        else:
+            timed_out = isinstance(error, RunCancelled)
+        if error is None and not failures and not timed_out:
+            assert result is not None
+            return self._done(result)
+        if error is not None and not failures and not timed_out:
+            # Something other than a node failure after nodes started: report it as it is.
+            failures = {"": ErrorInfo.from_exception(error)}
+        running, pending = _cancelled(record) if timed_out else ([], 0)
+        if args.json:
+            why = f"cancelled: the run timed out after {args.timeout}s"
+            print(_errors_document(failures, dict.fromkeys(running, why)))
+        elapsed = format_seconds(self.seconds)
+        if failures:
+            n = len(failures)
+            out.say(
+                ("failed", "bold red"),
+                f": {n} node{'s' * (n != 1)} of {self.graph_name} failed "
+                f"(run {self.run_id}, {elapsed})",
+            )
+            _show_failures(out, failures, args.verbose)
+            if not args.verbose:
+                out.say(("  (--verbose shows the tracebacks)", "dim"))
+        if timed_out:
+            names = ", ".join(running) or "none was running"
+            more = f" (and {pending} that had not started)" if pending else ""
+            out.say(
+                ("timed out", "bold red"),
+                f": {self.graph_name} hit --timeout {args.timeout}s after {elapsed}; "
+                f"cancelled while running: {names}{more}",
+            )
+        if self.store_path:
+            out.say(("inspect it: ", "dim"), self._show_command())
+            out.say(("finish it:  ", "dim"), resume_command(args, self.run_id))
+        return EXIT_FAILED
+
+    def _done(self, result: RunResult) -> int:
+        _print_outputs(result.outputs, self.args.json)
+        nodes = result.record.nodes
+        reused = sum(1 for n in nodes.values() if n.state is NodeState.DONE and n.attempts == 0)
+        parts: list[Part] = [
+            ("done", "bold green"),
+            f": {self.graph_name} ran {len(nodes)} node{'s' * (len(nodes) != 1)}",
+        ]
+        if reused:
+            parts.append(f" ({reused} reused from the store)")
+        parts.append(f" in {format_seconds(self.seconds)} · run {self.run_id}")
+        if self.store_path:
+            parts.append(f" · {self._show_command()}")
+        self.out.say(*parts)
+        return EXIT_OK
+
+    def _interrupted(self, outcome: Outcome) -> int:
+        args, out = self.args, self.out
         cancelled = outcome.cancelled
         if args.json:
             print(_errors_document({}, dict.fromkeys(cancelled, "cancelled by Ctrl-C")))
         names = ", ".join(cancelled) if cancelled else "none was running"
-        console.print(
-            f"[bold yellow]interrupted[/]: run {run_id} cancelled after {elapsed}; "
-            f"{progress.done} nodes done, cancelled while running: {names}"
+        out.say(
+            ("interrupted", "bold yellow"),
+            f": run {self.run_id} cancelled after {format_seconds(self.seconds)}; "
+            f"{self.progress.done} nodes done, cancelled while running: {names}",
         )
-        if store_path:
-            console.print(f"finish the run with:\n  {resume_command(args, run_id)}")
+        if self.store_path:
+            out.say("finish the run with:")
+            out.say(f"  {resume_command(args, self.run_id)}")
         else:
-            console.print("not stored (--no-store): the run cannot be resumed")
+            out.say("not stored (--no-store): the run cannot be resumed")
         return EXIT_INTERRUPTED
-
-    error = outcome.error
-    if error is not None and not progress.started_any and not is_run_failure(error):
-        message, hint = _usage_hint(error, args)
-        _usage(console, message, hint, error if args.verbose else None)
-        if args.json:
-            print(_usage_document(type(error).__name__, message, hint))
-        return EXIT_USAGE
-
-    result = outcome.result
-    record = result.record if result is not None else _record_of(error) if error else None
-    failures = _failures(record, error)
-    timed_out = isinstance(error, RunCancelled) or (
-        result is not None
-        and any(n.state is NodeState.CANCELLED for n in result.record.nodes.values())
-    )
-    running_cancelled, pending_cancelled = _cancelled(record) if timed_out else ([], 0)
-    if error is None and not failures and not timed_out:
-        assert result is not None
-        _print_outputs(result.outputs, args.json)
-        nodes = len(result.record.nodes)
-        console.print(
-            f"[bold green]done[/]: {graph_name} ran {nodes} node{'s' * (nodes != 1)} "
-            f"in {elapsed} · run {run_id}" + (f" · {show}" if store_path else "")
-        )
-        return EXIT_OK
-
-    if error is not None and not failures and not timed_out:
-        # Something other than a node failure after nodes started: report it as it is.
-        failures = {"": ErrorInfo.from_exception(error)}
-    if args.json:
-        why = f"cancelled: the run timed out after {args.timeout}s"
-        print(_errors_document(failures, dict.fromkeys(running_cancelled, why)))
-    if failures:
-        n = len(failures)
-        console.print(
-            f"[bold red]failed[/]: {n} node{'s' * (n != 1)} of {graph_name} failed "
-            f"(run {run_id}, {elapsed})"
-        )
-        _show_failures(console, failures, args.verbose)
-        if not args.verbose:
-            console.print("  [dim](--verbose shows the tracebacks)[/]")
-    if timed_out:
-        names = ", ".join(running_cancelled) or "none was running"
-        more = f" (and {pending_cancelled} that had not started)" if pending_cancelled else ""
-        console.print(
-            f"[bold red]timed out[/]: {graph_name} hit --timeout {args.timeout}s; "
-            f"cancelled while running: {names}{more}"
-        )
-    if store_path:
-        console.print(f"inspect it: {show}")
-        console.print(f"finish it:  {resume_command(args, run_id)}")
-    return EXIT_FAILED

@@ -8,11 +8,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
-
-from ._cli_run import DEFAULT_STORE, stderr_console
+from ._cli_output import Messages
+from ._cli_run import DEFAULT_STORE
 from ._cli_target import UsageError, load_inputs, load_target
 from ._errors import ConfigError, GraphBuildError
 from ._graph_fn import GraphFn
@@ -33,17 +30,23 @@ _STATE_STYLE = {
 
 
 def _fail(message: str, hint: str) -> int:
-    console = stderr_console()
-    console.print(f"[bold red]error[/]: {escape(message)}")
-    console.print(f"  [dim]hint[/]: {escape(hint)}")
+    Messages().error(message, hint)
     return EXIT_USAGE
 
 
-def _stdout() -> Console:
+def _stdout() -> Any:
+    from rich.console import Console
+
     console = Console(highlight=False)
     if not console.is_terminal:  # a log or a pipe: do not squeeze the tables to 80 columns
         console = Console(highlight=False, width=160)
     return console
+
+
+def escape(text: str) -> str:
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
 
 
 # -- trioflow graph -----------------------------------------------------------------------------
@@ -157,8 +160,10 @@ def _list(store: Any, path: str) -> int:
     console = _stdout()
     infos = [] if store is None else list(store.runs())
     if not infos:
-        stderr_console().print(f"no runs in {path}")
+        Messages().say(f"no runs in {path}")
         return 0
+    from rich.table import Table
+
     infos.sort(key=lambda i: (i.started_at is None, i.started_at or 0))
     table = Table(title=f"runs in {path}", title_justify="left", box=None, header_style="bold")
     for column in ("run id", "graph", "state", "started", "duration"):
@@ -195,6 +200,8 @@ def _show(record: RunRecord, info: Any, path: str) -> None:
         f"[bold]run {escape(record.run_id)}[/] of [bold]{escape(record.graph_id)}[/]: {state} · "
         f"started {_when(started)} · took {_duration(started, finished)} · {escape(path)}"
     )
+    from rich.table import Table
+
     table = Table(box=None, header_style="bold", pad_edge=False)
     table.add_column("node", no_wrap=True)
     table.add_column("tool")

@@ -2,28 +2,23 @@
 
 `Progress` is a run-event listener that only updates counters (a few dict and int operations per
 event), so the run does not pay for drawing. A ticker task in the same Trio run draws those
-counters on a timer: `LiveDisplay` redraws a `rich` live display on a terminal at most 10 times a
-second, `PlainDisplay` writes a plain line at most once a second (and one per failure) when
-stderr is not a terminal.
+counters on a timer: `PlainDisplay` (here) writes a plain line at most once a second, and one per
+failure, when stderr is not a terminal; `_live.LiveDisplay` redraws a `rich` live display on a
+terminal at most 10 times a second.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol, Self, TextIO
+from typing import TYPE_CHECKING, Protocol, TextIO
 
 import trio
-from rich.console import Console, Group
-from rich.live import Live
-from rich.progress_bar import ProgressBar
-from rich.table import Table
-from rich.text import Text
 
 from ._records import ErrorInfo, NodeState
 
 if TYPE_CHECKING:
     from ._events import RunEvent
 
-__all__ = ["Display", "LiveDisplay", "PlainDisplay", "Progress", "tick"]
+__all__ = ["Display", "PlainDisplay", "Progress", "format_seconds", "tick"]
 
 _DONE = NodeState.DONE
 _FAILED = NodeState.FAILED
@@ -67,7 +62,8 @@ class Progress:
             node_id = event.node_id
             self.running.pop(node_id, None)  # type: ignore[arg-type]
             state = event.state
-            self.counts[state] += 1
+            if state is not None:
+                self.counts[state] += 1
             if state is _FAILED:
                 self.failures.append((node_id, event.tool or "", event.error))  # type: ignore[arg-type]
         elif kind == "node_started":
@@ -140,7 +136,7 @@ class PlainDisplay:
         self._failures_shown = len(failures)
         c = progress.counts
         state = (progress.known, *c.values(), len(progress.running))
-        if state != self._last and (progress.started is not None or final):
+        if state != self._last and (progress.known or final):
             self._last = state
             line = (
                 f"[{format_seconds(elapsed):>6}] {progress.done}/{progress.known} done, "
@@ -159,77 +155,6 @@ class PlainDisplay:
     def note(self, text: str) -> None:
         self.stream.write(text + "\n")
         self.stream.flush()
-
-
-class LiveDisplay:
-    """A `rich` live display on a terminal, redrawn at most 10 times a second."""
-
-    interval = 0.1
-
-    def __init__(self, console: Console, title: str) -> None:
-        self.console = console
-        self.title = title
-        # No auto-refresh thread: the ticker task redraws from inside the Trio run.
-        self.live = Live(
-            console=console,
-            auto_refresh=False,
-            transient=False,
-            redirect_stdout=False,
-            redirect_stderr=True,
-        )
-
-    def __enter__(self) -> Self:
-        self.live.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.live.stop()
-
-    def render(self, progress: Progress, now: float, final: bool = False) -> Group:
-        c = progress.counts
-        known = progress.known
-        grid = Table.grid(padding=(0, 1))
-        grid.add_row(
-            Text(self.title, style="bold"),
-            ProgressBar(
-                total=known or None,
-                completed=progress.done,
-                width=30,
-                pulse=not known,
-                animation_time=now,
-            ),
-            Text(f"{progress.done}/{known} done", style="bold"),
-            Text(format_seconds(progress.elapsed(now)), style="cyan"),
-        )
-        counts = Text.assemble(
-            ("running ", "dim"),
-            (str(len(progress.running)), "bold yellow" if progress.running else ""),
-            ("  failed ", "dim"),
-            (str(c[_FAILED]), "bold red" if c[_FAILED] else ""),
-            ("  skipped ", "dim"),
-            (str(c[_SKIPPED]), ""),
-        )
-        if c[_CANCELLED]:
-            counts.append_text(Text.assemble(("  cancelled ", "dim"), (str(c[_CANCELLED]), "")))
-        parts: list[Text | Table] = [grid, counts]
-        longest = progress.longest(now)
-        if longest is not None and not final:
-            node_id, tool, seconds = longest
-            parts.append(
-                Text.assemble(
-                    ("longest running: ", "dim"),
-                    (node_id, "bold"),
-                    (f" ({tool}) " if tool and tool != node_id else " ", "dim"),
-                    (format_seconds(seconds), "cyan"),
-                )
-            )
-        return Group(*parts)
-
-    def update(self, progress: Progress, now: float, final: bool = False) -> None:
-        self.live.update(self.render(progress, now, final), refresh=True)
-
-    def note(self, text: str) -> None:
-        self.live.console.print(text, highlight=False, markup=False)
 
 
 async def tick(display: Display, progress: Progress) -> None:

@@ -1,0 +1,94 @@
+"""The live progress display on a terminal: `rich`, redrawn at most 10 times a second.
+
+Imported only when stderr is a terminal, so scripts and CI logs do not pay for `rich`.
+"""
+
+from __future__ import annotations
+
+from typing import Self
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from ._progress import Progress, format_seconds
+from ._records import NodeState
+
+__all__ = ["LiveDisplay"]
+
+_FAILED = NodeState.FAILED
+_SKIPPED = NodeState.SKIPPED
+_CANCELLED = NodeState.CANCELLED
+
+
+class LiveDisplay:
+    """A `rich` live display on a terminal, redrawn at most 10 times a second."""
+
+    interval = 0.1
+
+    def __init__(self, console: Console, title: str) -> None:
+        self.console = console
+        self.title = title
+        # No auto-refresh thread: the ticker task redraws from inside the Trio run.
+        self.live = Live(
+            console=console,
+            auto_refresh=False,
+            transient=False,
+            redirect_stdout=False,
+            redirect_stderr=True,
+        )
+
+    def __enter__(self) -> Self:
+        self.live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.live.stop()
+
+    def render(self, progress: Progress, now: float, final: bool = False) -> Group:
+        c = progress.counts
+        known = progress.known
+        grid = Table.grid(padding=(0, 1))
+        grid.add_row(
+            Text(self.title, style="bold"),
+            ProgressBar(
+                total=known or None,
+                completed=progress.done,
+                width=30,
+                pulse=not known,
+                animation_time=now,
+            ),
+            Text(f"{progress.done}/{known} done", style="bold"),
+            Text(format_seconds(progress.elapsed(now)), style="cyan"),
+        )
+        counts = Text.assemble(
+            ("running ", "dim"),
+            (str(len(progress.running)), "bold yellow" if progress.running else ""),
+            ("  failed ", "dim"),
+            (str(c[_FAILED]), "bold red" if c[_FAILED] else ""),
+            ("  skipped ", "dim"),
+            (str(c[_SKIPPED]), ""),
+        )
+        if c[_CANCELLED]:
+            counts.append_text(Text.assemble(("  cancelled ", "dim"), (str(c[_CANCELLED]), "")))
+        parts: list[Text | Table] = [grid, counts]
+        longest = progress.longest(now)
+        if longest is not None and not final:
+            node_id, tool, seconds = longest
+            parts.append(
+                Text.assemble(
+                    ("longest running: ", "dim"),
+                    (node_id, "bold"),
+                    (f" ({tool}) " if tool and tool != node_id else " ", "dim"),
+                    (format_seconds(seconds), "cyan"),
+                )
+            )
+        return Group(*parts)
+
+    def update(self, progress: Progress, now: float, final: bool = False) -> None:
+        self.live.update(self.render(progress, now, final), refresh=True)
+
+    def note(self, text: str) -> None:
+        self.live.console.print(text, highlight=False, markup=False)

@@ -7,6 +7,7 @@ the runtime owns.
 """
 
 from ._builtins import ChannelMessage as ChannelMessage, MemoryEvent as MemoryEvent
+from ._cache import Cache as Cache
 from ._compile import NodeRef as NodeRef
 from ._context import NodeContext as NodeContext, current_context as current_context
 from ._errors import (
@@ -16,8 +17,10 @@ from ._errors import (
     DependencyFailed as DependencyFailed,
     GraphBuildError as GraphBuildError,
     NodeFailed as NodeFailed,
+    ResumeMismatch as ResumeMismatch,
     RunCancelled as RunCancelled,
     ServiceError as ServiceError,
+    StoreError as StoreError,
     TrioflowError as TrioflowError,
 )
 from ._flow import FlowType as FlowType, task as task
@@ -55,6 +58,8 @@ from ._services import (
     register_context_service as register_context_service,
     unregister_context_service as unregister_context_service,
 )
+from ._sqlite import SQLiteStore as SQLiteStore
+from ._store import MemoryStore as MemoryStore, RunInfo as RunInfo, RunStore as RunStore
 from ._tool import Retry as Retry, Tool as Tool, tool as tool
 
 __version__ = "0.1.0"

@@ -143,24 +143,30 @@ def _sorted_json(items: list[Any]) -> list[Any]:
     return sorted(items, key=lambda x: json.dumps(x, sort_keys=True))
 
 
-def encode(value: Any, where: str = "value") -> Any:
-    """A JSON-safe tree for `value` that `decode` turns back into an equal value."""
+def encode(value: Any, where: str = "value", canonical: bool = False) -> Any:
+    """A JSON-safe tree for `value` that `decode` turns back into an equal value.
+
+    `canonical` also sorts the pairs of dicts with non-string keys, so that equal values give
+    equal trees (string-keyed dicts are sorted by `json.dumps(sort_keys=True)`).
+    """
     cls = type(value)
     if cls in _SCALARS:
         return value
     if cls is list:
-        return [encode(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [encode(v, f"{where}[{i}]", canonical) for i, v in enumerate(value)]
     if cls is dict:
         if _TAG not in value and all(type(k) is str for k in value):
-            return {k: encode(v, f"{where}[{k!r}]") for k, v in value.items()}
+            return {k: encode(v, f"{where}[{k!r}]", canonical) for k, v in value.items()}
         pairs = [
-            [encode(k, f"{where} key"), encode(v, f"{where}[{k!r}]")] for k, v in value.items()
+            [encode(k, f"{where} key", canonical), encode(v, f"{where}[{k!r}]", canonical)]
+            for k, v in value.items()
         ]
-        return {_TAG: "dict", _VALUE: pairs}
+        return {_TAG: "dict", _VALUE: _sorted_json(pairs) if canonical else pairs}
     if cls is tuple:
-        return {_TAG: "tuple", _VALUE: [encode(v, f"{where}[{i}]") for i, v in enumerate(value)]}
+        items = [encode(v, f"{where}[{i}]", canonical) for i, v in enumerate(value)]
+        return {_TAG: "tuple", _VALUE: items}
     if cls is set or cls is frozenset:
-        items = _sorted_json([encode(v, f"{where} item") for v in value])
+        items = _sorted_json([encode(v, f"{where} item", canonical) for v in value])
         return {_TAG: cls.__name__, _VALUE: items}
     leaf = _LEAF_TAGS.get(cls)
     if leaf is not None:
@@ -168,21 +174,22 @@ def encode(value: Any, where: str = "value") -> Any:
     tag = _class_tag(cls, where)
     kind = tag.partition(":")[0]
     if kind == "enum":
-        return {_TAG: tag, _VALUE: encode(value.value, f"{where}.value")}
+        return {_TAG: tag, _VALUE: encode(value.value, f"{where}.value", canonical)}
     if kind == "namedtuple":
-        return {_TAG: tag, _VALUE: [encode(v, f"{where}[{i}]") for i, v in enumerate(value)]}
-    return {_TAG: tag, _VALUE: _encode_fields(value, kind, where)}
+        items = [encode(v, f"{where}[{i}]", canonical) for i, v in enumerate(value)]
+        return {_TAG: tag, _VALUE: items}
+    return {_TAG: tag, _VALUE: _encode_fields(value, kind, where, canonical)}
 
 
-def _encode_fields(value: Any, kind: str, where: str) -> dict[str, Any]:
+def _encode_fields(value: Any, kind: str, where: str, canonical: bool) -> dict[str, Any]:
     if kind == "attrs":
         return {
-            f.alias or f.name: encode(getattr(value, f.name), f"{where}.{f.name}")
+            f.alias or f.name: encode(getattr(value, f.name), f"{where}.{f.name}", canonical)
             for f in attrs.fields(type(value))
             if f.init
         }
     return {
-        f.name: encode(getattr(value, f.name), f"{where}.{f.name}")
+        f.name: encode(getattr(value, f.name), f"{where}.{f.name}", canonical)
         for f in dataclasses.fields(value)
         if f.init
     }
@@ -225,7 +232,8 @@ def _dumps(tree: Any) -> str:
 
 def digest(values: Mapping[str, Any]) -> str:
     """A stable hash of argument values (canonical JSON); raises `Unserialisable`."""
-    text = json.dumps(encode(dict(values), "argument"), sort_keys=True, separators=(",", ":"))
+    tree = encode(dict(values), "argument", canonical=True)
+    text = json.dumps(tree, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 

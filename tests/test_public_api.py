@@ -16,7 +16,8 @@ PUBLIC = {
     "open_runtime", "run", "run_async", "tool", "ChannelMessage", "MemoryEvent", "Service",
     "ServiceHandle", "ServiceState", "ServiceTask", "critical", "register_context_service",
     "service_task", "unregister_context_service", "FlowType", "task",
-    "Cache", "MemoryStore", "ResumeMismatch", "RunInfo", "RunStore", "SQLiteStore", "StoreError",
+    "RunEvent", "Executor", "LoopExecutor", "ThreadExecutor", "Cache", "RateLimit",
+    "MemoryStore", "ResumeMismatch", "RunInfo", "RunStore", "SQLiteStore", "StoreError",
 }  # fmt: skip
 
 

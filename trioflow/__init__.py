@@ -23,6 +23,12 @@ from ._errors import (
     StoreError as StoreError,
     TrioflowError as TrioflowError,
 )
+from ._events import RunEvent as RunEvent
+from ._executor import (
+    Executor as Executor,
+    LoopExecutor as LoopExecutor,
+    ThreadExecutor as ThreadExecutor,
+)
 from ._flow import FlowType as FlowType, task as task
 from ._graph import (
     InputRef as InputRef,
@@ -32,6 +38,7 @@ from ._graph import (
 )
 from ._graph_fn import GraphFn as GraphFn, gather as gather, graph_fn as graph_fn, map as map
 from ._graphify import Graphify as Graphify, graphify as graphify
+from ._ratelimit import RateLimit as RateLimit
 from ._records import (
     ErrorInfo as ErrorInfo,
     NodeRecord as NodeRecord,

@@ -17,6 +17,7 @@ import contextlib
 import datetime as dt
 import json
 import time
+import weakref
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -25,12 +26,13 @@ import attrs
 import trio
 
 from ._cache import cache_key, check_cache, tool_version
-from ._errors import ConfigError, ResumeMismatch
+from ._errors import ConfigError, ConfigTypeError, ResumeMismatch
+from ._events import combine_listeners
 from ._records import ErrorInfo, NodeState
 from ._serialize import Serializer, Unserialisable, describe
-from ._store import Blob, NodeRow, Op, RunRow, RunStore, StoredRun
+from ._store import Blob, NodeRow, Op, RunRow, RunStore, StoredRun, check_store
 
-__all__ = ["Durable", "durable_run", "run_row"]
+__all__ = ["Durable", "check_durable", "durable_run", "run_durable", "run_row"]
 
 _BATCH_WINDOW = 0.02  # seconds a batch stays open: completions commit within ~50 ms
 _DONE = NodeState.DONE
@@ -66,7 +68,7 @@ class _Note:
     """What the memo learnt about a node before it ran, for the listener to write."""
 
     digest: str | None = None
-    raw: Blob | None = None  # stored outputs reused as they are
+    raw: Blob | None = None  # stored outputs reused as they are, or the new outputs encoded
     skip: bool = False  # reused from the same stored row: nothing to write
     cached: bool = False
     key: str | None = None  # a cache miss: store the outputs under this key
@@ -178,6 +180,14 @@ class Durable:
                 return row
         return None
 
+    def accept(self, node_id: str, tool: Any, outputs: Mapping[str, Any]) -> None:
+        """A tool node's new outputs, before it is DONE: encoded now, so that outputs the store
+        cannot hold fail this node (a `ConfigError` naming it and the value's type)."""
+        note = self._notes.get(node_id)
+        if note is None:
+            note = self._notes[node_id] = _Note()
+        note.raw = self.encode(node_id, outputs)
+
     # -- the listener -----------------------------------------------------------------------
 
     def __call__(self, event: Any) -> None:
@@ -237,17 +247,17 @@ class Durable:
             seq = self._seq
             self._seq = seq + 1
             started = (seq, event.at, _iso(event.wall))
-        outputs: Blob | None = None
-        if event.state is _DONE:
-            if note is not None and note.raw is not None:
-                if note.skip:
-                    return  # the stored row is this node's, DONE with these outputs
-                outputs = note.raw
-            else:
-                outputs = self.encode(node_id, event.outputs or {})
-                if note is not None and note.key is not None:
-                    self._fresh_cache[note.key] = (outputs, time.time())
-                    self._put(("cache", (note.key, event.tool, note.version, outputs, time.time())))
+        # Only tool nodes have stored outputs (`accept` or `lookup` put them in the note);
+        # a nested graph's or a map's outputs are its inner nodes'.
+        outputs = note.raw if note is not None and event.state is _DONE else None
+        if outputs is not None:
+            assert note is not None
+            if note.skip:
+                return  # the stored row is this node's, DONE with these outputs
+            if note.key is not None:
+                now = time.time()
+                self._fresh_cache[note.key] = (outputs, now)
+                self._put(("cache", (note.key, event.tool, note.version, outputs, now)))
         self._put(("node", self._node_row(event, node_id, started, note, outputs)))
 
     def encode(self, node_id: str, outputs: Mapping[str, Any]) -> Blob:
@@ -346,26 +356,131 @@ async def durable_run(
     replay: bool,
     resume: bool,
 ) -> AsyncIterator[Durable]:
-    """Claim `run_id` in `store`, check a resumed run, and run the writer around the body."""
+    """Claim `run_id` in `store`, check a resumed run, and run the writer around the body.
+
+    The writer's failure (a `StoreError`) cancels the body and is raised; otherwise the body's
+    own exception comes out as itself, not wrapped in the writer's nursery's group.
+    """
     serializer = store.serializer
     row = run_row(run_id, graph, content_hash, inputs, serializer, trio.current_time())
     stored = await trio.to_thread.run_sync(lambda: store.begin(row, resume=resume))
     if stored is not None:
         check_resume(stored, row, serializer)
-    durable = Durable(store=store, row=row, replay=replay, stored=stored)
+    durable = await trio.to_thread.run_sync(
+        lambda: Durable(store=store, row=row, replay=replay, stored=stored)
+    )
     send, receive = trio.open_memory_channel[None](1)
     durable._wake = send
-    async with trio.open_nursery() as nursery:
+    body_error: BaseException | None = None
+    writer_error: Exception | None = None
+    leftover: BaseException | None = None
+    try:
+        async with trio.open_nursery() as nursery:
 
-        async def write() -> None:
-            # Shielded: a cancelled run still commits what it queued. Bounded: once the run
-            # closes the channel, one last transaction is written (its wait for another
-            # process's lock is bounded by the store's busy timeout) and the writer returns.
-            with trio.CancelScope(shield=True):
-                await _writer(store, durable, receive)
+            async def write() -> None:
+                nonlocal writer_error
+                # Shielded: a cancelled run still commits what it queued. Bounded: once the
+                # run closes the channel, one last transaction is written (its wait for another
+                # process's lock is bounded by the store's busy timeout) and the writer returns.
+                with trio.CancelScope(shield=True):
+                    try:
+                        await _writer(store, durable, receive)
+                    except Exception as exc:
+                        writer_error = exc
+                        nursery.cancel_scope.cancel(reason="the run store failed")
 
-        nursery.start_soon(write)
-        try:
-            yield durable
-        finally:
-            send.close()
+            nursery.start_soon(write)
+            try:
+                yield durable
+            except BaseException as exc:
+                body_error = exc  # raised below, as itself
+            finally:
+                send.close()
+    except BaseExceptionGroup as group:  # only Cancelled can land here (an outer cancel)
+        leftover = group
+    if writer_error is not None and (body_error is None or _cancelled(body_error)):
+        raise writer_error
+    if body_error is not None:
+        raise body_error
+    if leftover is not None:
+        raise leftover
+
+
+def _cancelled(exc: BaseException) -> bool:
+    return isinstance(exc, trio.Cancelled)
+
+
+def check_durable(
+    store: object, resume: object, options: Any, runtime_store: RunStore | None
+) -> RunStore | None:
+    """The store a run persists to (its own, else its runtime's); bad combinations raise
+    `ConfigError` before anything starts."""
+    own = check_store(store)
+    if not isinstance(resume, bool):
+        raise ConfigTypeError(f"resume must be True or False, got {resume!r}")
+    chosen = own if own is not None else runtime_store
+    if resume:
+        if chosen is None:
+            raise ConfigError(
+                "resume=True needs a run store: pass store=trioflow.SQLiteStore(path) (the one "
+                "the run was stored in) and its run_id="
+            )
+        if not options.run_id_given:
+            raise ConfigError(
+                "resume=True needs the run_id= of the stored run to finish; list stored runs "
+                "with store.runs()"
+            )
+    return chosen
+
+
+def _static_plan(graph: Any, inputs: Mapping[str, Any]) -> Any:
+    """The lowered plan of a static target (graphify or compiled graph), else None."""
+    from ._schedule import CompiledGraph, plan_for
+
+    if isinstance(graph, CompiledGraph):
+        return graph.plan
+    if hasattr(graph, "plans") and hasattr(graph, "trace"):
+        return plan_for(graph, inputs)
+    return None
+
+
+_hashes: dict[int, tuple[Any, str]] = {}
+
+
+def _content_hash(task_graph: Any) -> str:
+    """`TaskGraph.content_hash`, once per graph object (a large graph takes a while)."""
+    found = _hashes.get(id(task_graph))
+    if found is not None and found[0]() is task_graph:
+        return found[1]
+    value: str = task_graph.content_hash
+    key = id(task_graph)
+    _hashes[key] = (weakref.ref(task_graph, lambda _: _hashes.pop(key, None)), value)
+    return value
+
+
+async def run_durable(
+    runtime: Any, graph: Any, options: Any, seams: Any, store: RunStore, resume: bool
+) -> Any:
+    """Run `graph` persisting to `store` (and resuming from it): see `trioflow.run_async`."""
+    from ._run import execute_run
+    from ._schedule import CompiledGraph
+
+    plan = _static_plan(graph, options.inputs)
+    content_hash = None
+    if plan is not None:
+        # Run the very plan that was hashed (a graph whose shape depends on its inputs is
+        # traced once, not again by the run).
+        content_hash = _content_hash(plan.graph)
+        graph = CompiledGraph(plan.graph, plan, max_concurrency=graph.max_concurrency)
+    async with durable_run(
+        store,
+        run_id=options.run_id,
+        graph=graph.name,
+        content_hash=content_hash,
+        inputs=options.inputs,
+        replay=plan is None,
+        resume=resume,
+    ) as durable:
+        listener = combine_listeners([durable, seams.listener])
+        seams = attrs.evolve(seams, listener=listener, memo=durable)
+        return await execute_run(runtime, graph, options, seams)

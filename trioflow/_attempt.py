@@ -113,6 +113,8 @@ async def execute_node(
                 continue
             try:
                 outputs = tool.normalize(result)
+                if memo is not None:  # the store encodes them: unstorable outputs fail here
+                    memo.accept(node_id, tool, outputs)
             except Exception as exc:
                 ledger.fail(idx, exc)
                 raise node_failed(node_id, name, exc) from exc

@@ -32,12 +32,14 @@ from ._builtins import (
 )
 from ._checks import check_max_concurrency
 from ._context import NodeContext
+from ._durable import check_durable, run_durable
 from ._errors import ConfigError, ConfigTypeError, ContextError, ServiceError
 from ._events import Listener, combine_listeners
 from ._executor import Executor, ExecutorTable, check_executors
 from ._ratelimit import RateLimit
 from ._run import RunSeams, check_run, execute_run
 from ._services import ServiceAccessor, check_service_name, registered_services
+from ._store import RunStore, check_store
 
 __all__ = [
     "RunServices",
@@ -244,6 +246,7 @@ async def open_runtime(
     resource_caps = _check_limits(limits)
     executor_map = check_executors(executors)
     rates = check_rate_limits(rate_limits)
+    store = check_store(store)
     if on_event is not None and not callable(on_event):
         raise ConfigTypeError(f"on_event must be a callable taking a RunEvent, got {on_event!r}")
     body_error: BaseException | None = None
@@ -343,17 +346,26 @@ async def run_async(
     )
     own_rates = check_rate_limits(rate_limits)
     runtime = _RUNTIME.get()
+    store = check_durable(store, resume, options, runtime.store if runtime else None)
     if runtime is not None:
-        return await _execute(runtime, graph, options, own_rates)
+        return await _execute(runtime, graph, options, own_rates, store, resume)
     async with open_runtime() as runtime:
-        return await _execute(runtime, graph, options, own_rates)
+        return await _execute(runtime, graph, options, own_rates, store, resume)
 
 
 async def _execute(
-    runtime: Runtime, graph: Any, options: Any, rate_limits: dict[str, RateLimit]
+    runtime: Runtime,
+    graph: Any,
+    options: Any,
+    rate_limits: dict[str, RateLimit],
+    store: RunStore | None = None,
+    resume: bool = False,
 ) -> Any:
     listener = combine_listeners([runtime.on_event, options.on_event])
-    return await execute_run(runtime, graph, options, RunSeams(listener=listener))
+    seams = RunSeams(listener=listener)
+    if store is not None:  # the run's own store, else the runtime's (see check_durable)
+        return await run_durable(runtime, graph, options, seams, store, resume)
+    return await execute_run(runtime, graph, options, seams)
 
 
 def run(

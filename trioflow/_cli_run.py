@@ -361,7 +361,7 @@ def command_run(args: argparse.Namespace) -> int:
         else:
             stored = f" · store {store_path}" if store_path else ""
             display = PlainDisplay(sys.stderr)
-            display.note(f"trioflow: run {run_id} of {graph.name}{stored}")
+            display.header(f"trioflow: run {run_id} of {graph.name}{stored}")
             outcome = trio.run(_drive, graph, inputs, options, progress, display)
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt) or (

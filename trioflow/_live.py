@@ -31,6 +31,7 @@ class LiveDisplay:
     def __init__(self, console: Console, title: str) -> None:
         self.console = console
         self.title = title
+        self._shown = False
         # No auto-refresh thread: the ticker task redraws from inside the Trio run.
         self.live = Live(
             console=console,
@@ -45,6 +46,8 @@ class LiveDisplay:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if not self._shown:  # the run never started a node: leave no empty frame behind
+            self.live.transient = True
         self.live.stop()
 
     def render(self, progress: Progress, now: float, final: bool = False) -> Group:
@@ -88,7 +91,8 @@ class LiveDisplay:
         return Group(*parts)
 
     def update(self, progress: Progress, now: float, final: bool = False) -> None:
+        if not self._shown:
+            if not (progress.known or progress.started_any):
+                return  # nothing to show yet (and nothing at all for a usage error)
+            self._shown = True
         self.live.update(self.render(progress, now, final), refresh=True)
-
-    def note(self, text: str) -> None:
-        self.live.console.print(text, highlight=False, markup=False)

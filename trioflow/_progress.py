@@ -113,8 +113,6 @@ class Display(Protocol):
 
     def update(self, progress: Progress, now: float, final: bool = False) -> None: ...
 
-    def note(self, text: str) -> None: ...
-
 
 class PlainDisplay:
     """Plain progress lines for logs: at most one a second while it changes, one per failure."""
@@ -125,8 +123,21 @@ class PlainDisplay:
         self.interval = interval
         self._last: tuple[int, ...] | None = None
         self._failures_shown = 0
+        self._header = ""
+        self._shown = False
+
+    def header(self, text: str) -> None:
+        """A first line, written once the run has nodes (nothing for a run that never starts:
+        an error before any node is a usage error, reported on its own)."""
+        self._header = text
 
     def update(self, progress: Progress, now: float, final: bool = False) -> None:
+        if not self._shown:
+            if not (progress.known or progress.started_any):
+                return
+            self._shown = True
+            if self._header:
+                self.stream.write(self._header + "\n")
         elapsed = progress.elapsed(now)
         lines: list[str] = []
         failures = progress.failures
@@ -136,7 +147,7 @@ class PlainDisplay:
         self._failures_shown = len(failures)
         c = progress.counts
         state = (progress.known, *c.values(), len(progress.running))
-        if state != self._last and (progress.known or final):
+        if state != self._last:
             self._last = state
             line = (
                 f"[{format_seconds(elapsed):>6}] {progress.done}/{progress.known} done, "
@@ -151,10 +162,6 @@ class PlainDisplay:
         if lines:
             self.stream.write("\n".join(lines) + "\n")
             self.stream.flush()
-
-    def note(self, text: str) -> None:
-        self.stream.write(text + "\n")
-        self.stream.flush()
 
 
 async def tick(display: Display, progress: Progress) -> None:

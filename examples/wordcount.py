@@ -40,8 +40,8 @@ STOPWORDS |= {"is", "it", "its", "of", "on", "so", "that", "the", "their", "to",
 
 @trioflow.tool(outputs=["text"], retry=trioflow.Retry(attempts=3, backoff=0.1))
 async def fetch(page: str) -> str:
-    """Download one page (simulated: 0.1-0.6 s of latency, deterministic per page)."""
-    await trio.sleep(0.1 + (sum(map(ord, page)) % 6) / 10)
+    """Download one page (simulated: 0.2-1.2 s of latency, deterministic per page)."""
+    await trio.sleep(0.2 + (sum(map(ord, page)) % 6) / 5)
     if page not in PAGES:
         raise LookupError(f"no page named {page!r}; pages: {sorted(PAGES)}")
     return PAGES[page]

@@ -460,9 +460,12 @@ def test_runs_list_show_and_export(workdir: pathlib.Path) -> None:
 
 
 def test_runs_with_an_unknown_run_id_or_store_exit_2(workdir: pathlib.Path) -> None:
-    listed, shown = cli_many(workdir, ["runs", "list"], ["runs", "show", "nope"])
+    listed, shown, not_a_store = cli_many(
+        workdir, ["runs", "list"], ["runs", "show", "nope"], ["runs", "list", "--store", "flows.py"]
+    )
     assert listed.returncode == 0 and listed.stdout == ""  # no store: no runs, and none created
     assert shown.returncode == 2 and "no run store" in shown.stderr
+    assert not_a_store.returncode == 2 and "cannot read the run store" in not_a_store.stderr
     assert not (workdir / ".trioflow").exists()
     run = ["run", "flows.py:pipeline", "-i", "vals=[1]", "--store", "other.db", "--run-id", "x"]
     assert cli(workdir, *run).returncode == 0
@@ -526,7 +529,7 @@ def test_live_display_in_a_terminal(workdir: pathlib.Path) -> None:
     assert "1/2 done" in screen and "2/3 done" in screen  # graph_fn: of those known so far
     assert "3/3 done" in screen
     assert "running 1" in screen
-    assert "longest running: tick_2" in screen
+    assert "longest running: tick_2 0." in screen
     assert screen.count("3/3 done") < 5  # not redrawn needlessly after the end
 
 

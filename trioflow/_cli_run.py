@@ -30,6 +30,7 @@ from ._errors import (
     ConfigError,
     GraphBuildError,
     NodeFailed,
+    ResumeMismatch,
     RunCancelled,
     TrioflowError,
     is_run_failure,
@@ -228,12 +229,14 @@ def _usage_hint(exc: BaseException, args: argparse.Namespace) -> tuple[str, str]
         return f"building the graph failed: {first}", exc.hint or "see trioflow graph --help"
     message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     name = type(exc).__name__
-    if name == "ResumeMismatch":
+    if isinstance(exc, ResumeMismatch):
         return message, "start a new run: drop --resume or pass another --run-id"
     if "input" in message:
         return message, "pass inputs with --input NAME=VALUE or --inputs FILE.json"
     if args.run_id is not None and "run id" in message.replace("_", " ") and not args.resume:
         return message, "add --resume to finish that run, or pass another --run-id"
+    if args.no_store and "store" in message:
+        return message, "drop --no-store: the run needs the run store"
     if isinstance(exc, TrioflowError):
         return message, "see trioflow run --help"
     return f"{name}: {message}", "the error came before any node started; --verbose for more"

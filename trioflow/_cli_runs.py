@@ -11,7 +11,7 @@ from typing import Any
 from ._cli_output import Messages
 from ._cli_run import DEFAULT_STORE
 from ._cli_target import UsageError, load_inputs, load_target
-from ._errors import ConfigError, GraphBuildError
+from ._errors import ConfigError, GraphBuildError, TrioflowError
 from ._graph_fn import GraphFn
 from ._progress import format_seconds
 from ._records import NodeState, RunRecord
@@ -120,7 +120,7 @@ def _state(state: Any) -> str:
     return f"[{_STATE_STYLE.get(text, '')}]{text}[/]"
 
 
-def _load(store: Any, run_id: str, path: str) -> RunRecord | None:
+def _load(store: Any, run_id: str) -> RunRecord | None:
     try:
         record: RunRecord = store.load(run_id)
     except KeyError:
@@ -130,7 +130,10 @@ def _load(store: Any, run_id: str, path: str) -> RunRecord | None:
 
 def command_runs(args: argparse.Namespace) -> int:
     path = args.store or DEFAULT_STORE
-    store = _open_store(args.store)
+    try:
+        store = _open_store(args.store)
+    except (OSError, TrioflowError) as exc:
+        return _fail(f"cannot read the run store {path}: {exc}", "give --store PATH of a run store")
     try:
         if args.runs_command == "list":
             return _list(store, path)
@@ -139,7 +142,7 @@ def command_runs(args: argparse.Namespace) -> int:
                 f"no run {args.run_id!r}: there is no run store at {path}",
                 "run a graph first (trioflow run ...), or give --store PATH",
             )
-        record = _load(store, args.run_id, path)
+        record = _load(store, args.run_id)
         if record is None:
             known = [info.run_id for info in store.runs()][-3:]
             return _fail(
@@ -217,7 +220,7 @@ def _show(record: RunRecord, info: Any, path: str) -> None:
             escape(node.tool),
             _state(node.state),
             str(node.attempts),
-            _duration(node.started_at, node.finished_at),
+            _duration(node.started_at, node.finished_at) if node.attempts else "-",
             "yes" if getattr(node, "cached", False) else "",
             escape(f"{error.type}: {error.message}") if error is not None else "",
         )

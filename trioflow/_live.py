@@ -23,6 +23,11 @@ _SKIPPED = NodeState.SKIPPED
 _CANCELLED = NodeState.CANCELLED
 
 
+def _names_other(node_id: str, tool: str) -> bool:
+    """Whether the tool is worth naming next to the node id (`fetch_3` already says `fetch`)."""
+    return bool(tool) and not node_id.rpartition(".")[2].startswith(f"{tool}_")
+
+
 class LiveDisplay:
     """A `rich` live display on a terminal, redrawn at most 10 times a second."""
 
@@ -84,7 +89,7 @@ class LiveDisplay:
                 Text.assemble(
                     ("longest running: ", "dim"),
                     (node_id, "bold"),
-                    (f" ({tool}) " if tool and tool != node_id else " ", "dim"),
+                    (f" ({tool}) " if _names_other(node_id, tool) else " ", "dim"),
                     (format_seconds(seconds), "cyan"),
                 )
             )

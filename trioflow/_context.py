@@ -17,6 +17,7 @@ import attrs
 from ._errors import ContextError
 
 if TYPE_CHECKING:
+    from ._builtins import ArtifactStore, Channel, KeyValueStore, NodeMemory
     from ._slots import Slot
 
 __all__ = ["FRAME", "Frame", "NodeContext", "ServiceAccess", "current_context"]
@@ -86,21 +87,25 @@ class NodeContext:
             _log, {"run_id": self.run_id, "graph_id": self.graph_id, "node_id": self.node_id}
         )
 
-    def channel(self) -> Any:
+    def channel(self) -> Channel:
         """Messages out of the run: `await context.channel().send_text("...")`."""
-        return self._runtime_services("channel").builtin("channel", self)
+        found: Channel = self._runtime_services("channel").builtin("channel", self)
+        return found
 
-    def memory(self) -> Any:
+    def memory(self) -> NodeMemory:
         """This run's append-only event log: `await context.memory().record(kind, data)`."""
-        return self._runtime_services("memory").builtin("memory", self)
+        found: NodeMemory = self._runtime_services("memory").builtin("memory", self)
+        return found
 
-    def artifacts(self) -> Any:
+    def artifacts(self) -> ArtifactStore:
         """The content-addressed artifact store: `uri = await context.artifacts().put(b"..")`."""
-        return self._runtime_services("artifacts").builtin("artifacts", self)
+        found: ArtifactStore = self._runtime_services("artifacts").builtin("artifacts", self)
+        return found
 
-    def kv(self) -> Any:
+    def kv(self) -> KeyValueStore:
         """The runtime's key-value store: `await context.kv().set(key, value)`."""
-        return self._runtime_services("kv").builtin("kv", self)
+        found: KeyValueStore = self._runtime_services("kv").builtin("kv", self)
+        return found
 
     def _runtime_services(self, name: str) -> ServiceAccess:
         if self._services is None:

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar, overload
 
 import attrs
 import trio
@@ -37,6 +37,7 @@ from ._errors import ConfigError, ConfigTypeError, ContextError, ServiceError
 from ._events import Listener, combine_listeners
 from ._executor import Executor, ExecutorTable, check_executors
 from ._ratelimit import RateLimit
+from ._records import RunResult
 from ._run import RunSeams, check_run, execute_run
 from ._services import ServiceAccessor, check_service_name, registered_services
 from ._store import RunStore, check_store
@@ -307,6 +308,74 @@ def check_rate_limits(rate_limits: object) -> dict[str, RateLimit]:
     return checked
 
 
+@overload
+async def run_async(
+    target: Any,
+    inputs: Mapping[str, Any] | None = None,
+    *,
+    on_error: Literal["fail_fast", "skip_dependents"] = "fail_fast",
+    record: Literal[False] = False,
+    max_concurrency: float | None = None,
+    timeout: float | None = None,  # noqa: ASYNC109
+    run_id: str | None = None,
+    rng: random.Random | None = None,
+    on_event: Listener | None = None,
+    executors: Mapping[str, Executor] | None = None,
+    rate_limits: Mapping[str, RateLimit] | None = None,
+    store: Any = None,
+    resume: bool = False,
+) -> dict[str, Any]: ...
+@overload
+async def run_async(
+    target: Any,
+    inputs: Mapping[str, Any] | None = None,
+    *,
+    on_error: Literal["fail_fast", "skip_dependents", "collect"] = "fail_fast",
+    record: Literal[True],
+    max_concurrency: float | None = None,
+    timeout: float | None = None,  # noqa: ASYNC109
+    run_id: str | None = None,
+    rng: random.Random | None = None,
+    on_event: Listener | None = None,
+    executors: Mapping[str, Executor] | None = None,
+    rate_limits: Mapping[str, RateLimit] | None = None,
+    store: Any = None,
+    resume: bool = False,
+) -> RunResult: ...
+@overload
+async def run_async(
+    target: Any,
+    inputs: Mapping[str, Any] | None = None,
+    *,
+    on_error: Literal["collect"],
+    record: bool = False,
+    max_concurrency: float | None = None,
+    timeout: float | None = None,  # noqa: ASYNC109
+    run_id: str | None = None,
+    rng: random.Random | None = None,
+    on_event: Listener | None = None,
+    executors: Mapping[str, Executor] | None = None,
+    rate_limits: Mapping[str, RateLimit] | None = None,
+    store: Any = None,
+    resume: bool = False,
+) -> RunResult: ...
+@overload
+async def run_async(
+    target: Any,
+    inputs: Mapping[str, Any] | None = None,
+    *,
+    on_error: str = "fail_fast",
+    record: bool = False,
+    max_concurrency: float | None = None,
+    timeout: float | None = None,  # noqa: ASYNC109
+    run_id: str | None = None,
+    rng: random.Random | None = None,
+    on_event: Listener | None = None,
+    executors: Mapping[str, Executor] | None = None,
+    rate_limits: Mapping[str, RateLimit] | None = None,
+    store: Any = None,
+    resume: bool = False,
+) -> dict[str, Any] | RunResult: ...
 async def run_async(
     target: Any,
     inputs: Mapping[str, Any] | None = None,
@@ -322,7 +391,7 @@ async def run_async(
     rate_limits: Mapping[str, RateLimit] | None = None,
     store: Any = None,
     resume: bool = False,
-) -> Any:
+) -> dict[str, Any] | RunResult:
     """Run a graph inside the current Trio run and return its outputs dict.
 
     `max_concurrency`: this run's cap (else the decorator's, else 4; `math.inf` for none).
@@ -360,14 +429,85 @@ async def _execute(
     rate_limits: dict[str, RateLimit],
     store: RunStore | None = None,
     resume: bool = False,
-) -> Any:
+) -> dict[str, Any] | RunResult:
     listener = combine_listeners([runtime.on_event, options.on_event])
     seams = RunSeams(listener=listener)
     if store is not None:  # the run's own store, else the runtime's (see check_durable)
-        return await run_durable(runtime, graph, options, seams, store, resume)
+        result: dict[str, Any] | RunResult = await run_durable(
+            runtime, graph, options, seams, store, resume
+        )
+        return result
     return await execute_run(runtime, graph, options, seams)
 
 
+@overload
+def run(
+    target: Any,
+    inputs: Mapping[str, Any] | None = None,
+    *,
+    on_error: Literal["fail_fast", "skip_dependents"] = "fail_fast",
+    record: Literal[False] = False,
+    max_concurrency: float | None = None,
+    timeout: float | None = None,
+    run_id: str | None = None,
+    rng: random.Random | None = None,
+    on_event: Listener | None = None,
+    executors: Mapping[str, Executor] | None = None,
+    rate_limits: Mapping[str, RateLimit] | None = None,
+    store: Any = None,
+    resume: bool = False,
+) -> dict[str, Any]: ...
+@overload
+def run(
+    target: Any,
+    inputs: Mapping[str, Any] | None = None,
+    *,
+    on_error: Literal["fail_fast", "skip_dependents", "collect"] = "fail_fast",
+    record: Literal[True],
+    max_concurrency: float | None = None,
+    timeout: float | None = None,
+    run_id: str | None = None,
+    rng: random.Random | None = None,
+    on_event: Listener | None = None,
+    executors: Mapping[str, Executor] | None = None,
+    rate_limits: Mapping[str, RateLimit] | None = None,
+    store: Any = None,
+    resume: bool = False,
+) -> RunResult: ...
+@overload
+def run(
+    target: Any,
+    inputs: Mapping[str, Any] | None = None,
+    *,
+    on_error: Literal["collect"],
+    record: bool = False,
+    max_concurrency: float | None = None,
+    timeout: float | None = None,
+    run_id: str | None = None,
+    rng: random.Random | None = None,
+    on_event: Listener | None = None,
+    executors: Mapping[str, Executor] | None = None,
+    rate_limits: Mapping[str, RateLimit] | None = None,
+    store: Any = None,
+    resume: bool = False,
+) -> RunResult: ...
+@overload
+def run(
+    target: Any,
+    inputs: Mapping[str, Any] | None = None,
+    *,
+    on_error: str = "fail_fast",
+    record: bool = False,
+    max_concurrency: float | None = None,
+    timeout: float | None = None,
+    run_id: str | None = None,
+    rng: random.Random | None = None,
+    on_event: Listener | None = None,
+    executors: Mapping[str, Executor] | None = None,
+    rate_limits: Mapping[str, RateLimit] | None = None,
+    store: Any = None,
+    resume: bool = False,
+) -> dict[str, Any] | RunResult: ...
 def run(
     target: Any,
     inputs: Mapping[str, Any] | None = None,
@@ -383,7 +523,7 @@ def run(
     rate_limits: Mapping[str, RateLimit] | None = None,
     store: Any = None,
     resume: bool = False,
-) -> Any:
+) -> dict[str, Any] | RunResult:
     """Run a graph from synchronous code (wraps `trio.run`); see `run_async`.
 
     A Ctrl-C comes out as a plain `KeyboardInterrupt`, after every task was cancelled.

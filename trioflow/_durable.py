@@ -284,17 +284,17 @@ def check_resume(stored: StoredRun, row: RunRow, serializer: Serializer) -> None
             f"run {run_id!r} in the store ran graph {stored.graph!r}, not {graph!r}; "
             "resume it with the same graph, or choose a new run_id"
         )
-    if stored.content_hash != content_hash:
-        raise ResumeMismatch(
-            f"graph {graph!r} changed since run {run_id!r} was stored: its content_hash was "
-            f"{str(stored.content_hash)[:12]}, now {str(content_hash)[:12]} (its structure or "
-            "constant arguments differ); nothing was reused: choose a new run_id to start afresh"
-        )
     if stored.inputs_digest != row[5]:
         raise ResumeMismatch(
             f"the inputs of run {run_id!r} differ from the stored run's: "
             f"{_input_diff(stored.inputs, row[4], serializer)}; nothing was reused: resume with "
             "the same inputs, or choose a new run_id"
+        )
+    if stored.content_hash != content_hash:
+        raise ResumeMismatch(
+            f"graph {graph!r} changed since run {run_id!r} was stored: its content_hash was "
+            f"{str(stored.content_hash)[:12]}, now {str(content_hash)[:12]} (its structure or "
+            "constant arguments differ); nothing was reused: choose a new run_id to start afresh"
         )
 
 

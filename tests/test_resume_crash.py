@@ -25,9 +25,9 @@ import trioflow
 ROOT = pathlib.Path(__file__).parent.parent
 CHILD = pathlib.Path(__file__).parent / "crash_run.py"
 N, GROUP = 1900, 19
-ALL_KEYS = {f"square:{i}" for i in range(N)} | {f"add:{k}" for k in range(0, N, GROUP)} | {
-    "add:total"
-}
+ALL_KEYS = (
+    {f"square:{i}" for i in range(N)} | {f"add:{k}" for k in range(0, N, GROUP)} | {"add:total"}
+)
 EXPECTED = {
     "total": sum(i * i for i in range(N)),
     "parts": [sum(i * i for i in range(k, k + GROUP)) for k in range(0, N, GROUP)],
@@ -38,7 +38,9 @@ def _env(log: pathlib.Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT), "CRASH_LOG": str(log)}
 
 
-def _child(store: pathlib.Path, kind: str, log: pathlib.Path, *resume: str) -> subprocess.Popen[str]:
+def _child(
+    store: pathlib.Path, kind: str, log: pathlib.Path, *resume: str
+) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, str(CHILD), str(store), "nightly", kind, *resume],
         cwd=ROOT,

@@ -15,12 +15,13 @@ from __future__ import annotations
 import collections
 import contextlib
 import datetime as dt
+import functools
 import json
 import time
 import weakref
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import trio
@@ -34,6 +35,7 @@ from ._store import Blob, NodeRow, Op, RunRow, RunStore, StoredRun, check_store
 
 __all__ = ["Durable", "check_durable", "durable_run", "run_durable", "run_row"]
 
+T = TypeVar("T")
 _BATCH_WINDOW = 0.02  # seconds a batch stays open: completions commit within ~50 ms
 _DONE = NodeState.DONE
 _RUNNING = NodeState.RUNNING.value
@@ -332,7 +334,16 @@ async def _writer(store: RunStore, durable: Durable, wake: trio.MemoryReceiveCha
                 await trio.sleep(_BATCH_WINDOW)  # let the batch fill: fewer, larger commits
             batch = durable.take()
             if batch:
-                await trio.to_thread.run_sync(store.write, _coalesce(batch))
+                await _off_loop(store, functools.partial(store.write, _coalesce(batch)))
+
+
+async def _off_loop(store: RunStore, fn: Callable[[], T]) -> T:
+    """Call `fn` in a worker thread, or inline for a store that never blocks (`MemoryStore`:
+    so that runs with it stay exact in virtual time)."""
+    if getattr(store, "blocking", True):
+        return await trio.to_thread.run_sync(fn)
+    await trio.lowlevel.checkpoint()
+    return fn()
 
 
 def _coalesce(batch: list[Op]) -> list[Op]:
@@ -363,11 +374,11 @@ async def durable_run(
     """
     serializer = store.serializer
     row = run_row(run_id, graph, content_hash, inputs, serializer, trio.current_time())
-    stored = await trio.to_thread.run_sync(lambda: store.begin(row, resume=resume))
+    stored = await _off_loop(store, lambda: store.begin(row, resume=resume))
     if stored is not None:
         check_resume(stored, row, serializer)
-    durable = await trio.to_thread.run_sync(
-        lambda: Durable(store=store, row=row, replay=replay, stored=stored)
+    durable = await _off_loop(
+        store, lambda: Durable(store=store, row=row, replay=replay, stored=stored)
     )
     send, receive = trio.open_memory_channel[None](1)
     durable._wake = send

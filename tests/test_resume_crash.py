@@ -169,8 +169,8 @@ async def test_a_cancelled_run_commits_every_completion_and_resume_finishes(
     with trio.fail_after(60):
         with trio.CancelScope() as scope:
 
-            async def watch() -> None:
-                while len(_keys(log)) < len(ALL_KEYS) // 2:
+            async def watch() -> None:  # polls a file the child tools write
+                while len(_keys(log)) < len(ALL_KEYS) // 2:  # noqa: ASYNC110
                     await trio.sleep(0.005)
                 scope.cancel(reason="half-way")
 

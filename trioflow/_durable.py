@@ -41,6 +41,11 @@ _DONE = NodeState.DONE
 _RUNNING = NodeState.RUNNING.value
 
 
+def _wall_now() -> float:
+    """POSIX seconds: cache entries expire on the wall clock (tests replace this)."""
+    return time.time()
+
+
 def _iso(wall: dt.datetime | None) -> str | None:
     return None if wall is None else wall.isoformat()
 
@@ -151,7 +156,7 @@ class Durable:
         if cache is not None:
             key = cache_key(tool, inputs, self.serializer)
             hit = self._fresh_cache.get(key) or self.store.cache_get(key)
-            if hit is not None and (cache.expire is None or time.time() - hit[1] <= cache.expire):
+            if hit is not None and (cache.expire is None or _wall_now() - hit[1] <= cache.expire):
                 note.raw, note.cached = hit[0], True
                 self._notes[node_id] = note
                 return self.serializer.loads(hit[0]), True
@@ -257,7 +262,7 @@ class Durable:
             if note.skip:
                 return  # the stored row is this node's, DONE with these outputs
             if note.key is not None:
-                now = time.time()
+                now = _wall_now()
                 self._fresh_cache[note.key] = (outputs, now)
                 self._put(("cache", (note.key, event.tool, note.version, outputs, now)))
         self._put(("node", self._node_row(event, node_id, started, note, outputs)))
@@ -321,7 +326,12 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-async def _writer(store: RunStore, durable: Durable, wake: trio.MemoryReceiveChannel[None]) -> None:
+async def _writer(
+    store: RunStore,
+    durable: Durable,
+    wake: trio.MemoryReceiveChannel[None],
+    closing: trio.Event,
+) -> None:
     """Commit what the listener queued, one batch per transaction, until the run closes it."""
     async with wake:
         closed = False
@@ -331,7 +341,9 @@ async def _writer(store: RunStore, durable: Durable, wake: trio.MemoryReceiveCha
             except trio.EndOfChannel:
                 closed = True
             else:
-                await trio.sleep(_BATCH_WINDOW)  # let the batch fill: fewer, larger commits
+                # Let the batch fill (fewer, larger commits), unless the run is ending.
+                with trio.move_on_after(_BATCH_WINDOW):
+                    await closing.wait()
             batch = durable.take()
             if batch:
                 await _off_loop(store, functools.partial(store.write, _coalesce(batch)))
@@ -382,6 +394,7 @@ async def durable_run(
     )
     send, receive = trio.open_memory_channel[None](1)
     durable._wake = send
+    closing = trio.Event()
     body_error: BaseException | None = None
     writer_error: Exception | None = None
     leftover: BaseException | None = None
@@ -395,7 +408,7 @@ async def durable_run(
                 # process's lock is bounded by the store's busy timeout) and the writer returns.
                 with trio.CancelScope(shield=True):
                     try:
-                        await _writer(store, durable, receive)
+                        await _writer(store, durable, receive, closing)
                     except Exception as exc:
                         writer_error = exc
                         nursery.cancel_scope.cancel(reason="the run store failed")
@@ -406,6 +419,7 @@ async def durable_run(
             except BaseException as exc:
                 body_error = exc  # raised below, as itself
             finally:
+                closing.set()
                 send.close()
     except BaseExceptionGroup as group:  # only Cancelled can land here (an outer cancel)
         leftover = group

@@ -101,7 +101,10 @@ def _add_key(value: int) -> str:
 
 def _resume(store: pathlib.Path, kind: str, log: pathlib.Path) -> dict[str, object]:
     proc = _child(store, kind, log, "--resume")
-    out, err = proc.communicate(timeout=120)
+    try:
+        out, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()  # never leave a child behind when the test fails
     assert proc.returncode == 0, err
     result: dict[str, object] = json.loads(out)
     return result

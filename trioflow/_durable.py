@@ -197,6 +197,7 @@ class Durable:
 
     # -- the listener -----------------------------------------------------------------------
 
+    @trio.lowlevel.enable_ki_protection  # a row is queued whole, or not at all
     def __call__(self, event: Any) -> None:
         kind = event.kind
         if kind == "node_finished":
@@ -326,7 +327,8 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-async def _writer(
+@trio.lowlevel.enable_ki_protection  # Ctrl-C goes to the main task, which closes the run:
+async def _writer(  # the writer itself is never interrupted half-way through a batch
     store: RunStore,
     durable: Durable,
     wake: trio.MemoryReceiveChannel[None],

@@ -50,7 +50,11 @@ async def execute_node(
     try:
         memo = run.memo
         if memo is not None:
-            hit = memo.lookup(node_id, tool, inputs)
+            try:
+                hit = memo.lookup(node_id, tool, inputs)
+            except Exception as exc:  # e.g. a cached tool's arguments cannot be keyed
+                ledger.fail(idx, exc)
+                raise node_failed(node_id, name, exc) from exc
             if hit is not None:
                 ledger.reuse(idx, hit[0], hit[1])
                 return hit[0]

@@ -15,12 +15,13 @@ from __future__ import annotations
 import collections
 import contextlib
 import datetime as dt
+import functools
 import json
 import time
 import weakref
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import trio
@@ -34,9 +35,15 @@ from ._store import Blob, NodeRow, Op, RunRow, RunStore, StoredRun, check_store
 
 __all__ = ["Durable", "check_durable", "durable_run", "run_durable", "run_row"]
 
+T = TypeVar("T")
 _BATCH_WINDOW = 0.02  # seconds a batch stays open: completions commit within ~50 ms
 _DONE = NodeState.DONE
 _RUNNING = NodeState.RUNNING.value
+
+
+def _wall_now() -> float:
+    """POSIX seconds: cache entries expire on the wall clock (tests replace this)."""
+    return time.time()
 
 
 def _iso(wall: dt.datetime | None) -> str | None:
@@ -149,7 +156,7 @@ class Durable:
         if cache is not None:
             key = cache_key(tool, inputs, self.serializer)
             hit = self._fresh_cache.get(key) or self.store.cache_get(key)
-            if hit is not None and (cache.expire is None or time.time() - hit[1] <= cache.expire):
+            if hit is not None and (cache.expire is None or _wall_now() - hit[1] <= cache.expire):
                 note.raw, note.cached = hit[0], True
                 self._notes[node_id] = note
                 return self.serializer.loads(hit[0]), True
@@ -190,6 +197,7 @@ class Durable:
 
     # -- the listener -----------------------------------------------------------------------
 
+    @trio.lowlevel.enable_ki_protection  # a row is queued whole, or not at all
     def __call__(self, event: Any) -> None:
         kind = event.kind
         if kind == "node_finished":
@@ -255,7 +263,7 @@ class Durable:
             if note.skip:
                 return  # the stored row is this node's, DONE with these outputs
             if note.key is not None:
-                now = time.time()
+                now = _wall_now()
                 self._fresh_cache[note.key] = (outputs, now)
                 self._put(("cache", (note.key, event.tool, note.version, outputs, now)))
         self._put(("node", self._node_row(event, node_id, started, note, outputs)))
@@ -284,17 +292,17 @@ def check_resume(stored: StoredRun, row: RunRow, serializer: Serializer) -> None
             f"run {run_id!r} in the store ran graph {stored.graph!r}, not {graph!r}; "
             "resume it with the same graph, or choose a new run_id"
         )
-    if stored.content_hash != content_hash:
-        raise ResumeMismatch(
-            f"graph {graph!r} changed since run {run_id!r} was stored: its content_hash was "
-            f"{str(stored.content_hash)[:12]}, now {str(content_hash)[:12]} (its structure or "
-            "constant arguments differ); nothing was reused: choose a new run_id to start afresh"
-        )
     if stored.inputs_digest != row[5]:
         raise ResumeMismatch(
             f"the inputs of run {run_id!r} differ from the stored run's: "
             f"{_input_diff(stored.inputs, row[4], serializer)}; nothing was reused: resume with "
             "the same inputs, or choose a new run_id"
+        )
+    if stored.content_hash != content_hash:
+        raise ResumeMismatch(
+            f"graph {graph!r} changed since run {run_id!r} was stored: its content_hash was "
+            f"{str(stored.content_hash)[:12]}, now {str(content_hash)[:12]} (its structure or "
+            "constant arguments differ); nothing was reused: choose a new run_id to start afresh"
         )
 
 
@@ -319,7 +327,13 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-async def _writer(store: RunStore, durable: Durable, wake: trio.MemoryReceiveChannel[None]) -> None:
+@trio.lowlevel.enable_ki_protection  # Ctrl-C goes to the main task, which closes the run:
+async def _writer(  # the writer itself is never interrupted half-way through a batch
+    store: RunStore,
+    durable: Durable,
+    wake: trio.MemoryReceiveChannel[None],
+    closing: trio.Event,
+) -> None:
     """Commit what the listener queued, one batch per transaction, until the run closes it."""
     async with wake:
         closed = False
@@ -329,10 +343,21 @@ async def _writer(store: RunStore, durable: Durable, wake: trio.MemoryReceiveCha
             except trio.EndOfChannel:
                 closed = True
             else:
-                await trio.sleep(_BATCH_WINDOW)  # let the batch fill: fewer, larger commits
+                # Let the batch fill (fewer, larger commits), unless the run is ending.
+                with trio.move_on_after(_BATCH_WINDOW):
+                    await closing.wait()
             batch = durable.take()
             if batch:
-                await trio.to_thread.run_sync(store.write, _coalesce(batch))
+                await _off_loop(store, functools.partial(store.write, _coalesce(batch)))
+
+
+async def _off_loop(store: RunStore, fn: Callable[[], T]) -> T:
+    """Call `fn` in a worker thread, or inline for a store that never blocks (`MemoryStore`:
+    so that runs with it stay exact in virtual time)."""
+    if getattr(store, "blocking", True):
+        return await trio.to_thread.run_sync(fn)
+    await trio.lowlevel.checkpoint()
+    return fn()
 
 
 def _coalesce(batch: list[Op]) -> list[Op]:
@@ -363,14 +388,15 @@ async def durable_run(
     """
     serializer = store.serializer
     row = run_row(run_id, graph, content_hash, inputs, serializer, trio.current_time())
-    stored = await trio.to_thread.run_sync(lambda: store.begin(row, resume=resume))
+    stored = await _off_loop(store, lambda: store.begin(row, resume=resume))
     if stored is not None:
         check_resume(stored, row, serializer)
-    durable = await trio.to_thread.run_sync(
-        lambda: Durable(store=store, row=row, replay=replay, stored=stored)
+    durable = await _off_loop(
+        store, lambda: Durable(store=store, row=row, replay=replay, stored=stored)
     )
     send, receive = trio.open_memory_channel[None](1)
     durable._wake = send
+    closing = trio.Event()
     body_error: BaseException | None = None
     writer_error: Exception | None = None
     leftover: BaseException | None = None
@@ -384,7 +410,7 @@ async def durable_run(
                 # process's lock is bounded by the store's busy timeout) and the writer returns.
                 with trio.CancelScope(shield=True):
                     try:
-                        await _writer(store, durable, receive)
+                        await _writer(store, durable, receive, closing)
                     except Exception as exc:
                         writer_error = exc
                         nursery.cancel_scope.cancel(reason="the run store failed")
@@ -395,6 +421,7 @@ async def durable_run(
             except BaseException as exc:
                 body_error = exc  # raised below, as itself
             finally:
+                closing.set()
                 send.close()
     except BaseExceptionGroup as group:  # only Cancelled can land here (an outer cancel)
         leftover = group

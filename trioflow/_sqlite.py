@@ -94,6 +94,8 @@ class SQLiteStore:
     `timeout` is how many seconds a write waits for another process holding the file's lock.
     """
 
+    blocking = True  # file I/O: the run calls `begin` and `write` from a worker thread
+
     def __init__(
         self, path: str | os.PathLike[str], *, serializer: str = "json", timeout: float = 30.0
     ) -> None:

@@ -125,7 +125,8 @@ class RunStore(Protocol):
     """Where durable runs persist: `trioflow.SQLiteStore` and `trioflow.MemoryStore`.
 
     `runs()` and `load()` are for people and tools; the other methods are what a run calls,
-    `begin` and `write` from a worker thread, `cache_get` on the event loop (it must be fast).
+    `begin` and `write` from a worker thread (inline when the store sets `blocking = False`),
+    `cache_get` on the event loop (it must be fast).
     """
 
     @property
@@ -227,6 +228,8 @@ class MemoryStore:
 
     Lives as long as the object; several runs (and threads) may use one instance.
     """
+
+    blocking = False  # every method is quick and in memory: the run calls them inline
 
     def __init__(self, *, serializer: str = "json") -> None:
         self._serializer = check_serializer(serializer)

@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=10_000)
     args = parser.parse_args()
     n = 200 if args.smoke else args.n
-    repeat = 1 if args.smoke else 7
+    repeat = 1 if args.smoke else 15
     header("CLI progress display overhead")
     options = {"max_concurrency": math.inf, "on_error": "fail_fast", "timeout": None}
     expected = {"total": sum(range(n)) + n}

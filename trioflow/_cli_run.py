@@ -138,7 +138,7 @@ async def _watch_sigint(
         if outcome.interrupted:
             raise KeyboardInterrupt  # a second Ctrl-C: stop waiting for a clean cancel
         outcome.interrupted = True
-        outcome.cancelled = list(progress.running)
+        outcome.cancelled = [node_id for node_id in progress.running if node_id is not None]
         run_scope.cancel(reason="Ctrl-C")
 
 
@@ -163,7 +163,7 @@ async def _drive(
             with run_scope:
                 try:
                     outcome.result = await run_async(
-                        graph, inputs, record=True, on_event=progress, **options
+                        graph, inputs, record=True, on_event=progress.listen, **options
                     )
                 except Exception as exc:
                     outcome.error = exc

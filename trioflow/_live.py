@@ -14,13 +14,8 @@ from rich.table import Table
 from rich.text import Text
 
 from ._progress import Progress, format_seconds
-from ._records import NodeState
 
 __all__ = ["LiveDisplay"]
-
-_FAILED = NodeState.FAILED
-_SKIPPED = NodeState.SKIPPED
-_CANCELLED = NodeState.CANCELLED
 
 
 def _names_other(node_id: str, tool: str) -> bool:
@@ -56,7 +51,6 @@ class LiveDisplay:
         self.live.stop()
 
     def render(self, progress: Progress, now: float, final: bool = False) -> Group:
-        c = progress.counts
         known = progress.known
         grid = Table.grid(padding=(0, 1))
         grid.add_row(
@@ -75,12 +69,14 @@ class LiveDisplay:
             ("running ", "dim"),
             (str(len(progress.running)), "bold yellow" if progress.running else ""),
             ("  failed ", "dim"),
-            (str(c[_FAILED]), "bold red" if c[_FAILED] else ""),
+            (str(progress.failed), "bold red" if progress.failed else ""),
             ("  skipped ", "dim"),
-            (str(c[_SKIPPED]), ""),
+            (str(progress.skipped), ""),
         )
-        if c[_CANCELLED]:
-            counts.append_text(Text.assemble(("  cancelled ", "dim"), (str(c[_CANCELLED]), "")))
+        if progress.cancelled:
+            counts.append_text(
+                Text.assemble(("  cancelled ", "dim"), (str(progress.cancelled), ""))
+            )
         parts: list[Text | Table] = [grid, counts]
         longest = progress.longest(now)
         if longest is not None and not final:

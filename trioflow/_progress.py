@@ -23,29 +23,35 @@ __all__ = ["Display", "PlainDisplay", "Progress", "format_seconds", "tick"]
 _DONE = NodeState.DONE
 _FAILED = NodeState.FAILED
 _SKIPPED = NodeState.SKIPPED
-_CANCELLED = NodeState.CANCELLED
 
 
 class Progress:
-    """Counts of a run's nodes by state, the running nodes and the failures, from its events."""
+    """Counts of a run's nodes by state, the running nodes and the failures, from its events.
+
+    Called for every event of the run, so it does the least it can: int counters compared by
+    identity (no enum hashing), the event itself kept for a running node (no allocation).
+    """
 
     __slots__ = (
-        "counts",
+        "cancelled",
+        "done",
+        "failed",
         "failures",
         "graph",
         "known",
         "outcome",
         "run_id",
         "running",
+        "skipped",
         "started",
         "started_any",
     )
 
     def __init__(self) -> None:
-        self.counts: dict[NodeState, int] = dict.fromkeys(NodeState, 0)
-        # node id -> (trio time it started, tool); insertion order is start order, so the
-        # first entry is the node that has been running longest.
-        self.running: dict[str, tuple[float, str]] = {}
+        self.done = self.failed = self.skipped = self.cancelled = 0
+        # node id -> its node_started event; insertion order is start order, so the first
+        # entry is the node that has been running longest.
+        self.running: dict[str | None, RunEvent] = {}
         self.failures: list[tuple[str, str, ErrorInfo | None]] = []
         self.known = 0
         self.started: float | None = None
@@ -54,22 +60,28 @@ class Progress:
         self.graph = ""
         self.outcome: NodeState | None = None
 
-    def __call__(self, event: RunEvent) -> None:
+    def listen(self, event: RunEvent) -> None:
+        """The run-event listener (a bound method: cheaper to call than `__call__`)."""
         kind = event.kind
         if event.known > self.known:
             self.known = event.known
         if kind == "node_finished":
-            node_id = event.node_id
-            self.running.pop(node_id, None)  # type: ignore[arg-type]
+            self.running.pop(event.node_id, None)
             state = event.state
-            if state is not None:
-                self.counts[state] += 1
-            if state is _FAILED:
-                self.failures.append((node_id, event.tool or "", event.error))  # type: ignore[arg-type]
+            if state is _DONE:
+                self.done += 1
+            elif state is _SKIPPED:
+                self.skipped += 1
+            elif state is _FAILED:
+                self.failed += 1
+                self.failures.append((event.node_id or "", event.tool or "", event.error))
+            else:
+                self.cancelled += 1
         elif kind == "node_started":
             self.started_any = True
-            if event.node_id not in self.running:  # a retry keeps its first start
-                self.running[event.node_id] = (event.at, event.tool or "")  # type: ignore[index]
+            running = self.running
+            if event.node_id not in running:  # a retry keeps its first start
+                running[event.node_id] = event
         elif kind == "run_started":
             if self.started is None:  # nested graphs share the run; the root's is the start
                 self.started = event.at
@@ -79,22 +91,17 @@ class Progress:
             self.outcome = event.state
 
     @property
-    def done(self) -> int:
-        return self.counts[_DONE]
-
-    @property
     def finished(self) -> int:
         """Nodes in a final state."""
-        c = self.counts
-        return c[_DONE] + c[_FAILED] + c[_SKIPPED] + c[_CANCELLED]
+        return self.done + self.failed + self.skipped + self.cancelled
 
     def elapsed(self, now: float) -> float:
         return 0.0 if self.started is None else max(0.0, now - self.started)
 
     def longest(self, now: float) -> tuple[str, str, float] | None:
         """The node that has been running longest: (node id, tool, seconds so far)."""
-        for node_id, (at, tool) in self.running.items():
-            return node_id, tool, max(0.0, now - at)
+        for event in self.running.values():
+            return event.node_id or "", event.tool or "", max(0.0, now - event.at)
         return None
 
 
@@ -145,16 +152,16 @@ class PlainDisplay:
             what = f"{error.type}: {error.message}" if error is not None else "failed"
             lines.append(f"[{format_seconds(elapsed):>6}] FAILED {node_id} ({tool}): {what}")
         self._failures_shown = len(failures)
-        c = progress.counts
-        state = (progress.known, *c.values(), len(progress.running))
+        p = progress
+        state = (p.known, p.done, p.failed, p.skipped, p.cancelled, len(p.running))
         if state != self._last:
             self._last = state
             line = (
                 f"[{format_seconds(elapsed):>6}] {progress.done}/{progress.known} done, "
-                f"{len(progress.running)} running, {c[_FAILED]} failed, {c[_SKIPPED]} skipped"
+                f"{len(p.running)} running, {p.failed} failed, {p.skipped} skipped"
             )
-            if c[_CANCELLED]:
-                line += f", {c[_CANCELLED]} cancelled"
+            if p.cancelled:
+                line += f", {p.cancelled} cancelled"
             longest = progress.longest(now)
             if longest is not None and not final:
                 line += f"; longest: {longest[0]} ({format_seconds(longest[2])})"

@@ -457,12 +457,15 @@ class _Report:
 
     def _done(self, result: RunResult) -> int:
         _print_outputs(result.outputs, self.args.json)
-        nodes = result.record.nodes
-        reused = sum(1 for n in nodes.values() if n.state is NodeState.DONE and n.attempts == 0)
+        n = self.progress.known
         parts: list[Part] = [
             ("done", "bold green"),
-            f": {self.graph_name} ran {len(nodes)} node{'s' * (len(nodes) != 1)}",
+            f": {self.graph_name} ran {n} node{'s' * (n != 1)}",
         ]
+        reused = 0
+        if self.store_path:  # only a stored run can reuse outputs (the record is built lazily)
+            nodes = result.record.nodes.values()
+            reused = sum(1 for r in nodes if r.state is NodeState.DONE and r.attempts == 0)
         if reused:
             parts.append(f" ({reused} reused from the store)")
         parts.append(f" in {format_seconds(self.seconds)} · run {self.run_id}")

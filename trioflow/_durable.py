@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import attrs
 import trio
 
-from ._cache import cache_key, check_cache, tool_version
+from ._cache import Cache, cache_key, tool_version, unkeyable
 from ._errors import ConfigError, ConfigTypeError, ResumeMismatch
 from ._events import combine_listeners
 from ._records import ErrorInfo, NodeState
@@ -75,11 +75,15 @@ class _Note:
     """What the memo learnt about a node before it ran, for the listener to write."""
 
     digest: str | None = None
-    raw: Blob | None = None  # stored outputs reused as they are, or the new outputs encoded
+    raw: Blob | None = None  # stored outputs reused as they are
     skip: bool = False  # reused from the same stored row: nothing to write
     cached: bool = False
     key: str | None = None  # a cache miss: store the outputs under this key
     version: str = ""
+
+
+# A node started but not finished: (seq, started_at, started wall, tool, attempt).
+_Started = tuple[int, float, dt.datetime, str, int]
 
 
 @attrs.define(eq=False)
@@ -94,7 +98,9 @@ class Durable:
     _wake: trio.MemorySendChannel[None] | None = None
     _seq: int = 0
     _notes: dict[str, _Note] = attrs.field(factory=dict)
-    _started: dict[str, tuple[int, float | None, str | None]] = attrs.field(factory=dict)
+    _encoded: dict[str, Blob] = attrs.field(factory=dict)
+    _running: dict[str, _Started] = attrs.field(factory=dict)
+    _announced: set[str] = attrs.field(factory=set)
     _by_id: dict[str, NodeRow] = attrs.field(factory=dict)
     _by_call: dict[tuple[str, str], collections.deque[NodeRow]] = attrs.field(factory=dict)
     _used: set[str] = attrs.field(factory=set)
@@ -128,8 +134,16 @@ class Durable:
             with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
                 self._wake.send_nowait(None)
 
+    @trio.lowlevel.enable_ki_protection
     def take(self) -> list[Op]:
+        """Everything queued, plus a RUNNING row for each node that started since the last
+        batch and is still running (a node that finishes within a batch is written once)."""
         batch, self._pending = self._pending, []
+        announced = self._announced
+        for node_id, started in self._running.items():
+            if node_id not in announced:
+                announced.add(node_id)
+                batch.append(("node", self._running_row(node_id, started)))
         return batch
 
     # -- the memo ---------------------------------------------------------------------------
@@ -138,30 +152,36 @@ class Durable:
         self, node_id: str, tool: Any, inputs: Mapping[str, Any]
     ) -> tuple[dict[str, Any], bool] | None:
         """Stored outputs for a call that need not run again, and whether they were cached."""
+        cache: Cache | None = tool.cache
+        replay = self.replay
+        if cache is None and not replay and self.stored is None:
+            return None  # a fresh run of a static graph: nothing to look up
         note = _Note()
-        cache = check_cache(getattr(tool, "cache", None))
-        if self.replay or cache is not None:
+        if replay or cache is not None:
             try:
                 note.digest = self.serializer.digest(inputs)
-            except Unserialisable:
-                note.digest = None  # such a call is never replayed; a cached tool raises below
+            except Unserialisable as exc:
+                if cache is not None:
+                    raise ConfigError(unkeyable(tool.name, exc)) from None
+                # Such a call is never replayed: it runs again on resume.
         if self.stored is not None:
             row = self._reuse(node_id, tool.name, note.digest)
             if row is not None:
+                assert row[15] is not None
                 note.raw = row[15]
                 note.skip = row[1] == node_id
                 self._notes[node_id] = note
-                assert row[15] is not None
                 return self.serializer.loads(row[15]), False
         if cache is not None:
-            key = cache_key(tool, inputs, self.serializer)
+            assert note.digest is not None
+            key = cache_key(tool, inputs, self.serializer, digest=note.digest)
             hit = self._fresh_cache.get(key) or self.store.cache_get(key)
             if hit is not None and (cache.expire is None or _wall_now() - hit[1] <= cache.expire):
                 note.raw, note.cached = hit[0], True
                 self._notes[node_id] = note
                 return self.serializer.loads(hit[0]), True
             note.key, note.version = key, tool_version(tool)
-        if note.digest is not None or note.key is not None:
+        if note.digest is not None:
             self._notes[node_id] = note
         return None
 
@@ -190,83 +210,7 @@ class Durable:
     def accept(self, node_id: str, tool: Any, outputs: Mapping[str, Any]) -> None:
         """A tool node's new outputs, before it is DONE: encoded now, so that outputs the store
         cannot hold fail this node (a `ConfigError` naming it and the value's type)."""
-        note = self._notes.get(node_id)
-        if note is None:
-            note = self._notes[node_id] = _Note()
-        note.raw = self.encode(node_id, outputs)
-
-    # -- the listener -----------------------------------------------------------------------
-
-    @trio.lowlevel.enable_ki_protection  # a row is queued whole, or not at all
-    def __call__(self, event: Any) -> None:
-        kind = event.kind
-        if kind == "node_finished":
-            self._finished(event)
-        elif kind == "node_started":
-            node_id = event.node_id
-            seq = self._seq
-            self._seq = seq + 1
-            started = (seq, event.at, _iso(event.wall))
-            self._started[node_id] = started
-            if node_id not in self._by_id:  # a stored DONE row is only replaced when finished
-                note = self._notes.get(node_id)
-                self._put(("node", self._node_row(event, node_id, started, note, None)))
-        elif kind == "run_finished":
-            row = self.row
-            state = event.state.value if event.state is not None else "CANCELLED"
-            self.row = (*row[:2], state, *row[3:7], event.at, row[8], _iso(event.wall))
-            self._put(("run", self.row))
-        elif kind == "run_started" and self.stored is not None:
-            self._put(("run", self.row))
-
-    def _node_row(
-        self,
-        event: Any,
-        node_id: str,
-        started: tuple[int, float | None, str | None],
-        note: _Note | None,
-        outputs: Blob | None,
-    ) -> NodeRow:
-        error = event.error
-        return (
-            self.row[0],
-            node_id,
-            started[0],
-            event.tool,
-            event.state.value,
-            started[1],
-            None if event.kind == "node_started" else event.at,
-            started[2],
-            None if event.kind == "node_started" else _iso(event.wall),
-            event.attempt,
-            getattr(event, "executor", "") or "",
-            int(note is not None and note.cached),
-            float(getattr(event, "waited", 0.0) or 0.0),
-            None if error is None else json.dumps(_error_dict(error)),
-            None if note is None else note.digest,
-            outputs,
-        )
-
-    def _finished(self, event: Any) -> None:
-        node_id = event.node_id
-        note = self._notes.pop(node_id, None)
-        started = self._started.pop(node_id, None)
-        if started is None:
-            seq = self._seq
-            self._seq = seq + 1
-            started = (seq, event.at, _iso(event.wall))
-        # Only tool nodes have stored outputs (`accept` or `lookup` put them in the note);
-        # a nested graph's or a map's outputs are its inner nodes'.
-        outputs = note.raw if note is not None and event.state is _DONE else None
-        if outputs is not None:
-            assert note is not None
-            if note.skip:
-                return  # the stored row is this node's, DONE with these outputs
-            if note.key is not None:
-                now = _wall_now()
-                self._fresh_cache[note.key] = (outputs, now)
-                self._put(("cache", (note.key, event.tool, note.version, outputs, now)))
-        self._put(("node", self._node_row(event, node_id, started, note, outputs)))
+        self._encoded[node_id] = self.encode(node_id, outputs)
 
     def encode(self, node_id: str, outputs: Mapping[str, Any]) -> Blob:
         """A node's outputs as stored; an unstorable value is a `ConfigError` naming the node."""
@@ -276,6 +220,86 @@ class Durable:
             raise ConfigError(
                 f"node {node_id!r} returned outputs that cannot be stored: {describe(exc)}"
             ) from None
+
+    # -- the listener -----------------------------------------------------------------------
+
+    @trio.lowlevel.enable_ki_protection  # a row is queued whole, or not at all
+    def __call__(self, event: Any) -> None:
+        kind = event.kind
+        if kind == "node_finished":
+            self._finished(event)
+        elif kind == "node_started":
+            seq = self._seq
+            self._seq = seq + 1
+            # No row yet: `take` writes one if the node is still running at the next batch.
+            self._running[event.node_id] = (seq, event.at, event.wall, event.tool, event.attempt)
+        elif kind == "run_finished":
+            row = self.row
+            state = event.state.value if event.state is not None else "CANCELLED"
+            self.row = (*row[:2], state, *row[3:7], event.at, row[8], _iso(event.wall))
+            self._put(("run", self.row))
+        elif kind == "run_started" and self.stored is not None:
+            self._put(("run", self.row))
+
+    def _running_row(self, node_id: str, started: _Started) -> NodeRow:
+        if node_id in self._by_id:  # never cover a stored DONE row with a RUNNING one
+            return self._by_id[node_id]
+        seq, at, wall, tool, attempt = started
+        run_id = self.row[0]
+        iso = wall.isoformat()
+        return (run_id, node_id, seq, tool, _RUNNING, at, None, iso, None, attempt, "", 0, 0.0,
+                None, None, None)  # fmt: skip
+
+    def _finished(self, event: Any) -> None:
+        node_id = event.node_id
+        started = self._running.pop(node_id, None)
+        self._announced.discard(node_id)
+        note = self._notes.pop(node_id, None) if self._notes else None
+        encoded = self._encoded.pop(node_id, None)
+        state = event.state
+        outputs: Blob | None = None
+        if state is _DONE:
+            if encoded is not None:
+                outputs = encoded
+                if note is not None and note.key is not None:
+                    now = _wall_now()
+                    self._fresh_cache[note.key] = (outputs, now)
+                    self._put(("cache", (note.key, event.tool, note.version, outputs, now)))
+            elif note is not None and note.raw is not None:
+                if note.skip:
+                    return  # the stored row is this node's, DONE with these outputs
+                outputs = note.raw
+            # else: a nested graph or a map, whose outputs are its inner nodes'
+        if started is None:  # skipped, or cancelled before it started
+            seq = self._seq
+            self._seq = seq + 1
+            at, wall = None, None
+        else:
+            seq, at, wall = started[0], started[1], started[2].isoformat()
+        error = event.error
+        self._put(
+            (
+                "node",
+                (
+                    self.row[0],
+                    node_id,
+                    seq,
+                    event.tool,
+                    state.value,
+                    at,
+                    event.at,
+                    wall,
+                    event.wall.isoformat(),
+                    event.attempt,
+                    "",
+                    int(note is not None and note.cached),
+                    0.0,
+                    None if error is None else json.dumps(_error_dict(error)),
+                    None if note is None else note.digest,
+                    outputs,
+                ),
+            )
+        )
 
 
 def _error_dict(error: ErrorInfo | BaseException) -> dict[str, str]:

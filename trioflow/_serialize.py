@@ -226,14 +226,18 @@ def decode(tree: Any) -> Any:
     return target(**{k: decode(v) for k, v in payload.items()})
 
 
-def _dumps(tree: Any) -> str:
-    return json.dumps(tree, separators=(",", ":"))
+_dumps = json.JSONEncoder(separators=(",", ":")).encode  # built once: json.dumps(**kw) is not
+
+
+_canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
 
 
 def digest(values: Mapping[str, Any]) -> str:
     """A stable hash of argument values (canonical JSON); raises `Unserialisable`."""
-    tree = encode(dict(values), "argument", canonical=True)
-    text = json.dumps(tree, sort_keys=True, separators=(",", ":"))
+    if all(type(v) in _SCALARS for v in values.values()):
+        text = _canonical(values)  # the common case: scalar arguments
+    else:
+        text = _canonical(encode(dict(values), "argument", canonical=True))
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 

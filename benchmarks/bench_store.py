@@ -109,8 +109,10 @@ def cache_hits(k: int, directory: str) -> None:
     report("graph_fn map over a cached tool whose outputs are stored", k, rows, rows[0][0])
     per_hit = rows[1][1] / k * 1e6
     extra = (rows[1][1] - rows[0][1]) / k * 1e6
-    print(f"  per call with a hit: {per_hit:.1f} us ({extra:+.1f} us over an uncached call; "
-          "target <= 50 us)")
+    print(
+        f"  per call with a hit: {per_hit:.1f} us ({extra:+.1f} us over an uncached call; "
+        "target <= 50 us)"
+    )
 
 
 def resume(r: int, directory: str) -> None:

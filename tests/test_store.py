@@ -174,7 +174,7 @@ def test_bad_serializer_is_a_config_error() -> None:
 
 # -- rows in, records out ---------------------------------------------------------------------
 
-WALL = "2026-12-03T07:00:00+00:00"
+WALL = dt.datetime(2026, 12, 3, 7, tzinfo=dt.UTC).timestamp()
 
 
 def run_row(run_id: str, state: str = "RUNNING", inputs: str = '{"n":3}') -> RunRow:
@@ -386,7 +386,7 @@ WRITER = textwrap.dedent(
     name, runs, nodes = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     for r in range(runs):
         run_id = f"{name}-{r}"
-        store.begin((run_id, "g", "RUNNING", None, "{}", "d", 0.0, None, None, None), resume=False)
+        store.begin((run_id, "g", "RUNNING", None, "{}", "d", 0.0, None, 0.0, None), resume=False)
         for start in range(0, nodes, 50):
             store.write([
                 ("node", (run_id, f"n_{i}", i, "t", "DONE", 0.0, 1.0, None, None, 1, "loop", 0,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import datetime as dt
 import functools
 import json
 import time
@@ -46,10 +45,6 @@ def _wall_now() -> float:
     return time.time()
 
 
-def _iso(wall: dt.datetime | None) -> str | None:
-    return None if wall is None else wall.isoformat()
-
-
 def run_row(
     run_id: str,
     graph: str,
@@ -66,8 +61,18 @@ def run_row(
         raise ConfigError(
             f"the inputs of run {run_id!r} cannot be stored: {describe(exc)}"
         ) from None
-    wall = dt.datetime.now(dt.UTC).isoformat()
-    return (run_id, graph, _RUNNING, content_hash, blob, digest, started_at, None, wall, None)
+    return (
+        run_id,
+        graph,
+        _RUNNING,
+        content_hash,
+        blob,
+        digest,
+        started_at,
+        None,
+        _wall_now(),
+        None,
+    )
 
 
 @attrs.define(eq=False)
@@ -82,8 +87,8 @@ class _Note:
     version: str = ""
 
 
-# A node started but not finished: (seq, started_at, started wall, tool, attempt).
-_Started = tuple[int, float, dt.datetime, str, int]
+# A node started but not finished: (seq, started_at, tool, attempt).
+_Started = tuple[int, float, str, int]
 
 
 @attrs.define(eq=False)
@@ -106,9 +111,13 @@ class Durable:
     _used: set[str] = attrs.field(factory=set)
     _fresh_cache: dict[str, tuple[Blob, float]] = attrs.field(factory=dict)
     serializer: Serializer = attrs.field(init=False)
+    # Wall clock = _epoch + (Trio clock - _at0): POSIX seconds without a datetime per row.
+    _epoch: float = attrs.field(init=False)
+    _at0: float = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self.serializer = self.store.serializer
+        self._at0, self._epoch = self.row[6] or 0.0, self.row[8] or _wall_now()
         stored = self.stored
         if stored is None:
             return
@@ -123,6 +132,9 @@ class Durable:
     @property
     def run_id(self) -> str:
         return self.row[0]
+
+    def _wall(self, at: float) -> float:
+        return self._epoch + (at - self._at0)
 
     # -- the writer's queue ------------------------------------------------------------------
 
@@ -232,11 +244,11 @@ class Durable:
             seq = self._seq
             self._seq = seq + 1
             # No row yet: `take` writes one if the node is still running at the next batch.
-            self._running[event.node_id] = (seq, event.at, event.wall, event.tool, event.attempt)
+            self._running[event.node_id] = (seq, event.at, event.tool, event.attempt)
         elif kind == "run_finished":
             row = self.row
             state = event.state.value if event.state is not None else "CANCELLED"
-            self.row = (*row[:2], state, *row[3:7], event.at, row[8], _iso(event.wall))
+            self.row = (*row[:2], state, *row[3:7], event.at, row[8], self._wall(event.at))
             self._put(("run", self.row))
         elif kind == "run_started" and self.stored is not None:
             self._put(("run", self.row))
@@ -244,10 +256,10 @@ class Durable:
     def _running_row(self, node_id: str, started: _Started) -> NodeRow:
         if node_id in self._by_id:  # never cover a stored DONE row with a RUNNING one
             return self._by_id[node_id]
-        seq, at, wall, tool, attempt = started
+        seq, at, tool, attempt = started
         run_id = self.row[0]
-        iso = wall.isoformat()
-        return (run_id, node_id, seq, tool, _RUNNING, at, None, iso, None, attempt, "", 0, 0.0,
+        wall = self._wall(at)
+        return (run_id, node_id, seq, tool, _RUNNING, at, None, wall, None, attempt, "", 0, 0.0,
                 None, None, None)  # fmt: skip
 
     def _finished(self, event: Any) -> None:
@@ -275,7 +287,8 @@ class Durable:
             self._seq = seq + 1
             at, wall = None, None
         else:
-            seq, at, wall = started[0], started[1], started[2].isoformat()
+            seq, at = started[0], started[1]
+            wall = self._epoch + (at - self._at0)
         error = event.error
         self._put(
             (
@@ -289,7 +302,7 @@ class Durable:
                     at,
                     event.at,
                     wall,
-                    event.wall.isoformat(),
+                    self._epoch + (event.at - self._at0),
                     event.attempt,
                     "",
                     int(note is not None and note.cached),

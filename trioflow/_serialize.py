@@ -23,7 +23,8 @@ import json
 import pathlib
 import pickle
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any, Literal
 
 import attrs
@@ -226,10 +227,24 @@ def decode(tree: Any) -> Any:
     return target(**{k: decode(v) for k, v in payload.items()})
 
 
-_dumps = json.JSONEncoder(separators=(",", ":")).encode  # built once: json.dumps(**kw) is not
+def _refuse(value: Any) -> Any:
+    raise TypeError(f"{type(value).__qualname__} is not JSON data")
 
 
-_canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
+def _encoder(sort_keys: bool) -> Callable[[Any], str]:
+    """A compact JSON encoder built once (`json.dumps(**options)` builds one per call)."""
+    if c_make_encoder is None:  # pragma: no cover - CPython always has the C encoder
+        return json.JSONEncoder(separators=(",", ":"), sort_keys=sort_keys).encode
+    chunks = c_make_encoder(
+        None, _refuse, encode_basestring_ascii, None, ":", ",", sort_keys, False, True
+    )
+    return lambda value: "".join(chunks(value, 0))
+
+
+_dumps = _encoder(sort_keys=False)
+
+
+_canonical = _encoder(sort_keys=True)
 
 
 def digest(values: Mapping[str, Any]) -> str:

@@ -46,12 +46,12 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY, graph TEXT NOT NULL, state TEXT NOT NULL, content_hash TEXT,
     inputs BLOB, inputs_digest TEXT NOT NULL, started_at REAL, finished_at REAL,
-    started_wall TEXT, finished_wall TEXT
+    started_wall REAL, finished_wall REAL
 );
 CREATE TABLE IF NOT EXISTS nodes (
     run_id TEXT NOT NULL, node_id TEXT NOT NULL, seq INTEGER NOT NULL, tool TEXT NOT NULL,
-    state TEXT NOT NULL, started_at REAL, finished_at REAL, started_wall TEXT,
-    finished_wall TEXT, attempts INTEGER NOT NULL, executor TEXT NOT NULL,
+    state TEXT NOT NULL, started_at REAL, finished_at REAL, started_wall REAL,
+    finished_wall REAL, attempts INTEGER NOT NULL, executor TEXT NOT NULL,
     cached INTEGER NOT NULL, waited REAL NOT NULL, error TEXT, args_digest TEXT, outputs BLOB,
     PRIMARY KEY (run_id, node_id)
 ) WITHOUT ROWID;

@@ -38,7 +38,8 @@ __all__ = [
 Blob = str | bytes
 
 # One row per node: (run_id, node_id, seq, tool, state, started_at, finished_at, started_wall,
-# finished_wall, attempts, executor, cached, waited, error, args_digest, outputs).
+# finished_wall, attempts, executor, cached, waited, error, args_digest, outputs). `*_at` are on
+# the Trio clock of the process that ran the node, `*_wall` are POSIX seconds.
 NodeRow = tuple[
     str,
     str,
@@ -47,8 +48,8 @@ NodeRow = tuple[
     str,
     float | None,
     float | None,
-    str | None,
-    str | None,
+    float | None,
+    float | None,
     int,
     str,
     int,
@@ -64,7 +65,7 @@ NODE_COLUMNS = (
 # One row per run: (run_id, graph, state, content_hash, inputs, inputs_digest, started_at,
 # finished_at, started_wall, finished_wall).
 RunRow = tuple[
-    str, str, str, str | None, Blob, str, float | None, float | None, str | None, str | None
+    str, str, str, str | None, Blob, str, float | None, float | None, float | None, float | None
 ]
 RUN_COLUMNS = (
     "run_id, graph, state, content_hash, inputs, inputs_digest, started_at, finished_at, "
@@ -170,8 +171,9 @@ def run_exists_error(run_id: str, where: str, state: str) -> ConfigError:
     )
 
 
-def _wall(text: str | None) -> dt.datetime | None:
-    return None if text is None else dt.datetime.fromisoformat(text)
+def _wall(seconds: float | None) -> dt.datetime | None:
+    """A stored wall-clock time (POSIX seconds) as a UTC datetime."""
+    return None if seconds is None else dt.datetime.fromtimestamp(seconds, dt.UTC)
 
 
 _RECORD_FIELDS = frozenset(f.name for f in attrs.fields(NodeRecord))

@@ -110,6 +110,7 @@ class Durable:
     _by_call: dict[tuple[str, str], collections.deque[NodeRow]] = attrs.field(factory=dict)
     _used: set[str] = attrs.field(factory=set)
     _fresh_cache: dict[str, tuple[Blob, float]] = attrs.field(factory=dict)
+    _executors: dict[str, str] = attrs.field(factory=dict)  # tool nodes not on "loop"
     serializer: Serializer = attrs.field(init=False)
     # Wall clock = _epoch + (Trio clock - _at0): POSIX seconds without a datetime per row.
     _epoch: float = attrs.field(init=False)
@@ -164,6 +165,8 @@ class Durable:
         self, node_id: str, tool: Any, inputs: Mapping[str, Any]
     ) -> tuple[dict[str, Any], bool] | None:
         """Stored outputs for a call that need not run again, and whether they were cached."""
+        if tool.executor_key != "loop":
+            self._executors[node_id] = tool.executor_key
         cache: Cache | None = tool.cache
         replay = self.replay
         if cache is None and not replay and self.stored is None:
@@ -259,8 +262,9 @@ class Durable:
         seq, at, tool, attempt = started
         run_id = self.row[0]
         wall = self._wall(at)
-        return (run_id, node_id, seq, tool, _RUNNING, at, None, wall, None, attempt, "", 0, 0.0,
-                None, None, None)  # fmt: skip
+        executor = self._executors.get(node_id, "loop")
+        return (run_id, node_id, seq, tool, _RUNNING, at, None, wall, None, attempt, executor, 0,
+                0.0, None, None, None)  # fmt: skip
 
     def _finished(self, event: Any) -> None:
         node_id = event.node_id
@@ -304,7 +308,7 @@ class Durable:
                     wall,
                     self._epoch + (event.at - self._at0),
                     event.attempt,
-                    "",
+                    self._executors.pop(node_id, "loop") if self._executors else "loop",
                     int(note is not None and note.cached),
                     0.0,
                     None if error is None else json.dumps(_error_dict(error)),

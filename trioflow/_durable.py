@@ -1,10 +1,12 @@
 """A durable run: the store listener, the memo for resume/replay/caching, and the one writer.
 
 `durable_run()` claims the run id in the store, checks a resumed run against the stored one,
-and opens a nursery holding the run's writer: a task that takes batches of rows off a memory
-channel and commits each batch in one transaction in a worker thread. The `Durable` object it
-yields is both the run's event listener (it turns events into rows, synchronously and cheaply)
-and its memo (it answers "is this call already done?" from the stored run and the cache).
+and opens a nursery holding the run's one writer: a task woken through a memory channel when
+rows are queued, which takes every row queued since its last batch (a list swap, cheaper than
+a channel item per row) and commits them in one transaction in a worker thread. The `Durable`
+object it yields is both the run's event listener (it turns events into rows, synchronously
+and cheaply) and its memo (it answers "is this call already done?" from the stored run and the
+cache, and encodes new outputs before their node is DONE).
 
 On exit, normal or not, the writer drains what was queued — shielded, but bounded — so a
 cancelled or interrupted run still commits every completion that happened before it stopped.

@@ -269,6 +269,16 @@ def test_cache_rows(store: trioflow.RunStore) -> None:
     assert store.cache_get("k") == ('{"out":2}', 1234.5)
 
 
+def test_cache_rows_of_one_tool_version(store: trioflow.RunStore) -> None:
+    store.write(
+        [("cache", (f"k{i}", "work", "v1", f'{{"out":{i}}}', 1.0)) for i in range(3)]
+        + [("cache", ("other", "work", "v2", '{"out":9}', 1.0))]
+    )
+    assert store.cache_of("work", "v1", 3) == {f"k{i}": (f'{{"out":{i}}}', 1.0) for i in range(3)}
+    assert store.cache_of("work", "v1", 2) is None  # too many to read at once
+    assert store.cache_of("nope", "v1", 2) == {}
+
+
 def test_memory_store_holds_exactly_what_sqlite_writes(tmp_path: pathlib.Path) -> None:
     mem, disk = trioflow.MemoryStore(), trioflow.SQLiteStore(tmp_path / "s.db")
     text = Serializer("json").dumps({"p": Point(1, 2.0)})

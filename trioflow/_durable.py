@@ -38,6 +38,8 @@ __all__ = ["Durable", "check_durable", "durable_run", "run_durable", "run_row"]
 
 T = TypeVar("T")
 _BATCH_WINDOW = 0.02  # seconds a batch stays open: completions commit within ~50 ms
+_PREFETCH = 100_000  # a run reads up to this many cache rows of a tool at once
+_UNREAD = object()
 _DONE = NodeState.DONE
 _RUNNING = NodeState.RUNNING.value
 
@@ -113,6 +115,7 @@ class Durable:
     _used: set[str] = attrs.field(factory=set)
     _fresh_cache: dict[str, tuple[Blob, float]] = attrs.field(factory=dict)
     _executors: dict[str, str] = attrs.field(factory=dict)  # tool nodes not on "loop"
+    _tool_caches: dict[tuple[str, str], Any] = attrs.field(factory=dict)
     serializer: Serializer = attrs.field(init=False)
     # Wall clock = _epoch + (Trio clock - _at0): POSIX seconds without a datetime per row.
     _epoch: float = attrs.field(init=False)
@@ -191,16 +194,30 @@ class Durable:
                 return self.serializer.loads(row[15]), False
         if cache is not None:
             assert note.digest is not None
+            version = tool_version(tool)
             key = cache_key(tool, inputs, self.serializer, digest=note.digest)
-            hit = self._fresh_cache.get(key) or self.store.cache_get(key)
+            hit = self._fresh_cache.get(key) or self._cached(tool.name, version, key)
             if hit is not None and (cache.expire is None or _wall_now() - hit[1] <= cache.expire):
                 note.raw, note.cached = hit[0], True
                 self._notes[node_id] = note
                 return self.serializer.loads(hit[0]), True
-            note.key, note.version = key, tool_version(tool)
+            note.key, note.version = key, version
         if note.digest is not None:
             self._notes[node_id] = note
         return None
+
+    def _cached(self, tool: str, version: str, key: str) -> tuple[Blob, float] | None:
+        """The store's cache row for `key`: from the tool's rows read once per run (when there
+        are not too many), else one read."""
+        table = self._tool_caches.get((tool, version), _UNREAD)
+        if table is _UNREAD:
+            table = self._tool_caches[(tool, version)] = self.store.cache_of(
+                tool, version, _PREFETCH
+            )
+        if table is None:
+            return self.store.cache_get(key)
+        assert isinstance(table, dict)
+        return table.get(key)
 
     def _reuse(self, node_id: str, tool: str, digest: str | None) -> NodeRow | None:
         used = self._used
@@ -471,6 +488,8 @@ async def durable_run(
     if writer_error is not None and (body_error is None or _cancelled(body_error)):
         raise writer_error
     if body_error is not None:
+        if writer_error is not None:  # never lost: the run's own error says it too
+            body_error.add_note(f"the run store failed as well: {writer_error!r}")
         raise body_error
     if leftover is not None:
         raise leftover

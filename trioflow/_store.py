@@ -160,6 +160,11 @@ class RunStore(Protocol):
         """A cached call's serialised outputs and when they were stored (POSIX seconds)."""
         ...
 
+    def cache_of(self, tool: str, version: str, limit: int) -> dict[str, tuple[Blob, float]] | None:
+        """Every cached call of one tool version (key → outputs, stored at), or None when there
+        are more than `limit`: a run reads them once instead of one row per call."""
+        ...
+
 
 RunStore.__module__ = "trioflow"
 
@@ -292,6 +297,11 @@ class MemoryStore:
     def cache_get(self, key: str) -> tuple[Blob, float] | None:
         row = self._cache.get(key)
         return None if row is None else (row[3], row[4])
+
+    def cache_of(self, tool: str, version: str, limit: int) -> dict[str, tuple[Blob, float]] | None:
+        with self._lock:
+            found = {k: (r[3], r[4]) for k, r in self._cache.items() if r[1:3] == (tool, version)}
+        return found if len(found) <= limit else None
 
 
 MemoryStore.__module__ = "trioflow"

@@ -20,6 +20,7 @@ import itertools
 import os
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -63,6 +64,20 @@ def _store(directory: str) -> trioflow.SQLiteStore:
     return trioflow.SQLiteStore(os.path.join(directory, f"runs-{next(_ids)}.db"))
 
 
+def _interleaved(
+    cases: tuple[tuple[str, Callable[[], Awaitable[int]]], ...], expected: int, rounds: int = 5
+) -> list[tuple[str, float]]:
+    """Best time of each case over `rounds` rounds that take turns, so that a load spike on a
+    shared machine hits both cases alike; each answer is checked."""
+    best = dict.fromkeys((name for name, _ in cases), float("inf"))
+    for _ in range(rounds):
+        for name, fn in cases:
+            seconds, answer = timed(fn, repeat=1)
+            assert answer == expected, (name, answer)
+            best[name] = min(best[name], seconds)
+    return list(best.items())
+
+
 def store_overhead(n: int, directory: str) -> None:
     expected = n * (n + 1) // 2
 
@@ -76,11 +91,7 @@ def store_overhead(n: int, directory: str) -> None:
         )
         return int(out["total"])
 
-    rows = []
-    for name, fn in (("no store (floor)", plain), ("SQLiteStore", stored)):
-        seconds, answer = timed(fn)
-        assert answer == expected, (name, answer)
-        rows.append((name, seconds))
+    rows = _interleaved((("no store (floor)", plain), ("SQLiteStore", stored)), expected)
     report("graphify fan-out of trivial nodes, with and without a run store", n, rows, rows[0][0])
     print(f"  ratio: {rows[1][1] / rows[0][1]:.2f}x (target <= 2x)")
 
@@ -101,11 +112,8 @@ def cache_hits(k: int, directory: str) -> None:
         assert sum(r.cached for r in result.record.nodes.values()) == k
         return int(result.outputs["total"])
 
-    rows = []
-    for name, fn in (("uncached tool, no store (floor)", uncached), ("all cache hits", hits)):
-        seconds, answer = timed(fn)
-        assert answer == expected, (name, answer)
-        rows.append((name, seconds))
+    cases = (("uncached tool, no store (floor)", uncached), ("all cache hits", hits))
+    rows = _interleaved(cases, expected)
     report("graph_fn map over a cached tool whose outputs are stored", k, rows, rows[0][0])
     per_hit = rows[1][1] / k * 1e6
     extra = (rows[1][1] - rows[0][1]) / k * 1e6

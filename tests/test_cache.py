@@ -205,3 +205,27 @@ async def test_unkeyable_arguments_of_a_cached_tool_fail_its_node(autojump_clock
     assert "tool 'fetch' is cached" in str(info.value.__cause__)
     assert store.load("r").nodes["fetch_1"].state is NodeState.FAILED
     assert ran == []
+
+
+async def test_a_run_reads_a_tools_cache_rows_once(autojump_clock: Any) -> None:
+    reads: list[str] = []
+
+    class Counting(trioflow.MemoryStore):
+        def cache_get(self, key: str) -> Any:
+            reads.append("one")
+            return super().cache_get(key)
+
+        def cache_of(self, tool: str, version: str, limit: int) -> Any:
+            reads.append(f"all {tool}")
+            return super().cache_of(tool, version, limit)
+
+    store = Counting()
+    with trio.fail_after(60):
+        await trioflow.run_async(crawl, {"urls": [str(i) for i in range(20)]}, store=store)
+        reads.clear()
+        ran.clear()
+        result = await trioflow.run_async(
+            crawl, {"urls": [str(i) for i in range(20)]}, store=store, record=True
+        )
+    assert ran == [] and all(r.cached for r in result.record.nodes.values())
+    assert reads == ["all fetch"]

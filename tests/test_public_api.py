@@ -15,7 +15,7 @@ PUBLIC = {
     "TrioflowError", "current_context", "current_runtime", "gather", "graph_fn", "map",
     "open_runtime", "run", "run_async", "tool", "ChannelMessage", "MemoryEvent", "Service",
     "ServiceHandle", "ServiceState", "ServiceTask", "critical", "register_context_service",
-    "service_task", "unregister_context_service", "FlowType", "task",
+    "service_task", "unregister_context_service", "isolated_services", "FlowType", "task",
     "RunEvent", "Executor", "LoopExecutor", "ThreadExecutor", "Cache", "RateLimit",
     "MemoryStore", "ResumeMismatch", "RunInfo", "RunStore", "SQLiteStore", "StoreError",
 }  # fmt: skip

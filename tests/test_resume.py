@@ -123,6 +123,7 @@ async def test_the_store_holds_the_record_and_outputs_the_tools_returned(
         assert stored.nodes[node_id].started_at == rec.started_at
         assert stored.nodes[node_id].finished_at == rec.finished_at
         assert stored.nodes[node_id].attempts == rec.attempts
+        assert stored.nodes[node_id].executor == rec.executor
     assert store.outputs("r")["collect_1"] == {
         "rows": [Row("0", 0), Row("1", 1), Row("2", 4)],
         "total": 5,
@@ -135,6 +136,22 @@ async def test_the_store_holds_the_record_and_outputs_the_tools_returned(
         {"n": 3},
     )
     assert info.content_hash == squares.compile(n=3).content_hash
+
+
+async def test_a_sync_tool_is_stored_as_run_in_a_thread() -> None:
+    @trioflow.tool(outputs=["out"])
+    def blocking(x: int) -> int:
+        return x + 1
+
+    @trioflow.graph_fn(outputs=["out"])
+    async def g() -> int:
+        return (await blocking(x=1))["out"]
+
+    store = trioflow.MemoryStore()
+    with trio.fail_after(10):
+        await trioflow.run_async(g, store=store, run_id="r")
+    assert store.load("r").nodes["blocking_1"].executor == "thread"
+    assert store.outputs("r") == {"blocking_1": {"out": 2}}
 
 
 async def test_a_failed_run_is_stored_with_its_errors(autojump_clock: Any) -> None:

@@ -202,3 +202,43 @@ async def test_a_cancelled_run_commits_every_completion_and_resume_finishes(
         )
     assert outputs == EXPECTED
     assert set(_keys(tmp_path / "2.log")) == ALL_KEYS - committed_keys
+
+
+def test_two_processes_running_graphs_into_one_store_lose_nothing(tmp_path: pathlib.Path) -> None:
+    store = tmp_path / "shared.db"
+    trioflow.SQLiteStore(store).close()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CRASH_DELAY": "0"}
+    script = (
+        "import sys, trioflow, crash_run\n"
+        "store = trioflow.SQLiteStore(sys.argv[1])\n"
+        "for r in range(3):\n"
+        "    trioflow.run(crash_run.static_sums, inputs={'n': 300}, store=store,\n"
+        "                 run_id=f'{sys.argv[2]}-{r}', max_concurrency=16)\n"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(store), name],
+            cwd=CHILD.parent,
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in ("a", "b")
+    ]
+    try:
+        for p in procs:
+            _, err = p.communicate(timeout=300)
+            assert p.returncode == 0, err
+    finally:
+        for p in procs:
+            p.kill()
+    shared = trioflow.SQLiteStore(store)
+    runs = shared.runs()
+    assert sorted(r.run_id for r in runs) == [f"{n}-{r}" for n in "ab" for r in range(3)]
+    for info in runs:
+        assert info.state is trioflow.NodeState.DONE
+        record = shared.load(info.run_id)
+        assert len(record.nodes) == 300 + 16 + 1
+        assert set(record.states().values()) == {trioflow.NodeState.DONE}
+        outputs = shared.outputs(info.run_id)
+        assert outputs["add_17"] == {"out": sum(i * i for i in range(300))}

@@ -174,7 +174,7 @@ def test_bad_serializer_is_a_config_error() -> None:
 
 # -- rows in, records out ---------------------------------------------------------------------
 
-WALL = "2026-12-03T07:00:00+00:00"
+WALL = dt.datetime(2026, 12, 3, 7, tzinfo=dt.UTC).timestamp()
 
 
 def run_row(run_id: str, state: str = "RUNNING", inputs: str = '{"n":3}') -> RunRow:
@@ -267,6 +267,16 @@ def test_cache_rows(store: trioflow.RunStore) -> None:
     assert store.cache_get("k") is None
     store.write([("cache", ("k", "work", "v1", '{"out":2}', 1234.5))])
     assert store.cache_get("k") == ('{"out":2}', 1234.5)
+
+
+def test_cache_rows_of_one_tool_version(store: trioflow.RunStore) -> None:
+    store.write(
+        [("cache", (f"k{i}", "work", "v1", f'{{"out":{i}}}', 1.0)) for i in range(3)]
+        + [("cache", ("other", "work", "v2", '{"out":9}', 1.0))]
+    )
+    assert store.cache_of("work", "v1", 3) == {f"k{i}": (f'{{"out":{i}}}', 1.0) for i in range(3)}
+    assert store.cache_of("work", "v1", 2) is None  # too many to read at once
+    assert store.cache_of("nope", "v1", 2) == {}
 
 
 def test_memory_store_holds_exactly_what_sqlite_writes(tmp_path: pathlib.Path) -> None:
@@ -386,7 +396,7 @@ WRITER = textwrap.dedent(
     name, runs, nodes = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     for r in range(runs):
         run_id = f"{name}-{r}"
-        store.begin((run_id, "g", "RUNNING", None, "{}", "d", 0.0, None, None, None), resume=False)
+        store.begin((run_id, "g", "RUNNING", None, "{}", "d", 0.0, None, 0.0, None), resume=False)
         for start in range(0, nodes, 50):
             store.write([
                 ("node", (run_id, f"n_{i}", i, "t", "DONE", 0.0, 1.0, None, None, 1, "loop", 0,

@@ -62,6 +62,7 @@ from ._service_task import (
 from ._services import (
     Service as Service,
     critical as critical,
+    isolated_services as isolated_services,
     register_context_service as register_context_service,
     unregister_context_service as unregister_context_service,
 )

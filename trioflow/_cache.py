@@ -21,7 +21,7 @@ import attrs
 from ._errors import ConfigError, ConfigTypeError
 from ._serialize import Serializer, Unserialisable, describe
 
-__all__ = ["Cache", "cache_key", "check_cache", "tool_version"]
+__all__ = ["Cache", "cache_key", "check_cache", "tool_version", "unkeyable"]
 
 
 def _to_seconds(value: object) -> float | None:
@@ -92,19 +92,30 @@ def tool_version(tool: Any) -> str:
     return found
 
 
-def cache_key(tool: Any, inputs: Mapping[str, Any], serializer: Serializer | None = None) -> str:
+def unkeyable(tool_name: str, exc: Unserialisable) -> str:
+    return (
+        f"tool {tool_name!r} is cached, so its arguments must be hashable as values, but "
+        f"{describe(exc)}"
+    )
+
+
+def cache_key(
+    tool: Any,
+    inputs: Mapping[str, Any],
+    serializer: Serializer | None = None,
+    *,
+    digest: str | None = None,
+) -> str:
     """The store key of a cached call: tool name + version + digest of the argument values.
 
     Arguments that cannot be encoded raise `ConfigError` naming the tool and the argument.
     """
-    try:
-        args = (serializer or _JSON).digest(inputs)
-    except Unserialisable as exc:
-        raise ConfigError(
-            f"tool {tool.name!r} is cached, so its arguments must be hashable as values, but "
-            f"{describe(exc)}"
-        ) from None
-    text = f"{tool.name}\x00{tool_version(tool)}\x00{args}"
+    if digest is None:
+        try:
+            digest = (serializer or _JSON).digest(inputs)
+        except Unserialisable as exc:
+            raise ConfigError(unkeyable(tool.name, exc)) from None
+    text = f"{tool.name}\x00{tool_version(tool)}\x00{digest}"
     return hashlib.sha256(text.encode()).hexdigest()
 
 

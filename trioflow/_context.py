@@ -8,13 +8,13 @@ nothing for it.
 from __future__ import annotations
 
 import logging
-from collections.abc import MutableMapping
+from collections.abc import Hashable, MutableMapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
-from ._errors import ContextError
+from ._errors import ConfigError, ContextError
 
 if TYPE_CHECKING:
     from ._builtins import ArtifactStore, Channel, KeyValueStore, NodeMemory
@@ -33,11 +33,19 @@ class ServiceAccess(Protocol):
     def builtin(self, name: str, context: NodeContext) -> Any: ...
 
 
+class RateTurn(Protocol):
+    """What `context.rate_limit()` needs: the run's rate limits (see `_ratelimit`)."""
+
+    async def turn(self, name: str, key: Hashable = None) -> float: ...
+
+
 class RunLike(Protocol):
     run_id: str
 
     @property
     def services(self) -> ServiceAccess | None: ...
+    @property
+    def rates(self) -> RateTurn | None: ...
 
 
 class Frame:
@@ -80,6 +88,18 @@ class NodeContext:
     _services: ServiceAccess | None = attrs.field(
         default=None, alias="services", eq=False, repr=False
     )
+    _rates: RateTurn | None = attrs.field(default=None, alias="rates", eq=False, repr=False)
+
+    async def rate_limit(self, name: str, key: Hashable = None) -> float:
+        """Wait for a turn of the run's rate limit `name` (its bucket `key`), like a tool with
+        `rate_limit=name` does before each attempt; returns the seconds waited."""
+        if self._rates is None:
+            raise ConfigError(
+                f"no rate limit named {name!r}: this context's run defines none; define it "
+                f"with open_runtime(rate_limits={{{name!r}: trioflow.RateLimit(...)}}) or "
+                "run(..., rate_limits=...)"
+            )
+        return await self._rates.turn(name, key)
 
     def logger(self) -> logging.LoggerAdapter:  # type: ignore[type-arg]
         """A stdlib logger adapter whose records carry `run_id`, `graph_id` and `node_id`."""
@@ -130,6 +150,7 @@ def context_from_frame(frame: Frame) -> NodeContext:
         node_id=frame.node_id,
         attempt=frame.attempt,
         services=run.services,
+        rates=run.rates,
     )
 
 

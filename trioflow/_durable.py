@@ -1,10 +1,12 @@
 """A durable run: the store listener, the memo for resume/replay/caching, and the one writer.
 
 `durable_run()` claims the run id in the store, checks a resumed run against the stored one,
-and opens a nursery holding the run's writer: a task that takes batches of rows off a memory
-channel and commits each batch in one transaction in a worker thread. The `Durable` object it
-yields is both the run's event listener (it turns events into rows, synchronously and cheaply)
-and its memo (it answers "is this call already done?" from the stored run and the cache).
+and opens a nursery holding the run's one writer: a task woken through a memory channel when
+rows are queued, which takes every row queued since its last batch (a list swap, cheaper than
+a channel item per row) and commits them in one transaction in a worker thread. The `Durable`
+object it yields is both the run's event listener (it turns events into rows, synchronously
+and cheaply) and its memo (it answers "is this call already done?" from the stored run and the
+cache, and encodes new outputs before their node is DONE).
 
 On exit, normal or not, the writer drains what was queued — shielded, but bounded — so a
 cancelled or interrupted run still commits every completion that happened before it stopped.
@@ -14,7 +16,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import datetime as dt
 import functools
 import json
 import time
@@ -26,7 +27,7 @@ from typing import Any, TypeVar
 import attrs
 import trio
 
-from ._cache import cache_key, check_cache, tool_version
+from ._cache import Cache, cache_key, tool_version, unkeyable
 from ._errors import ConfigError, ConfigTypeError, ResumeMismatch
 from ._events import combine_listeners
 from ._records import ErrorInfo, NodeState
@@ -37,6 +38,8 @@ __all__ = ["Durable", "check_durable", "durable_run", "run_durable", "run_row"]
 
 T = TypeVar("T")
 _BATCH_WINDOW = 0.02  # seconds a batch stays open: completions commit within ~50 ms
+_PREFETCH = 100_000  # a run reads up to this many cache rows of a tool at once
+_UNREAD = object()
 _DONE = NodeState.DONE
 _RUNNING = NodeState.RUNNING.value
 
@@ -44,10 +47,6 @@ _RUNNING = NodeState.RUNNING.value
 def _wall_now() -> float:
     """POSIX seconds: cache entries expire on the wall clock (tests replace this)."""
     return time.time()
-
-
-def _iso(wall: dt.datetime | None) -> str | None:
-    return None if wall is None else wall.isoformat()
 
 
 def run_row(
@@ -66,8 +65,18 @@ def run_row(
         raise ConfigError(
             f"the inputs of run {run_id!r} cannot be stored: {describe(exc)}"
         ) from None
-    wall = dt.datetime.now(dt.UTC).isoformat()
-    return (run_id, graph, _RUNNING, content_hash, blob, digest, started_at, None, wall, None)
+    return (
+        run_id,
+        graph,
+        _RUNNING,
+        content_hash,
+        blob,
+        digest,
+        started_at,
+        None,
+        _wall_now(),
+        None,
+    )
 
 
 @attrs.define(eq=False)
@@ -75,11 +84,15 @@ class _Note:
     """What the memo learnt about a node before it ran, for the listener to write."""
 
     digest: str | None = None
-    raw: Blob | None = None  # stored outputs reused as they are, or the new outputs encoded
+    raw: Blob | None = None  # stored outputs reused as they are
     skip: bool = False  # reused from the same stored row: nothing to write
     cached: bool = False
     key: str | None = None  # a cache miss: store the outputs under this key
     version: str = ""
+
+
+# A node started but not finished: (seq, started_at, tool, attempt).
+_Started = tuple[int, float, str, int]
 
 
 @attrs.define(eq=False)
@@ -94,15 +107,23 @@ class Durable:
     _wake: trio.MemorySendChannel[None] | None = None
     _seq: int = 0
     _notes: dict[str, _Note] = attrs.field(factory=dict)
-    _started: dict[str, tuple[int, float | None, str | None]] = attrs.field(factory=dict)
+    _encoded: dict[str, Blob] = attrs.field(factory=dict)
+    _running: dict[str, _Started] = attrs.field(factory=dict)
+    _announced: set[str] = attrs.field(factory=set)
     _by_id: dict[str, NodeRow] = attrs.field(factory=dict)
     _by_call: dict[tuple[str, str], collections.deque[NodeRow]] = attrs.field(factory=dict)
     _used: set[str] = attrs.field(factory=set)
     _fresh_cache: dict[str, tuple[Blob, float]] = attrs.field(factory=dict)
+    _executors: dict[str, str] = attrs.field(factory=dict)  # tool nodes not on "loop"
+    _tool_caches: dict[tuple[str, str], Any] = attrs.field(factory=dict)
     serializer: Serializer = attrs.field(init=False)
+    # Wall clock = _epoch + (Trio clock - _at0): POSIX seconds without a datetime per row.
+    _epoch: float = attrs.field(init=False)
+    _at0: float = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self.serializer = self.store.serializer
+        self._at0, self._epoch = self.row[6] or 0.0, self.row[8] or _wall_now()
         stored = self.stored
         if stored is None:
             return
@@ -118,6 +139,9 @@ class Durable:
     def run_id(self) -> str:
         return self.row[0]
 
+    def _wall(self, at: float) -> float:
+        return self._epoch + (at - self._at0)
+
     # -- the writer's queue ------------------------------------------------------------------
 
     def _put(self, op: Op) -> None:
@@ -128,8 +152,16 @@ class Durable:
             with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
                 self._wake.send_nowait(None)
 
+    @trio.lowlevel.enable_ki_protection
     def take(self) -> list[Op]:
+        """Everything queued, plus a RUNNING row for each node that started since the last
+        batch and is still running (a node that finishes within a batch is written once)."""
         batch, self._pending = self._pending, []
+        announced = self._announced
+        for node_id, started in self._running.items():
+            if node_id not in announced:
+                announced.add(node_id)
+                batch.append(("node", self._running_row(node_id, started)))
         return batch
 
     # -- the memo ---------------------------------------------------------------------------
@@ -138,32 +170,54 @@ class Durable:
         self, node_id: str, tool: Any, inputs: Mapping[str, Any]
     ) -> tuple[dict[str, Any], bool] | None:
         """Stored outputs for a call that need not run again, and whether they were cached."""
+        if tool.executor_key != "loop":
+            self._executors[node_id] = tool.executor_key
+        cache: Cache | None = tool.cache
+        replay = self.replay
+        if cache is None and not replay and self.stored is None:
+            return None  # a fresh run of a static graph: nothing to look up
         note = _Note()
-        cache = check_cache(getattr(tool, "cache", None))
-        if self.replay or cache is not None:
+        if replay or cache is not None:
             try:
                 note.digest = self.serializer.digest(inputs)
-            except Unserialisable:
-                note.digest = None  # such a call is never replayed; a cached tool raises below
+            except Unserialisable as exc:
+                if cache is not None:
+                    raise ConfigError(unkeyable(tool.name, exc)) from None
+                # Such a call is never replayed: it runs again on resume.
         if self.stored is not None:
             row = self._reuse(node_id, tool.name, note.digest)
             if row is not None:
+                assert row[15] is not None
                 note.raw = row[15]
                 note.skip = row[1] == node_id
                 self._notes[node_id] = note
-                assert row[15] is not None
                 return self.serializer.loads(row[15]), False
         if cache is not None:
-            key = cache_key(tool, inputs, self.serializer)
-            hit = self._fresh_cache.get(key) or self.store.cache_get(key)
+            assert note.digest is not None
+            version = tool_version(tool)
+            key = cache_key(tool, inputs, self.serializer, digest=note.digest)
+            hit = self._fresh_cache.get(key) or self._cached(tool.name, version, key)
             if hit is not None and (cache.expire is None or _wall_now() - hit[1] <= cache.expire):
                 note.raw, note.cached = hit[0], True
                 self._notes[node_id] = note
                 return self.serializer.loads(hit[0]), True
-            note.key, note.version = key, tool_version(tool)
-        if note.digest is not None or note.key is not None:
+            note.key, note.version = key, version
+        if note.digest is not None:
             self._notes[node_id] = note
         return None
+
+    def _cached(self, tool: str, version: str, key: str) -> tuple[Blob, float] | None:
+        """The store's cache row for `key`: from the tool's rows read once per run (when there
+        are not too many), else one read."""
+        table = self._tool_caches.get((tool, version), _UNREAD)
+        if table is _UNREAD:
+            table = self._tool_caches[(tool, version)] = self.store.cache_of(
+                tool, version, _PREFETCH
+            )
+        if table is None:
+            return self.store.cache_get(key)
+        assert isinstance(table, dict)
+        return table.get(key)
 
     def _reuse(self, node_id: str, tool: str, digest: str | None) -> NodeRow | None:
         used = self._used
@@ -190,83 +244,7 @@ class Durable:
     def accept(self, node_id: str, tool: Any, outputs: Mapping[str, Any]) -> None:
         """A tool node's new outputs, before it is DONE: encoded now, so that outputs the store
         cannot hold fail this node (a `ConfigError` naming it and the value's type)."""
-        note = self._notes.get(node_id)
-        if note is None:
-            note = self._notes[node_id] = _Note()
-        note.raw = self.encode(node_id, outputs)
-
-    # -- the listener -----------------------------------------------------------------------
-
-    @trio.lowlevel.enable_ki_protection  # a row is queued whole, or not at all
-    def __call__(self, event: Any) -> None:
-        kind = event.kind
-        if kind == "node_finished":
-            self._finished(event)
-        elif kind == "node_started":
-            node_id = event.node_id
-            seq = self._seq
-            self._seq = seq + 1
-            started = (seq, event.at, _iso(event.wall))
-            self._started[node_id] = started
-            if node_id not in self._by_id:  # a stored DONE row is only replaced when finished
-                note = self._notes.get(node_id)
-                self._put(("node", self._node_row(event, node_id, started, note, None)))
-        elif kind == "run_finished":
-            row = self.row
-            state = event.state.value if event.state is not None else "CANCELLED"
-            self.row = (*row[:2], state, *row[3:7], event.at, row[8], _iso(event.wall))
-            self._put(("run", self.row))
-        elif kind == "run_started" and self.stored is not None:
-            self._put(("run", self.row))
-
-    def _node_row(
-        self,
-        event: Any,
-        node_id: str,
-        started: tuple[int, float | None, str | None],
-        note: _Note | None,
-        outputs: Blob | None,
-    ) -> NodeRow:
-        error = event.error
-        return (
-            self.row[0],
-            node_id,
-            started[0],
-            event.tool,
-            event.state.value,
-            started[1],
-            None if event.kind == "node_started" else event.at,
-            started[2],
-            None if event.kind == "node_started" else _iso(event.wall),
-            event.attempt,
-            getattr(event, "executor", "") or "",
-            int(note is not None and note.cached),
-            float(getattr(event, "waited", 0.0) or 0.0),
-            None if error is None else json.dumps(_error_dict(error)),
-            None if note is None else note.digest,
-            outputs,
-        )
-
-    def _finished(self, event: Any) -> None:
-        node_id = event.node_id
-        note = self._notes.pop(node_id, None)
-        started = self._started.pop(node_id, None)
-        if started is None:
-            seq = self._seq
-            self._seq = seq + 1
-            started = (seq, event.at, _iso(event.wall))
-        # Only tool nodes have stored outputs (`accept` or `lookup` put them in the note);
-        # a nested graph's or a map's outputs are its inner nodes'.
-        outputs = note.raw if note is not None and event.state is _DONE else None
-        if outputs is not None:
-            assert note is not None
-            if note.skip:
-                return  # the stored row is this node's, DONE with these outputs
-            if note.key is not None:
-                now = _wall_now()
-                self._fresh_cache[note.key] = (outputs, now)
-                self._put(("cache", (note.key, event.tool, note.version, outputs, now)))
-        self._put(("node", self._node_row(event, node_id, started, note, outputs)))
+        self._encoded[node_id] = self.encode(node_id, outputs)
 
     def encode(self, node_id: str, outputs: Mapping[str, Any]) -> Blob:
         """A node's outputs as stored; an unstorable value is a `ConfigError` naming the node."""
@@ -276,6 +254,88 @@ class Durable:
             raise ConfigError(
                 f"node {node_id!r} returned outputs that cannot be stored: {describe(exc)}"
             ) from None
+
+    # -- the listener -----------------------------------------------------------------------
+
+    @trio.lowlevel.enable_ki_protection  # a row is queued whole, or not at all
+    def __call__(self, event: Any) -> None:
+        kind = event.kind
+        if kind == "node_finished":
+            self._finished(event)
+        elif kind == "node_started":
+            seq = self._seq
+            self._seq = seq + 1
+            # No row yet: `take` writes one if the node is still running at the next batch.
+            self._running[event.node_id] = (seq, event.at, event.tool, event.attempt)
+        elif kind == "run_finished":
+            row = self.row
+            state = event.state.value if event.state is not None else "CANCELLED"
+            self.row = (*row[:2], state, *row[3:7], event.at, row[8], self._wall(event.at))
+            self._put(("run", self.row))
+        elif kind == "run_started" and self.stored is not None:
+            self._put(("run", self.row))
+
+    def _running_row(self, node_id: str, started: _Started) -> NodeRow:
+        if node_id in self._by_id:  # never cover a stored DONE row with a RUNNING one
+            return self._by_id[node_id]
+        seq, at, tool, attempt = started
+        run_id = self.row[0]
+        wall = self._wall(at)
+        executor = self._executors.get(node_id, "loop")
+        return (run_id, node_id, seq, tool, _RUNNING, at, None, wall, None, attempt, executor, 0,
+                0.0, None, None, None)  # fmt: skip
+
+    def _finished(self, event: Any) -> None:
+        node_id = event.node_id
+        started = self._running.pop(node_id, None)
+        self._announced.discard(node_id)
+        note = self._notes.pop(node_id, None) if self._notes else None
+        encoded = self._encoded.pop(node_id, None)
+        state = event.state
+        outputs: Blob | None = None
+        if state is _DONE:
+            if encoded is not None:
+                outputs = encoded
+                if note is not None and note.key is not None:
+                    now = _wall_now()
+                    self._fresh_cache[note.key] = (outputs, now)
+                    self._put(("cache", (note.key, event.tool, note.version, outputs, now)))
+            elif note is not None and note.raw is not None:
+                if note.skip:
+                    return  # the stored row is this node's, DONE with these outputs
+                outputs = note.raw
+            # else: a nested graph or a map, whose outputs are its inner nodes'
+        if started is None:  # skipped, or cancelled before it started
+            seq = self._seq
+            self._seq = seq + 1
+            at, wall = None, None
+        else:
+            seq, at = started[0], started[1]
+            wall = self._epoch + (at - self._at0)
+        error = event.error
+        self._put(
+            (
+                "node",
+                (
+                    self.row[0],
+                    node_id,
+                    seq,
+                    event.tool,
+                    state.value,
+                    at,
+                    event.at,
+                    wall,
+                    self._epoch + (event.at - self._at0),
+                    event.attempt,
+                    self._executors.pop(node_id, "loop") if self._executors else "loop",
+                    int(note is not None and note.cached),
+                    0.0,
+                    None if error is None else json.dumps(_error_dict(error)),
+                    None if note is None else note.digest,
+                    outputs,
+                ),
+            )
+        )
 
 
 def _error_dict(error: ErrorInfo | BaseException) -> dict[str, str]:
@@ -428,6 +488,8 @@ async def durable_run(
     if writer_error is not None and (body_error is None or _cancelled(body_error)):
         raise writer_error
     if body_error is not None:
+        if writer_error is not None:  # never lost: the run's own error says it too
+            body_error.add_note(f"the run store failed as well: {writer_error!r}")
         raise body_error
     if leftover is not None:
         raise leftover

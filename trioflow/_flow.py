@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 import inspect
 import typing
 from collections.abc import Awaitable, Callable, Sequence
@@ -38,6 +39,7 @@ class FlowType(enum.StrEnum):
 class _Shared:
     """The one instance of an agent tool in one runtime."""
 
+    name: str
     lock: trio.Lock = attrs.field(factory=trio.Lock)
     instance: Any = None
     started: bool = False
@@ -81,7 +83,7 @@ def _agent_tool(
         runtime = current_runtime()
         if runtime is None:
             raise ServiceError(f"agent tool {call.__name__!r} needs a runtime (call it in a run)")
-        shared: _Shared = runtime.shared(key, _Shared)
+        shared: _Shared = runtime.shared(key, functools.partial(_Shared, factory.__name__))
         async with shared.lock:
             if not shared.started:
                 shared.instance = await factory()

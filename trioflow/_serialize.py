@@ -23,7 +23,8 @@ import json
 import pathlib
 import pickle
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any, Literal
 
 import attrs
@@ -226,14 +227,32 @@ def decode(tree: Any) -> Any:
     return target(**{k: decode(v) for k, v in payload.items()})
 
 
-def _dumps(tree: Any) -> str:
-    return json.dumps(tree, separators=(",", ":"))
+def _refuse(value: Any) -> Any:
+    raise TypeError(f"{type(value).__qualname__} is not JSON data")
+
+
+def _encoder(sort_keys: bool) -> Callable[[Any], str]:
+    """A compact JSON encoder built once (`json.dumps(**options)` builds one per call)."""
+    if c_make_encoder is None:  # pragma: no cover - CPython always has the C encoder
+        return json.JSONEncoder(separators=(",", ":"), sort_keys=sort_keys).encode
+    chunks = c_make_encoder(
+        None, _refuse, encode_basestring_ascii, None, ":", ",", sort_keys, False, True
+    )
+    return lambda value: "".join(chunks(value, 0))
+
+
+_dumps = _encoder(sort_keys=False)
+
+
+_canonical = _encoder(sort_keys=True)
 
 
 def digest(values: Mapping[str, Any]) -> str:
     """A stable hash of argument values (canonical JSON); raises `Unserialisable`."""
-    tree = encode(dict(values), "argument", canonical=True)
-    text = json.dumps(tree, sort_keys=True, separators=(",", ":"))
+    if all(type(v) in _SCALARS for v in values.values()):
+        text = _canonical(values)  # the common case: scalar arguments
+    else:
+        text = _canonical(encode(dict(values), "argument", canonical=True))
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 

@@ -46,12 +46,12 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY, graph TEXT NOT NULL, state TEXT NOT NULL, content_hash TEXT,
     inputs BLOB, inputs_digest TEXT NOT NULL, started_at REAL, finished_at REAL,
-    started_wall TEXT, finished_wall TEXT
+    started_wall REAL, finished_wall REAL
 );
 CREATE TABLE IF NOT EXISTS nodes (
     run_id TEXT NOT NULL, node_id TEXT NOT NULL, seq INTEGER NOT NULL, tool TEXT NOT NULL,
-    state TEXT NOT NULL, started_at REAL, finished_at REAL, started_wall TEXT,
-    finished_wall TEXT, attempts INTEGER NOT NULL, executor TEXT NOT NULL,
+    state TEXT NOT NULL, started_at REAL, finished_at REAL, started_wall REAL,
+    finished_wall REAL, attempts INTEGER NOT NULL, executor TEXT NOT NULL,
     cached INTEGER NOT NULL, waited REAL NOT NULL, error TEXT, args_digest TEXT, outputs BLOB,
     PRIMARY KEY (run_id, node_id)
 ) WITHOUT ROWID;
@@ -59,6 +59,7 @@ CREATE TABLE IF NOT EXISTS cache (
     key TEXT PRIMARY KEY, tool TEXT NOT NULL, version TEXT NOT NULL, outputs BLOB NOT NULL,
     stored_at REAL NOT NULL
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS cache_by_tool ON cache (tool, version);
 INSERT OR IGNORE INTO meta VALUES ('app', '{_APP}'), ('schema_version', '{SCHEMA_VERSION}');
 """
 _PUT_NODE = f"INSERT OR REPLACE INTO nodes ({NODE_COLUMNS}) VALUES ({', '.join('?' * 16)})"
@@ -267,6 +268,17 @@ class SQLiteStore:
             query = "SELECT outputs, stored_at FROM cache WHERE key = ?"
             row: tuple[Blob, float] | None = self._reader().execute(query, (key,)).fetchone()
             return row
+
+        return self._guard(read)
+
+    def cache_of(self, tool: str, version: str, limit: int) -> dict[str, tuple[Blob, float]] | None:
+        """Every cached call of one tool version, or None when there are more than `limit`."""
+
+        def read() -> dict[str, tuple[Blob, float]] | None:
+            query = "SELECT key, outputs, stored_at FROM cache WHERE tool = ? AND version = ?"
+            rows = self._reader().execute(query + " LIMIT ?", (tool, version, limit + 1))
+            found = {key: (blob, at) for key, blob, at in rows.fetchall()}
+            return found if len(found) <= limit else None
 
         return self._guard(read)
 

@@ -38,7 +38,8 @@ __all__ = [
 Blob = str | bytes
 
 # One row per node: (run_id, node_id, seq, tool, state, started_at, finished_at, started_wall,
-# finished_wall, attempts, executor, cached, waited, error, args_digest, outputs).
+# finished_wall, attempts, executor, cached, waited, error, args_digest, outputs). `*_at` are on
+# the Trio clock of the process that ran the node, `*_wall` are POSIX seconds.
 NodeRow = tuple[
     str,
     str,
@@ -47,8 +48,8 @@ NodeRow = tuple[
     str,
     float | None,
     float | None,
-    str | None,
-    str | None,
+    float | None,
+    float | None,
     int,
     str,
     int,
@@ -64,7 +65,7 @@ NODE_COLUMNS = (
 # One row per run: (run_id, graph, state, content_hash, inputs, inputs_digest, started_at,
 # finished_at, started_wall, finished_wall).
 RunRow = tuple[
-    str, str, str, str | None, Blob, str, float | None, float | None, str | None, str | None
+    str, str, str, str | None, Blob, str, float | None, float | None, float | None, float | None
 ]
 RUN_COLUMNS = (
     "run_id, graph, state, content_hash, inputs, inputs_digest, started_at, finished_at, "
@@ -159,6 +160,11 @@ class RunStore(Protocol):
         """A cached call's serialised outputs and when they were stored (POSIX seconds)."""
         ...
 
+    def cache_of(self, tool: str, version: str, limit: int) -> dict[str, tuple[Blob, float]] | None:
+        """Every cached call of one tool version (key → outputs, stored at), or None when there
+        are more than `limit`: a run reads them once instead of one row per call."""
+        ...
+
 
 RunStore.__module__ = "trioflow"
 
@@ -170,8 +176,9 @@ def run_exists_error(run_id: str, where: str, state: str) -> ConfigError:
     )
 
 
-def _wall(text: str | None) -> dt.datetime | None:
-    return None if text is None else dt.datetime.fromisoformat(text)
+def _wall(seconds: float | None) -> dt.datetime | None:
+    """A stored wall-clock time (POSIX seconds) as a UTC datetime."""
+    return None if seconds is None else dt.datetime.fromtimestamp(seconds, dt.UTC)
 
 
 _RECORD_FIELDS = frozenset(f.name for f in attrs.fields(NodeRecord))
@@ -290,6 +297,11 @@ class MemoryStore:
     def cache_get(self, key: str) -> tuple[Blob, float] | None:
         row = self._cache.get(key)
         return None if row is None else (row[3], row[4])
+
+    def cache_of(self, tool: str, version: str, limit: int) -> dict[str, tuple[Blob, float]] | None:
+        with self._lock:
+            found = {k: (r[3], r[4]) for k, r in self._cache.items() if r[1:3] == (tool, version)}
+        return found if len(found) <= limit else None
 
 
 MemoryStore.__module__ = "trioflow"

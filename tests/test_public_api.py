@@ -20,6 +20,7 @@ PUBLIC = {
     "ServiceHandle", "ServiceState", "ServiceTask", "critical", "register_context_service",
     "service_task", "unregister_context_service", "isolated_services", "FlowType", "task",
     "RunEvent", "Executor", "LoopExecutor", "ThreadExecutor", "Cache", "RateLimit",
+    "MemoryStore", "ResumeMismatch", "RunInfo", "RunStore", "SQLiteStore", "StoreError",
 }  # fmt: skip
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import re
+from typing import Any
 
 import trio
 
@@ -70,7 +71,7 @@ async def top(totals: dict[str, int], n: int) -> list[list[object]]:
 
 
 @trioflow.graphify(name="wordcount", outputs=["words", "pages"], max_concurrency=4)
-def wordcount(pages=ALL_PAGES, top_n=5):
+def wordcount(pages: Any = ALL_PAGES, top_n: Any = 5) -> Any:
     texts = [fetch(page=pages[i]) for i in range(len(pages))]  # fan-out: one node per page
     counts = [count(text=t.text) for t in texts]
     totals = merge(counts=[c.counts for c in counts])  # fan-in

@@ -23,7 +23,9 @@ __all__ = [
     "GraphBuildValueError",
     "NodeFailed",
     "RunCancelled",
+    "ResumeMismatch",
     "ServiceError",
+    "StoreError",
     "TrioflowError",
 ]
 
@@ -144,3 +146,13 @@ class RunCancelled(_RunError):
 
 class ServiceError(TrioflowError):
     """A service could not be found, started, or used."""
+
+
+class StoreError(TrioflowError):
+    """A run store cannot be used: its file is corrupted, truncated, not a trioflow store, or
+    written by an incompatible version; the message says which and what to do."""
+
+
+class ResumeMismatch(TrioflowError):
+    """`resume=True` found a stored run that does not match this one (graph, content hash or
+    input values); nothing was reused. The message says what differs."""

@@ -10,6 +10,7 @@ different tools under one name, and a graph that calls itself.
 
 from __future__ import annotations
 
+import gc
 import os
 import traceback
 from collections.abc import Callable, Iterator, Mapping
@@ -43,15 +44,23 @@ class NodeRef:
 
     id: str
     outputs: tuple[str, ...]
+    # Output refs are immutable: one per output, made on first use (a fan-in reads it often).
+    _refs: dict[str, OutputRef] | None = attrs.field(default=None, init=False)
 
     def __getitem__(self, name: str) -> OutputRef:
-        if name not in self.outputs:
-            raise GraphBuildError(
-                f"node {self.id!r} has no output {name!r}",
-                code="unknown-output",
-                hints=(f"its outputs are {list(self.outputs)}",),
-            )
-        return OutputRef(self.id, name)
+        refs = self._refs
+        if refs is None:
+            refs = self._refs = {}
+        found = refs.get(name)
+        if found is None:
+            if name not in self.outputs:
+                raise GraphBuildError(
+                    f"node {self.id!r} has no output {name!r}",
+                    code="unknown-output",
+                    hints=(f"its outputs are {list(self.outputs)}",),
+                )
+            found = refs[name] = OutputRef(self.id, name)
+        return found
 
     def __getattr__(self, name: str) -> OutputRef:
         if name.startswith("__") or name in ("id", "outputs"):
@@ -139,6 +148,9 @@ class _Probes:
 _PROBES: ContextVar[_Probes | None] = ContextVar("trioflow.probes", default=None)
 
 
+_ATOMS = frozenset({str, int, float, bool})
+
+
 @attrs.define(eq=False)
 class GraphTracer:
     """Records the calls a graphify body makes (the `Tracer` of `_trace`)."""
@@ -169,7 +181,17 @@ class GraphTracer:
         """Validate an argument tree: refs belong to this trace; node refs become outputs.
 
         `node_id` names the node (or the output) being built, for error messages."""
-        if value is None or isinstance(value, str | int | float | bool):
+        kind = type(value)
+        if kind is OutputRef:  # the common cases first, by exact type
+            if value.node not in self.nodes:
+                raise GraphBuildError(
+                    f"node {node_id!r}: {value.describe()} does not belong to graph {self.name!r}",
+                    code="foreign-ref",
+                    hints=("refs cannot cross graphs; pass the value as a subgraph input",),
+                )
+            deps[value.node] = None
+            return value
+        if kind in _ATOMS or value is None or isinstance(value, str | int | float | bool):
             return value
         if isinstance(value, NodeRef):
             if value.id not in self.nodes or len(value.outputs) != 1:
@@ -337,6 +359,11 @@ def trace(
         probes = _Probes(stack=(*probes.stack, (fn, name)), done=probes.done)
     token = TRACER.set(tracer)
     probes_token = _PROBES.set(probes)
+    # The graph is thousands of objects that all stay alive: the cyclic collector would rescan
+    # them again and again while they are made (a third of a 100k-node trace). See _gcpause.
+    paused = gc.isenabled()
+    if paused:
+        gc.disable()
     try:
         result = fn(**{n: InputRef(n) for n in inputs})
     except GraphBuildError as exc:
@@ -355,6 +382,8 @@ def trace(
             where=_user_location(exc.__traceback__),
         ) from exc
     finally:
+        if paused:
+            gc.enable()
         _PROBES.reset(probes_token)
         TRACER.reset(token)
     try:

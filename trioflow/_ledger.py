@@ -15,6 +15,7 @@ from typing import Any
 
 from ._errors import is_run_failure
 from ._events import EventKind, Listener, RunEvent
+from ._gcpause import gc_paused
 from ._records import ErrorInfo, NodeRecord, NodeState, RunRecord
 
 __all__ = ["Ledger"]
@@ -289,6 +290,10 @@ class Ledger:
         The hot loop of `record=True`: one `NodeRecord` per row, built positionally; the wall
         time of a clock reading is computed once (nodes of a fast run share many readings).
         """
+        with gc_paused():  # every record made here stays alive with the snapshot
+            return self._snapshot(started_at, finished_at)
+
+    def _snapshot(self, started_at: float | None, finished_at: float | None) -> RunRecord:
         errors = {i: self._error_info(i) for i in self.errors}
         waited, cached = self.waited, self.cached
         walls: dict[float | None, datetime | None] = {None: None}

@@ -21,6 +21,7 @@ import trio
 from ._attempt import execute_node, node_failed
 from ._context import FRAME, Frame
 from ._errors import DependencyFailed, GraphBuildError, NodeFailed, is_run_failure
+from ._gcpause import gc_paused
 from ._graph import InputRef, NodeSpec, OutputRef, TaskGraph, resolve
 from ._pace import Pacer
 from ._reactive import FanOut
@@ -63,25 +64,31 @@ class Plan:
         return [t for t in self.targets if isinstance(t, Tool)]
 
 
-def _plain_ref(value: Any) -> bool:
-    return isinstance(value, OutputRef) and not value.path
-
-
 def _arg_plan(node: NodeSpec, index: Mapping[str, int]) -> ArgPlan:
     consts: dict[str, Any] = {}
     direct: list[Direct] = []
     gathers: list[Gather] = []
     trees: list[tuple[str, Any]] = []
     for name, value in node.args.items():
-        if _plain_ref(value):
+        kind = type(value)
+        if kind is OutputRef and not value.path:
             direct.append((name, index[value.node], value.output))
-        elif type(value) is list and value and all(_plain_ref(v) for v in value):
-            gathers.append((name, tuple((index[v.node], v.output) for v in value)))
-        elif isinstance(value, InputRef | OutputRef | list | tuple | dict):
+        elif kind is list and value:
+            pairs = [
+                (index[v.node], v.output) for v in value if type(v) is OutputRef and not v.path
+            ]
+            if len(pairs) == len(value):  # a list of plain output refs: a fan-in
+                gathers.append((name, tuple(pairs)))
+            else:
+                trees.append((name, value))
+        elif kind in _TREES or isinstance(value, InputRef | OutputRef | list | tuple | dict):
             trees.append((name, value))
         else:
             consts[name] = value
     return consts, tuple(direct), tuple(gathers), tuple(trees)
+
+
+_TREES = frozenset({InputRef, OutputRef, list, tuple, dict})
 
 
 def _is_fast(target: Any, kind: int) -> bool:
@@ -90,19 +97,43 @@ def _is_fast(target: Any, kind: int) -> bool:
 
 def lower(graph: TaskGraph) -> Plan:
     """Index arrays for a graph: ids, targets, argument plans, dependents, in-degrees."""
+    with gc_paused():  # every object made here stays alive with the plan
+        return _lower(graph)
+
+
+def _lower(graph: TaskGraph) -> Plan:
     nodes = list(graph.nodes.values())
-    index = {node.id: i for i, node in enumerate(nodes)}
+    ids = [node.id for node in nodes]
+    index = {node_id: i for i, node_id in enumerate(ids)}
     dependents: list[list[int]] = [[] for _ in nodes]
     indegree = [0] * len(nodes)
     for i, node in enumerate(nodes):
-        indegree[i] = len(node.deps)
-        for dep in node.deps:
-            dependents[index[dep]].append(i)
-    kinds = [_KINDS[node.kind] for node in nodes]
-    targets = [graph.callable_for(node) for node in nodes]
+        deps = node.deps
+        if deps:
+            indegree[i] = len(deps)
+            for dep in deps:
+                dependents[index[dep]].append(i)
+    kinds: list[int] = []
+    targets: list[Any] = []
+    fast: list[bool] = []
+    executors: list[str] = []
+    # Per (tool name, kind): nodes of one tool share their target and everything derived from it.
+    seen: dict[tuple[str, str], tuple[int, Any, bool, str]] = {}
+    for node in nodes:
+        key = (node.tool, node.kind)
+        found = seen.get(key)
+        if found is None:
+            kind = _KINDS[node.kind]
+            target = graph.callable_for(node)
+            executor = target.executor_key if kind != _GRAPH else "loop"
+            found = seen[key] = (kind, target, _is_fast(target, kind), executor)
+        kinds.append(found[0])
+        targets.append(found[1])
+        fast.append(found[2])
+        executors.append(found[3])
     return Plan(
         graph=graph,
-        ids=[node.id for node in nodes],
+        ids=ids,
         names=[node.tool for node in nodes],
         kinds=kinds,
         targets=targets,
@@ -110,10 +141,8 @@ def lower(graph: TaskGraph) -> Plan:
         dependents=dependents,
         indegree=indegree,
         index=index,
-        fast=[_is_fast(t, k) for t, k in zip(targets, kinds, strict=True)],
-        executors=[
-            t.executor_key if k != _GRAPH else "loop" for t, k in zip(targets, kinds, strict=True)
-        ],
+        fast=fast,
+        executors=executors,
     )
 
 

@@ -9,6 +9,8 @@ and exceptions are formatted only when a snapshot (or a listener) needs them.
 
 from __future__ import annotations
 
+import math
+from array import array
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,6 +22,7 @@ from ._records import ErrorInfo, NodeRecord, NodeState, RunRecord
 
 __all__ = ["Ledger"]
 
+_NOT_YET = math.nan
 _PENDING = NodeState.PENDING
 _RUNNING = NodeState.RUNNING
 _DONE = NodeState.DONE
@@ -74,8 +77,9 @@ class Ledger:
         self.ids: list[str] = []
         self.tools: list[str] = []
         self.states: list[NodeState] = []
-        self.started: list[float | None] = []
-        self.finished: list[float | None] = []
+        # Clock readings as C doubles (8 bytes a row, no float object); NaN: not yet.
+        self.started = array("d")
+        self.finished = array("d")
         self.attempts: list[int] = []
         self.executors: list[str] = []
         self.errors: dict[int, BaseException | ErrorInfo] = {}
@@ -96,8 +100,8 @@ class Ledger:
         self.ids.append(node_id)
         self.tools.append(tool)
         self.states.append(_PENDING)
-        self.started.append(None)
-        self.finished.append(None)
+        self.started.append(_NOT_YET)
+        self.finished.append(_NOT_YET)
         self.attempts.append(0)
         self.executors.append(executor)
         return len(self.ids) - 1
@@ -109,8 +113,8 @@ class Ledger:
         self.ids.extend(node_ids)
         self.tools.extend(tools)
         self.states.extend([_PENDING] * n)
-        self.started.extend([None] * n)
-        self.finished.extend([None] * n)
+        self.started.extend(array("d", (_NOT_YET,)) * n)
+        self.finished.extend(array("d", (_NOT_YET,)) * n)
         self.attempts.extend([0] * n)
         self.executors.extend(executors)
         return base
@@ -296,7 +300,7 @@ class Ledger:
     def _snapshot(self, started_at: float | None, finished_at: float | None) -> RunRecord:
         errors = {i: self._error_info(i) for i in self.errors}
         waited, cached = self.waited, self.cached
-        walls: dict[float | None, datetime | None] = {None: None}
+        walls: dict[float, datetime | None] = {}
         known = walls.get
         shift = self.epoch.__add__
         unseen = _UNSEEN
@@ -314,12 +318,18 @@ class Ledger:
                 strict=True,
             )
         ):
-            started_wall = known(started, unseen)
-            if started_wall is unseen:
-                started_wall = walls[started] = shift(timedelta(0, started))
-            finished_wall = known(finished, unseen)
-            if finished_wall is unseen:
-                finished_wall = walls[finished] = shift(timedelta(0, finished))
+            if started != started:  # NaN: never started
+                started = started_wall = None
+            else:
+                started_wall = known(started, unseen)
+                if started_wall is unseen:
+                    started_wall = walls[started] = shift(timedelta(0, started))
+            if finished != finished:
+                finished = finished_wall = None
+            else:
+                finished_wall = known(finished, unseen)
+                if finished_wall is unseen:
+                    finished_wall = walls[finished] = shift(timedelta(0, finished))
             nodes[node_id] = record(
                 tool,
                 state,

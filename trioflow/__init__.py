@@ -16,6 +16,7 @@ from ._errors import (
     DependencyFailed as DependencyFailed,
     GraphBuildError as GraphBuildError,
     NodeFailed as NodeFailed,
+    RemoteError as RemoteError,
     RunCancelled as RunCancelled,
     ServiceError as ServiceError,
     TrioflowError as TrioflowError,
@@ -29,6 +30,8 @@ from ._graph import (
 )
 from ._graph_fn import GraphFn as GraphFn, gather as gather, graph_fn as graph_fn, map as map
 from ._graphify import Graphify as Graphify, graphify as graphify
+from ._process import ProcessExecutor as ProcessExecutor
+from ._ray import RayExecutor as RayExecutor
 from ._records import (
     ErrorInfo as ErrorInfo,
     NodeRecord as NodeRecord,

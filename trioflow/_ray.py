@@ -42,7 +42,7 @@ _TASK_OPTIONS = frozenset(
 )
 # How long a cancelled call waits for its Ray task to stop before killing its worker, and
 # then for the kill to be seen; and how long exit waits for Ray to shut down.
-_CANCEL_GRACE = 5.0
+_CANCEL_GRACE = 1.0
 _SHUTDOWN_TIMEOUT = 60.0
 
 

@@ -10,6 +10,7 @@ back the original exception, or a `RemoteError` when it cannot be rebuilt here.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import inspect
@@ -17,9 +18,12 @@ import io
 import pickle
 import sys
 import traceback
+import weakref
 from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import Any
+
+import trio
 
 from ._errors import ConfigError, RemoteError
 
@@ -62,7 +66,7 @@ def _is_trio_object(obj: object) -> bool:
     if module != "trio" and not module.startswith(("trio.", "trio_")):
         return False
     # A trio.Path is a path, and exceptions are values: both mean the same over there.
-    return not isinstance(obj, BaseException) and type(obj).__name__ != "Path"
+    return not isinstance(obj, BaseException | trio.Path)
 
 
 class _Sink(io.RawIOBase):
@@ -129,6 +133,25 @@ def _type_name(obj: object) -> str:
     return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
 
 
+_ATOMS = frozenset({int, float, str, bytes, bool, type(None), complex})
+_checked_functions: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _plain(value: object, budget: list[int]) -> bool:
+    """Built-in data only (no walk through the pickler needed): the common case, made cheap."""
+    t = type(value)
+    if t in _ATOMS:
+        return True
+    budget[0] -= 1
+    if budget[0] < 0:
+        return False
+    if t is list or t is tuple:
+        return all(_plain(v, budget) for v in value)  # type: ignore[attr-defined]
+    if t is dict:
+        return all(_plain(k, budget) and _plain(v, budget) for k, v in value.items())  # type: ignore[attr-defined]
+    return False
+
+
 def check_shippable(
     node_id: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]
 ) -> None:
@@ -138,13 +161,16 @@ def check_shippable(
     channels, nurseries, cancel scopes, ...) and node contexts anywhere inside the function
     or its arguments.
     """
-    if _is_ray_object_ref(fn):
-        return
-    _check_one(node_id, f"the function {getattr(fn, '__qualname__', fn)!r}", fn)
+    if fn not in _checked_functions:
+        _check_one(node_id, f"the function {getattr(fn, '__qualname__', fn)!r}", fn)
+        with contextlib.suppress(TypeError):  # not weak-referenceable: checked every time
+            _checked_functions.add(fn)
     for i, value in enumerate(args):
-        _check_one(node_id, f"positional argument {i}", value)
+        if not _plain(value, [64]):
+            _check_one(node_id, f"positional argument {i}", value)
     for name, value in kwargs.items():
-        _check_one(node_id, f"argument {name!r}", value)
+        if not _plain(value, [64]):
+            _check_one(node_id, f"argument {name!r}", value)
 
 
 def _is_ray_object_ref(value: object) -> bool:
@@ -161,8 +187,6 @@ def shippable(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def run_async_on_worker(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
     """Run an `async def` to completion in a fresh Trio run (on the worker)."""
-    import trio
-
     return trio.run(functools.partial(fn, *args, **kwargs))
 
 

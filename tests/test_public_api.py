@@ -17,6 +17,7 @@ PUBLIC = {
     "ServiceHandle", "ServiceState", "ServiceTask", "critical", "register_context_service",
     "service_task", "unregister_context_service", "FlowType", "task",
     "ProcessExecutor", "RayExecutor", "RemoteError",
+    "RunEvent", "Executor", "LoopExecutor", "ThreadExecutor", "Cache", "RateLimit",
 }  # fmt: skip
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
-from types import TracebackType
 from typing import Any, ClassVar, Self
 
 import attrs
@@ -78,15 +77,10 @@ class ProcessExecutor:
         self._limiter = trio.CapacityLimiter(workers)
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         cm, self._cm, self._context, self._limiter = self._cm, None, None, None
         if cm is not None:
-            await cm.__aexit__(exc_type, exc, tb)
+            await cm.__aexit__(None, None, None)
 
     async def run(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Run `fn(*args, **kwargs)` in a worker process and return its result."""

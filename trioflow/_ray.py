@@ -14,7 +14,6 @@ import math
 import signal
 import threading
 from collections.abc import Callable, Mapping
-from types import TracebackType
 from typing import Any, ClassVar, Self
 
 import attrs
@@ -201,12 +200,7 @@ class RayExecutor:
         with trio.move_on_after(_SHUTDOWN_TIMEOUT, shield=True):
             await stopped.wait()
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         self._remote = None
         await self._shutdown()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import traceback
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 import attrs
@@ -51,7 +52,13 @@ class ErrorInfo:
 
 @attrs.frozen
 class NodeRecord:
-    """What happened to one node of a run."""
+    """What happened to one node of a run.
+
+    `started_at`/`finished_at` are on the Trio clock (exact under `MockClock`); the `_wall`
+    twins are UTC datetimes, so a stored record still means something later. `executor` names
+    where the attempts ran, `cached` says the outputs came from the result cache, and `waited`
+    is the seconds the node spent waiting for capacity and rate-limit turns.
+    """
 
     tool: str
     state: NodeState = NodeState.PENDING
@@ -59,6 +66,11 @@ class NodeRecord:
     finished_at: float | None = None
     attempts: int = 0
     error: ErrorInfo | None = None
+    executor: str = "loop"
+    cached: bool = False
+    waited: float = 0.0
+    started_wall: datetime | None = None
+    finished_wall: datetime | None = None
 
 
 @attrs.frozen
@@ -70,6 +82,8 @@ class RunRecord:
     nodes: dict[str, NodeRecord] = attrs.field(factory=dict)
     started_at: float | None = None
     finished_at: float | None = None
+    started_wall: datetime | None = None
+    finished_wall: datetime | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict; `RunRecord.from_dict(r.to_dict()) == r`."""

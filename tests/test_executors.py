@@ -17,22 +17,7 @@ import trio
 import trioflow
 from trioflow._shipping import shippable
 
-try:
-    from trioflow._executor import ThreadExecutor
-except ImportError:  # until the core seam lands
-
-    class ThreadExecutor:  # type: ignore[no-redef]
-        ships = False
-
-        async def __aenter__(self):
-            return self
-
-        async def __aexit__(self, *exc):
-            return None
-
-        async def run(self, fn, /, *args, **kwargs):
-            return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs))
-
+from trioflow import ThreadExecutor
 
 KINDS = ["thread", "process", "ray"]
 

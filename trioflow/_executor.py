@@ -191,7 +191,8 @@ class ExecutorTable:
         self, node_ids: Sequence[str], targets: Sequence[Any], consts: Sequence[Mapping[str, Any]]
     ) -> None:
         """Before any node of a static graph starts: the functions, context parameters and
-        constant arguments of the nodes whose executor ships."""
+        constant arguments of the nodes whose executor ships (constants inside a structure
+        that also holds refs included; the refs themselves pickle as plain data)."""
         from ._tool import Tool
 
         for node_id, target, const in zip(node_ids, targets, consts, strict=True):

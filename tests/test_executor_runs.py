@@ -7,6 +7,7 @@ apply, a cancelled run stops the remote work, exceptions come back as the `__cau
 
 from __future__ import annotations
 
+import itertools
 import os
 import pathlib
 import time
@@ -207,7 +208,7 @@ async def test_limits_are_held_while_remote_work_runs(key: str) -> None:
         async with trioflow.open_runtime(limits={"cpu": 1}):
             spans = await trioflow.run_async(g)
     spans = sorted(spans["spans"])
-    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))  # one at a time
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))  # one at a time
 
 
 # -- checked before anything starts ----------------------------------------------------------
@@ -254,7 +255,7 @@ async def test_a_static_graph_is_checked_before_any_node_starts(key: str, tmp_pa
 
     @trioflow.tool(outputs=["y"])
     async def first(path: str) -> int:
-        pathlib.Path(path).write_text("ran")
+        await trio.Path(path).write_text("ran")
         return 1
 
     lock = trio.Lock()
@@ -275,7 +276,7 @@ async def test_an_unknown_executor_key_fails_the_run_before_anything_starts(tmp_
 
     @trioflow.tool(outputs=["y"])
     async def first(path: str) -> int:
-        pathlib.Path(path).write_text("ran")
+        await trio.Path(path).write_text("ran")
         return 1
 
     @trioflow.tool(outputs=["y"], executor="gpu-farm")
@@ -289,3 +290,72 @@ async def test_an_unknown_executor_key_fails_the_run_before_anything_starts(tmp_
     with pytest.raises(trioflow.ConfigError, match="gpu-farm"):
         await trioflow.run_async(static, {"path": str(marker)})
     assert not marker.exists()
+
+
+# -- graphify on Ray: intermediates stay in the object store ---------------------------------
+
+BLOB = 50_000_000
+
+
+@trioflow.tool(outputs=["data", "tag"], executor="ray")
+def make_blob(n: int) -> dict:
+    return {"data": b"x" * n, "tag": "blob"}
+
+
+@trioflow.tool(outputs=["size"], executor="ray")
+def measure(data: bytes, tag: str) -> int:
+    return len(data) + len(tag)
+
+
+@trioflow.tool(outputs=["size"], executor="ray")
+def total(sizes: list[int], parts: list[bytes]) -> int:
+    return sum(sizes) + sum(len(p) for p in parts)
+
+
+@trioflow.tool(outputs=["size"])
+async def measure_here(data: bytes) -> int:
+    return len(data)
+
+
+@trioflow.graphify(name="on_ray", outputs=["size", "tag"])
+def on_ray(n):
+    blob = make_blob(n=n)
+    a = measure(data=blob.data, tag=blob.tag)
+    b = measure(data=blob.data, tag="")
+    both = total(sizes=[a.size, b.size], parts=[blob.data])
+    return {"size": both.size, "tag": blob.tag}
+
+
+@trioflow.graphify(name="to_driver", outputs=["size"])
+def to_driver(n):
+    return measure_here(data=make_blob(n=n).data).size
+
+
+@pytest.fixture
+def fetched(ray_cluster, monkeypatch) -> list[int]:
+    """Sizes of the values the driver fetched from Ray (a value it never fetches is not here)."""
+    from trioflow._ray import RayExecutor
+
+    sizes: list[int] = []
+    original = RayExecutor.result
+
+    async def result(self, ref):
+        value = await original(self, ref)
+        sizes.append(len(value) if isinstance(value, bytes | str | list) else 0)
+        return value
+
+    monkeypatch.setattr(RayExecutor, "result", result)
+    return sizes
+
+
+async def test_an_intermediate_passed_between_ray_nodes_stays_in_the_object_store(fetched) -> None:
+    with trio.fail_after(120):
+        result = await trioflow.run_async(on_ray, {"n": BLOB}, record=True)
+    assert result.outputs == {"size": 3 * BLOB + 4, "tag": "blob"}  # computed on the workers
+    assert result.record.nodes["make_blob_1"].executor == "ray"
+    assert fetched and max(fetched) < 1000  # the 50 MB never came to this process
+
+    fetched.clear()  # the control: a local reader needs the value here, so it is fetched
+    with trio.fail_after(120):
+        assert await trioflow.run_async(to_driver, {"n": BLOB}) == {"size": BLOB}
+    assert max(fetched) == BLOB

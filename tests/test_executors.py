@@ -15,9 +15,8 @@ import pytest
 import trio
 
 import trioflow
-from trioflow._shipping import shippable
-
 from trioflow import ThreadExecutor
+from trioflow._shipping import shippable
 
 KINDS = ["thread", "process", "ray"]
 

@@ -20,6 +20,7 @@ import trio
 
 from . import _shipping
 from ._errors import ConfigError, ConfigTypeError
+from ._graph import OutputRef
 
 if TYPE_CHECKING:
     from ._tool import Tool
@@ -199,6 +200,44 @@ class ExecutorTable:
             if isinstance(target, Tool) and self.ships(target.executor_key):
                 check_shippable(node_id, target.fn, const, target.context_param)
 
+    def keeps_outputs(self, key: str) -> bool:
+        """Whether `key`'s executor can leave outputs where they were made (`run_outputs`)."""
+        found = self._entered.get(key) or self.given.get(key)
+        if found is not None:
+            return callable(getattr(found, "run_outputs", None))
+        if self.parent is not None and self.parent.knows(key):
+            return self.parent.keeps_outputs(key)
+        return key == "ray"
+
+    def remote_outputs(self, plan: Any, base: int) -> dict[int, frozenset[str]]:
+        """For a static graph: the outputs that may stay where they were made (Ray's object
+        store), by ledger index. An output stays remote when its node runs on such an executor
+        and every reader is a node on one too, taking it whole as an argument (or in a list of
+        them); a graph output, a projection or a local reader needs the value here."""
+        from ._tool import Tool
+
+        targets = plan.targets
+        keeps = [isinstance(t, Tool) and self.keeps_outputs(t.executor_key) for t in targets]
+        if not any(keeps):
+            return {}
+        index = plan.index
+        needed: set[tuple[int, str]] = {
+            (index[r.node], r.output) for r in _refs(plan.graph.outputs)
+        }
+        for j, (_, direct, gathers, trees) in enumerate(plan.args):
+            if not keeps[j]:
+                needed.update((dep, out) for _, dep, out in direct)
+                needed.update(pair for _, pairs in gathers for pair in pairs)
+            for _, tree in trees:
+                needed.update((index[r.node], r.output) for r in _refs(tree))
+        found: dict[int, frozenset[str]] = {}
+        for i, target in enumerate(targets):
+            if keeps[i]:
+                keep = frozenset(o for o in target.outputs if (i, o) not in needed)
+                if keep:
+                    found[base + i] = keep
+        return found
+
     def entered(self, key: str) -> Executor | None:
         """The executor for `key` if it is already entered (the common, cheap case)."""
         found = self._entered.get(key)
@@ -227,6 +266,17 @@ class ExecutorTable:
         """Exit every executor this table entered, last entered first."""
         self._entered.clear()
         await self._stack.aclose()
+
+
+def _refs(tree: Any) -> list[OutputRef]:
+    """The output refs anywhere in an argument tree."""
+    if isinstance(tree, OutputRef):
+        return [tree]
+    if isinstance(tree, list | tuple):
+        return [r for item in tree for r in _refs(item)]
+    if isinstance(tree, dict):
+        return [r for item in tree.values() for r in _refs(item)]
+    return []
 
 
 def check_shippable(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import signal
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Self
@@ -22,7 +23,7 @@ import trio
 from ._errors import ConfigError, ConfigTypeError, RemoteError, TrioflowError
 from ._shipping import Failure, call_and_capture, require, restore, shippable
 
-__all__ = ["RayExecutor", "ray_task"]
+__all__ = ["RayExecutor", "ray_task", "ray_task_outputs"]
 
 # Per-task Ray options a user may set; everything else about a task is trioflow's.
 _TASK_OPTIONS = frozenset(
@@ -62,8 +63,52 @@ def ray_task(fn: Callable[..., Any], n_args: int, names: tuple[str, ...], *value
     Arguments arrive flat, so that object refs among them are resolved by Ray on the worker.
     """
     _restore_sigint()
+    values = _fetch_nested(values)
     kwargs = dict(zip(names, values[n_args:], strict=True))
     return call_and_capture(fn, values[:n_args], kwargs)
+
+
+def _fetch_nested(values: tuple[Any, ...]) -> tuple[Any, ...]:
+    # A fan-in argument arrives as a list of object refs: Ray resolves only top-level refs.
+    ray = sys.modules.get("ray")
+    if ray is None:
+        return values
+    ref = ray.ObjectRef
+    return tuple(
+        ray.get(v) if type(v) is list and any(isinstance(x, ref) for x in v) else v for v in values
+    )
+
+
+def ray_task_outputs(
+    owner: str,
+    outputs: tuple[str, ...],
+    fn: Callable[..., Any],
+    n_args: int,
+    names: tuple[str, ...],
+    *values: Any,
+) -> tuple[Any, ...]:
+    """A Ray task with one return per declared output, after a small status return.
+
+    The outputs stay in the object store; the driver waits for the status alone.
+    """
+    _restore_sigint()
+    values = _fetch_nested(values)
+    kwargs = dict(zip(names, values[n_args:], strict=True))
+    produced = call_and_capture(_call_and_split, (owner, outputs, fn, values[:n_args], kwargs), {})
+    return (None, *produced)
+
+
+def _call_and_split(
+    owner: str,
+    outputs: tuple[str, ...],
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> list[Any]:
+    from ._tool import normalize_outputs
+
+    result = normalize_outputs(owner, outputs, fn(*args, **kwargs))
+    return [result[name] for name in outputs]
 
 
 def _check_options(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -123,6 +168,7 @@ class RayExecutor:
 
     _ray: Any = attrs.field(default=None, repr=False)
     _remote: Any = attrs.field(default=None, repr=False)
+    _remote_outputs: dict[int, Any] = attrs.field(factory=dict, repr=False)
     _stop: threading.Event | None = attrs.field(default=None, repr=False)
     _stopped: trio.Event | None = attrs.field(default=None, repr=False)
 
@@ -202,6 +248,7 @@ class RayExecutor:
 
     async def __aexit__(self, *exc_info: object) -> None:
         self._remote = None
+        self._remote_outputs.clear()
         await self._shutdown()
 
     # -- calls ---------------------------------------------------------------------------
@@ -217,6 +264,37 @@ class RayExecutor:
     async def run(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Run `fn(*args, **kwargs)` as a Ray task and return its result."""
         return await self.result(self.submit(fn, *args, **kwargs))
+
+    async def run_outputs(
+        self,
+        owner: str,
+        outputs: tuple[str, ...],
+        keep: frozenset[str],
+        fn: Callable[..., Any],
+        /,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """Run a tool function as a Ray task; its outputs dict, with the outputs named in
+        `keep` left in the object store (as `ObjectRef`s) and the others fetched.
+
+        trioflow uses this for outputs of a static graph that only other Ray nodes read: they
+        then travel from worker to worker without passing through this process.
+        """
+        if self._remote is None:
+            raise TrioflowError("RayExecutor.run() needs the executor entered: `async with ...`")
+        n = len(outputs) + 1
+        remote = self._remote_outputs.get(n)
+        if remote is None:
+            ray = self._ray
+            remote = self._remote_outputs[n] = ray.remote(**self.options, num_returns=n)(
+                ray_task_outputs
+            )
+        refs = remote.remote(owner, outputs, shippable(fn), 0, tuple(kwargs), *kwargs.values())
+        await self.result(refs[0])  # the status: raises the task's exception
+        produced: dict[str, Any] = {}
+        for name, ref in zip(outputs, refs[1:], strict=True):
+            produced[name] = ref if name in keep else await self.result(ref)
+        return produced
 
     async def wait(self, ref: Any) -> Any:
         """Wait for a Ray task without fetching its value; cancelling the wait cancels it.

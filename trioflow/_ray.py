@@ -14,6 +14,7 @@ import math
 import signal
 import sys
 import threading
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Self
 
@@ -66,6 +67,14 @@ def ray_task(fn: Callable[..., Any], n_args: int, names: tuple[str, ...], *value
     values = _fetch_nested(values)
     kwargs = dict(zip(names, values[n_args:], strict=True))
     return call_and_capture(fn, values[:n_args], kwargs)
+
+
+def _bind(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def task(n_args: int, names: tuple[str, ...], *values: Any) -> Any:
+        return ray_task(fn, n_args, names, *values)
+
+    task.__qualname__ = task.__name__ = f"trioflow:{getattr(fn, '__qualname__', 'call')}"
+    return task
 
 
 def _fetch_nested(values: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -169,6 +178,9 @@ class RayExecutor:
     _ray: Any = attrs.field(default=None, repr=False)
     _remote: Any = attrs.field(default=None, repr=False)
     _remote_outputs: dict[int, Any] = attrs.field(factory=dict, repr=False)
+    _bound: weakref.WeakKeyDictionary[Any, Any] = attrs.field(
+        factory=weakref.WeakKeyDictionary, repr=False
+    )
     _stop: threading.Event | None = attrs.field(default=None, repr=False)
     _stopped: trio.Event | None = attrs.field(default=None, repr=False)
 
@@ -249,6 +261,7 @@ class RayExecutor:
     async def __aexit__(self, *exc_info: object) -> None:
         self._remote = None
         self._remote_outputs.clear()
+        self._bound.clear()
         await self._shutdown()
 
     # -- calls ---------------------------------------------------------------------------
@@ -256,10 +269,27 @@ class RayExecutor:
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Submit one call as a Ray task; returns its `ObjectRef` (object refs among the
         arguments are resolved on the worker)."""
-        remote = self._remote
-        if remote is None:
+        if self._remote is None:
             raise TrioflowError("RayExecutor.run() needs the executor entered: `async with ...`")
-        return remote.remote(shippable(fn), len(args), tuple(kwargs), *args, *kwargs.values())
+        fn = shippable(fn)
+        bound = self._bound_task(fn)
+        if bound is not None:
+            return bound.remote(len(args), tuple(kwargs), *args, *kwargs.values())
+        return self._remote.remote(fn, len(args), tuple(kwargs), *args, *kwargs.values())
+
+    def _bound_task(self, fn: Callable[..., Any]) -> Any:
+        """A Ray task with `fn` built in, for a function called more than once: Ray exports
+        it to the workers once, instead of pickling the function into every call."""
+        try:
+            found = self._bound.get(fn)
+        except TypeError:  # not weak-referenceable
+            return None
+        if found is None:
+            self._bound[fn] = 1  # seen once: a one-off lambda is not worth an export
+            return None
+        if found == 1:
+            found = self._bound[fn] = self._ray.remote(**self.options)(_bind(fn))
+        return found
 
     async def run(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Run `fn(*args, **kwargs)` as a Ray task and return its result."""

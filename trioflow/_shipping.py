@@ -178,11 +178,20 @@ def _is_ray_object_ref(value: object) -> bool:
     return ray is not None and isinstance(value, ray.ObjectRef)
 
 
+_async_wrappers: weakref.WeakKeyDictionary[Any, Callable[..., Any]] = weakref.WeakKeyDictionary()
+
+
 def shippable(fn: Callable[..., Any]) -> Callable[..., Any]:
     """The function to ship for `fn`: an `async def` is wrapped to run under `trio.run`."""
-    if inspect.iscoroutinefunction(fn):
+    if not inspect.iscoroutinefunction(fn):
+        return fn
+    try:
+        found = _async_wrappers.get(fn)
+    except TypeError:  # not weak-referenceable
         return functools.partial(run_async_on_worker, fn)
-    return fn
+    if found is None:  # one wrapper per function: executors may cache per function
+        found = _async_wrappers[fn] = functools.partial(run_async_on_worker, fn)
+    return found
 
 
 def run_async_on_worker(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:

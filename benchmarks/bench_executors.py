@@ -256,6 +256,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks it still runs")
     parser.add_argument("--n", type=int, default=200, help="calls per round-trip measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="best of this many rounds")
     parser.add_argument(
         "--no-ray", action="store_true", help="skip Ray (it takes seconds to start)"
     )

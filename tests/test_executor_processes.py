@@ -9,9 +9,11 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 from conftest import ROOT, worker_pythonpath
+from test_executors import pid_alive
 
 # Run in a child whose SIGINT is ignored, as a background job of a non-interactive shell has it:
 # Ray's workers inherit that, and ray.cancel(force=False) is then a silent no-op unless the
@@ -155,3 +157,61 @@ def test_importing_trioflow_imports_neither_ray_nor_trio_parallel() -> None:
         check=True,
     ).stdout
     assert out.strip() == "[]"
+
+
+CTRL_C_CHILD = """
+import os, pathlib, sys, time
+import trioflow
+
+@trioflow.tool(outputs=["y"], executor="process")
+def slow(started: str, done: str) -> None:
+    pathlib.Path(started).write_text(str(os.getpid()))
+    time.sleep(3)
+    pathlib.Path(done).write_text("side effect")
+
+@trioflow.graph_fn(name="g", outputs=["y"])
+async def g(started: str, done: str) -> None:
+    await slow(started=started, done=done)
+
+if __name__ == "__main__":
+    tmp = sys.argv[1]
+    try:
+        trioflow.run(g, inputs={"started": f"{tmp}/started", "done": f"{tmp}/done"})
+    except KeyboardInterrupt:
+        print("interrupted", time.perf_counter(), flush=True)
+        raise
+"""
+
+
+def test_ctrl_c_kills_the_running_process_task(tmp_path) -> None:
+    script = tmp_path / "child.py"
+    script.write_text(textwrap.dedent(CTRL_C_CHILD))
+    started, done = tmp_path / "started", tmp_path / "done"
+    proc = subprocess.Popen(
+        [sys.executable, "-W", "always::ResourceWarning", str(script), str(tmp_path)],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=worker_pythonpath()),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert started.exists(), proc.stderr.read() if proc.poll() is not None else "no start"
+        time.sleep(0.2)
+        sent = time.perf_counter()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode != 0
+    assert "KeyboardInterrupt" in err
+    assert "ResourceWarning" not in err, err
+    assert float(out.split()[1]) - sent < 1.0  # perf_counter is system-wide on Linux
+    assert not pid_alive(int(started.read_text()))  # the worker was killed
+    time.sleep(max(0.0, 3.3 - (time.perf_counter() - sent)))
+    assert not done.exists()

@@ -3,6 +3,7 @@
 import functools
 import threading
 import time
+from typing import Self
 
 import trio
 
@@ -17,7 +18,7 @@ class FewThreads:
     def __init__(self, n: int) -> None:
         self.n = n
 
-    async def __aenter__(self) -> "FewThreads":  # once per runtime, on first use
+    async def __aenter__(self) -> Self:  # once per runtime, on first use
         self.limiter = trio.CapacityLimiter(self.n)
         return self
 

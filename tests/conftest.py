@@ -63,3 +63,11 @@ def ray_cluster() -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def _ray_docs_example_joins_the_session_cluster(request: pytest.FixtureRequest) -> None:
+    # The Ray docs example uses the session's cluster (RayExecutor() joins an initialised Ray)
+    # instead of starting a private one of its own: one cluster start per session, not two.
+    if "executor_ray" in request.node.nodeid:
+        request.getfixturevalue("ray_cluster")

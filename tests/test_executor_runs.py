@@ -271,6 +271,27 @@ async def test_a_static_graph_is_checked_before_any_node_starts(key: str, tmp_pa
     assert not marker.exists()
 
 
+async def test_a_context_tool_in_a_static_graph_fails_before_any_node_starts(key, tmp_path) -> None:
+    marker = tmp_path / "ran"
+
+    @trioflow.tool(outputs=["y"])
+    async def first(path: str) -> int:
+        await trio.Path(path).write_text("ran")
+        return 1
+
+    @trioflow.tool(outputs=["y"], executor=key)
+    def uses_context(x: int, context: trioflow.NodeContext) -> int:
+        return x
+
+    @trioflow.graphify(name="static", outputs=["y"])
+    def static(path):
+        return uses_context(x=first(path=path).y).y
+
+    with pytest.raises(trioflow.ConfigError, match=r"'uses_context_1'.*context"):
+        await trioflow.run_async(static, {"path": str(marker)})
+    assert not marker.exists()
+
+
 async def test_an_unknown_executor_key_fails_the_run_before_anything_starts(tmp_path) -> None:
     marker = tmp_path / "ran"
 

@@ -158,6 +158,21 @@ async def test_exception_that_cannot_come_back_is_a_remote_error(kind: str, exec
     assert isinstance(err, trioflow.TrioflowError)
 
 
+def exit_early() -> None:
+    raise SystemExit(3)
+
+
+async def test_sys_exit_in_a_worker_is_an_error_not_an_exit(kind: str, executor) -> None:
+    if kind == "thread":
+        pytest.skip("a thread's SystemExit is the thread's business")
+    with trio.fail_after(60):
+        with pytest.raises(trioflow.RemoteError) as info:
+            await executor.run(exit_early)
+    assert str(info.value) == "SystemExit: 3"  # fails the node; does not exit this process
+    with trio.fail_after(60):
+        assert await executor.run(add, 1, 2) == 3  # the executor still works
+
+
 # -- cancellation ----------------------------------------------------------------------------
 
 # The most a cancelled call may take to return, per executor (measured: well under these).

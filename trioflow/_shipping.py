@@ -238,10 +238,11 @@ def capture(exc: BaseException) -> Failure:
 
 
 def call_and_capture(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """Call `fn` on the worker; an exception leaves as a `Failure` (cancellation does not)."""
+    """Call `fn` on the worker; an exception leaves as a `Failure` (cancellation does not:
+    Ray's cancel arrives as a KeyboardInterrupt, which must reach Ray)."""
     try:
         return fn(*args, **kwargs)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # sys.exit() in a tool fails its node, like a raise
         raise capture(exc) from None
 
 

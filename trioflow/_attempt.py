@@ -16,6 +16,7 @@ import trio
 from ._context import Frame, context_from_frame
 from ._errors import NodeFailed
 from ._executor import check_shippable, shippable
+from ._ratelimit import rate_key_of
 
 if TYPE_CHECKING:
     from ._runstate import RunState
@@ -74,7 +75,7 @@ async def execute_node(
         rate_key = None
         if rate_limit is not None and tool.rate_key is not None:
             try:
-                rate_key = tool.rate_key(**inputs)
+                rate_key = rate_key_of(tool, inputs)
             except Exception as exc:
                 ledger.fail(idx, exc)
                 raise node_failed(node_id, name, exc) from exc

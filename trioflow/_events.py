@@ -8,7 +8,7 @@ things happened. With no listener, no event object is ever built.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import attrs
@@ -38,12 +38,18 @@ class RunEvent:
     tool: str | None
     state: NodeState | None
     at: float
-    wall: datetime
+    # The UTC time at Trio-clock 0 of this run: `wall` is computed from it only when read.
+    epoch: datetime = attrs.field(repr=False)
     attempt: int = 0
     error: ErrorInfo | None = None
     known: int = 0
     inputs: Mapping[str, Any] | None = attrs.field(default=None, repr=False, eq=False)
     outputs: Mapping[str, Any] | None = attrs.field(default=None, repr=False, eq=False)
+
+    @property
+    def wall(self) -> datetime:
+        """When it happened, in UTC."""
+        return self.epoch + timedelta(seconds=self.at)
 
 
 Listener = Callable[[RunEvent], None]

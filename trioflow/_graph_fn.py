@@ -73,6 +73,13 @@ class GraphFn:
         except Exception as exc:
             if isinstance(exc, TrioflowError) or is_run_failure(exc):
                 raise
+            if frame.graph_id == run.graph_id:
+                # The top-level body is a node of the record when it fails, so that its
+                # error is reported like any node's (also under on_error="collect").
+                ledger = run.ledger
+                idx = ledger.add(frame.node_id, self.name)
+                ledger.start(idx)
+                ledger.fail(idx, exc)
             raise NodeFailed(
                 frame.node_id, self.name, f"graph {self.name!r} body failed: {exc!r}"
             ) from exc

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from ._errors import is_run_failure
 from ._events import EventKind, Listener, RunEvent
 from ._records import ErrorInfo, NodeRecord, NodeState, RunRecord
 
@@ -36,11 +37,13 @@ class Ledger:
     __slots__ = (
         "attempts",
         "cached",
+        "epoch",
         "errors",
         "executors",
         "finished",
         "graph_id",
         "ids",
+        "infos",
         "listener",
         "listener_error",
         "now",
@@ -75,10 +78,12 @@ class Ledger:
         self.attempts: list[int] = []
         self.executors: list[str] = []
         self.errors: dict[int, BaseException | ErrorInfo] = {}
+        self.infos: dict[int, ErrorInfo] = {}  # errors formatted, on demand
         self.waited: dict[int, float] = {}
         self.cached: set[int] = set()
         self.t0 = now()
         self.wall0 = datetime.now(UTC)
+        self.epoch = self.wall0 - timedelta(seconds=self.t0)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -114,10 +119,10 @@ class Ledger:
     def start(self, idx: int, inputs: Mapping[str, Any] | None = None) -> None:
         """PENDING → RUNNING: the node holds its capacity and its first attempt begins."""
         self.states[idx] = _RUNNING
-        self.started[idx] = self.now()
+        self.started[idx] = at = self.now()
         self.attempts[idx] = 1
         if self.listener is not None:
-            self._emit("node_started", idx, _RUNNING, inputs=inputs)
+            self._emit("node_started", idx, _RUNNING, at, None, inputs, None)
 
     def retry(self, idx: int, attempt: int) -> None:
         """The node begins attempt number `attempt` (2, 3, ...)."""
@@ -126,9 +131,9 @@ class Ledger:
     def done(self, idx: int, outputs: Mapping[str, Any]) -> None:
         """RUNNING → DONE."""
         self.states[idx] = _DONE
-        self.finished[idx] = self.now()
+        self.finished[idx] = at = self.now()
         if self.listener is not None:
-            self._emit("node_finished", idx, _DONE, outputs=outputs)
+            self._emit("node_finished", idx, _DONE, at, None, None, outputs)
 
     def reuse(self, idx: int, outputs: Mapping[str, Any], cached: bool) -> None:
         """RUNNING → DONE without an attempt: outputs from a stored run or the result cache."""
@@ -137,24 +142,34 @@ class Ledger:
             self.cached.add(idx)
         self.done(idx, outputs)
 
-    def fail(self, idx: int, exc: BaseException) -> None:
+    def fail(self, idx: int, exc: BaseException | ErrorInfo) -> None:
         """RUNNING → FAILED with the node's original exception."""
         self.states[idx] = _FAILED
-        self.finished[idx] = self.now()
+        self.finished[idx] = at = self.now()
         self.errors[idx] = exc
         if self.listener is not None:
-            self._emit("node_finished", idx, _FAILED, error=self._error_info(idx))
+            self._emit("node_finished", idx, _FAILED, at, self._error_info(idx), None, None)
+
+    def fail_inner(self, idx: int, exc: BaseException) -> None:
+        """RUNNING → FAILED for a node made of nodes (a nested graph, a map) whose inner nodes
+        failed: their errors are theirs, this node's record names them."""
+        inner = sorted({leaf.node_id for leaf in _leaves(exc) if hasattr(leaf, "node_id")})
+        self.fail(
+            idx,
+            ErrorInfo(type="DependencyFailed", message=f"inner nodes failed: {', '.join(inner)}"),
+        )
 
     def cancel(self, idx: int) -> None:
         """RUNNING or PENDING → CANCELLED (a no-op for a node that already finished)."""
         state = self.states[idx]
+        at = self.now()
         if state is _RUNNING:
-            self.finished[idx] = self.now()
+            self.finished[idx] = at
         elif state is not _PENDING:
             return
         self.states[idx] = _CANCELLED
         if self.listener is not None:
-            self._emit("node_finished", idx, _CANCELLED)
+            self._emit("node_finished", idx, _CANCELLED, at, None, None, None)
 
     def skip(self, idx: int, cause: ErrorInfo) -> bool:
         """PENDING → SKIPPED because a dependency failed; False if the node was not pending."""
@@ -163,7 +178,7 @@ class Ledger:
         self.states[idx] = _SKIPPED
         self.errors[idx] = cause
         if self.listener is not None:
-            self._emit("node_finished", idx, _SKIPPED, error=cause)
+            self._emit("node_finished", idx, _SKIPPED, self.now(), cause, None, None)
         return True
 
     def add_wait(self, idx: int, seconds: float) -> None:
@@ -183,54 +198,71 @@ class Ledger:
     def run_started(self) -> None:
         self.t0 = self.now()
         self.wall0 = datetime.now(UTC)
+        self.epoch = self.wall0 - timedelta(seconds=self.t0)
         if self.listener is not None:
-            self._emit("run_started", -1, None)
+            self._emit("run_started", -1, None, self.t0, None, None, None)
 
     def run_finished(self, outcome: NodeState) -> None:
         if self.listener is not None:
-            self._emit("run_finished", -1, outcome)
-
-    def wall(self, at: float | None) -> datetime | None:
-        """The UTC time of a Trio-clock reading of this run."""
-        if at is None:
-            return None
-        return self.wall0 + timedelta(seconds=at - self.t0)
+            self._emit("run_finished", -1, outcome, self.now(), None, None, None)
 
     def _error_info(self, idx: int) -> ErrorInfo:
-        err = self.errors[idx]
-        if isinstance(err, BaseException):
-            err = self.errors[idx] = ErrorInfo.from_exception(err)
-        return err
+        info = self.infos.get(idx)
+        if info is None:
+            err = self.errors[idx]
+            info = ErrorInfo.from_exception(err) if isinstance(err, BaseException) else err
+            self.infos[idx] = info
+        return info
+
+    def failures(self) -> list[tuple[int, BaseException]]:
+        """The original exceptions of failed nodes whose own code raised (not composites'
+        inner failures), once each, in row order."""
+        seen: set[int] = set()
+        found: list[tuple[int, BaseException]] = []
+        for idx, err in self.errors.items():
+            if (
+                self.states[idx] is _FAILED
+                and isinstance(err, BaseException)
+                and not is_run_failure(err)
+                and id(err) not in seen
+            ):
+                seen.add(id(err))
+                found.append((idx, err))
+        return found
 
     def _emit(
         self,
         kind: EventKind,
         idx: int,
         state: NodeState | None,
-        *,
-        error: ErrorInfo | None = None,
-        inputs: Mapping[str, Any] | None = None,
-        outputs: Mapping[str, Any] | None = None,
+        at: float,
+        error: ErrorInfo | None,
+        inputs: Mapping[str, Any] | None,
+        outputs: Mapping[str, Any] | None,
     ) -> None:
         listener = self.listener
         assert listener is not None
-        at = self.now()
-        node = idx >= 0
-        event = RunEvent(
-            kind=kind,
-            run_id=self.run_id,
-            graph_id=self.graph_id,
-            node_id=self.ids[idx] if node else None,
-            tool=self.tools[idx] if node else None,
-            state=state,
-            at=at,
-            wall=self.wall0 + timedelta(seconds=at - self.t0),
-            attempt=self.attempts[idx] if node else 0,
-            error=error,
-            known=len(self.ids),
-            inputs=inputs,
-            outputs=outputs,
-        )
+        if idx >= 0:
+            event = RunEvent(
+                kind,
+                self.run_id,
+                self.graph_id,
+                self.ids[idx],
+                self.tools[idx],
+                state,
+                at,
+                self.epoch,
+                self.attempts[idx],
+                error,
+                len(self.ids),
+                inputs,
+                outputs,
+            )
+        else:
+            event = RunEvent(
+                kind, self.run_id, self.graph_id, None, None, state, at, self.epoch, 0, error,
+                len(self.ids),
+            )  # fmt: skip
         try:
             listener(event)
         except Exception as exc:
@@ -245,23 +277,42 @@ class Ledger:
     def snapshot(self, started_at: float | None, finished_at: float | None) -> RunRecord:
         """A frozen `RunRecord` of every row so far."""
         errors = {i: self._error_info(i) for i in self.errors}
-        waited, cached, wall = self.waited, self.cached, self.wall
-        started, finished = self.started, self.finished
+        waited, cached, epoch = self.waited, self.cached, self.epoch
+        walls: dict[float | None, datetime | None] = {None: None}  # many nodes share a time
+
+        def wall(at: float | None) -> datetime | None:
+            if at in walls:
+                return walls[at]
+            assert at is not None
+            found = walls[at] = epoch + timedelta(seconds=at)
+            return found
+
         nodes = {
             node_id: NodeRecord(
-                tool=self.tools[i],
-                state=self.states[i],
-                started_at=started[i],
-                finished_at=finished[i],
-                attempts=self.attempts[i],
-                error=errors.get(i),
-                executor=self.executors[i],
-                cached=i in cached,
-                waited=waited.get(i, 0.0),
-                started_wall=wall(started[i]),
-                finished_wall=wall(finished[i]),
+                tool,
+                state,
+                started,
+                finished,
+                attempts,
+                errors.get(i),
+                executor,
+                i in cached,
+                waited.get(i, 0.0),
+                wall(started),
+                wall(finished),
             )
-            for i, node_id in enumerate(self.ids)
+            for i, (node_id, tool, state, started, finished, attempts, executor) in enumerate(
+                zip(
+                    self.ids,
+                    self.tools,
+                    self.states,
+                    self.started,
+                    self.finished,
+                    self.attempts,
+                    self.executors,
+                    strict=True,
+                )
+            )
         }
         return RunRecord(
             run_id=self.run_id,
@@ -276,3 +327,9 @@ class Ledger:
 
 def _nothing() -> None:
     pass
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]

@@ -17,7 +17,7 @@ import trio
 
 from ._attempt import execute_node, node_failed
 from ._context import FRAME, Frame
-from ._errors import ConfigError
+from ._errors import ConfigError, NodeFailed, is_run_failure
 from ._pace import Pacer
 from ._slots import Limiters, Slot
 from ._tool import ToolCall
@@ -304,7 +304,12 @@ async def run_composite(
     try:
         outputs = await body(frame)
     except Exception as exc:
-        ledger.fail(idx, exc)
+        if isinstance(exc, NodeFailed) and exc.node_id == node_id and exc.__cause__ is not None:
+            ledger.fail(idx, exc.__cause__)  # the nested graph's own body failed
+        elif is_run_failure(exc):
+            ledger.fail_inner(idx, exc)
+        else:
+            ledger.fail(idx, exc)
         raise
     except BaseException:
         ledger.cancel(idx)

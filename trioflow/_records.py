@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -101,18 +101,42 @@ class RunRecord:
 
 @attrs.frozen
 class RunResult:
-    """A run's outputs (those that could be computed) together with its record."""
+    """A run's outputs (those that could be computed) together with its record.
+
+    The record may be given as a zero-argument function: it is then built on first access
+    (a run's record is final when the run returns), so `record=True` costs nothing until read.
+    """
 
     outputs: dict[str, Any]
-    record: RunRecord
+    _record: RunRecord | Callable[[], RunRecord] = attrs.field(alias="record", repr=False)
+    _built: list[RunRecord] = attrs.field(factory=list, init=False, eq=False, repr=False)
+
+    @property
+    def record(self) -> RunRecord:
+        """The run's `RunRecord`."""
+        if not self._built:
+            source = self._record
+            self._built.append(source if isinstance(source, RunRecord) else source())
+        return self._built[0]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RunResult):
+            return NotImplemented
+        return self.outputs == other.outputs and self.record == other.record
+
+    def __repr__(self) -> str:
+        return f"RunResult(outputs={self.outputs!r}, record={self.record!r})"
 
     @property
     def errors(self) -> dict[str, ErrorInfo]:
-        """Node id → error, for every node that failed."""
+        """Node id → error, for every node whose own code failed (once per failure: a nested
+        graph or map that failed because an inner node did is not listed again)."""
         return {
             node_id: rec.error
             for node_id, rec in self.record.nodes.items()
-            if rec.state is NodeState.FAILED and rec.error is not None
+            if rec.state is NodeState.FAILED
+            and rec.error is not None
+            and rec.error.type != "DependencyFailed"
         }
 
     @property

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import attrs
 import trio
 
+from ._attempt import node_failed
 from ._checks import check_max_concurrency
 from ._context import FRAME, Frame, ServiceAccess
 from ._errors import ConfigError, ConfigTypeError, RunCancelled, _RunError, is_run_failure
@@ -220,16 +221,35 @@ async def execute_run(
             return RunResult(outputs=outputs or {}, record=rec)
         cancelled = RunCancelled(
             f"run {run.run_id!r} of {graph.name!r} timed out after {options.timeout}s; "
-            "running nodes were cancelled"
+            f"running nodes were cancelled: {_cancelled_ids(rec)}"
         )
         cancelled.record = rec
+        earlier = ledger.failures()
+        if earlier:
+            # Failures that happened before the deadline are raised too, never only recorded.
+            errors: list[Exception] = []
+            for idx, original in earlier:
+                node = node_failed(ledger.ids[idx], ledger.tools[idx], original)
+                node.__cause__ = original
+                node.record = rec
+                errors.append(node)
+            raise ExceptionGroup(
+                f"run {run.run_id!r} timed out after {len(errors)} node(s) had failed",
+                [*errors, cancelled],
+            )
         raise cancelled
     assert outputs is not None
     failed = any(state is NodeState.FAILED for state in ledger.states)
     ledger.run_finished(NodeState.FAILED if failed and collect else NodeState.DONE)
     if options.record or collect:
-        return RunResult(outputs=outputs, record=record())
+        return RunResult(outputs=outputs, record=record)
     return outputs
 
 
 _EXECUTOR_CLOSE_TIMEOUT = 30.0
+
+
+def _cancelled_ids(record: RunRecord) -> str:
+    ids = [n for n, rec in record.nodes.items() if rec.state is NodeState.CANCELLED]
+    shown = ", ".join(ids[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
+    return shown or "none"

@@ -136,7 +136,7 @@ class RunState:
                     raise ConfigError(
                         f"tool {tool.name!r} names rate limit {tool.rate_limit!r}, but no rate "
                         f"limits are defined; pass rate_limits={{{tool.rate_limit!r}: "
-                        "trioflow.RateLimit(...)}} to trioflow.run() or open_runtime()"
+                        "trioflow.RateLimit(...)} to trioflow.run() or open_runtime()"
                     )
                 self.rates.check(tool.rate_limit)
             self._checked.add(id(tool))

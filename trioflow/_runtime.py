@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar, overload
 
 import attrs
 import trio
@@ -35,7 +35,8 @@ from ._context import NodeContext
 from ._errors import ConfigError, ConfigTypeError, ContextError, ServiceError
 from ._events import Listener, combine_listeners
 from ._executor import Executor, ExecutorTable, check_executors
-from ._ratelimit import RateLimit
+from ._ratelimit import RateLimit, RateLimits
+from ._records import RunResult
 from ._run import RunSeams, check_run, execute_run
 from ._services import ServiceAccessor, check_service_name, registered_services
 
@@ -80,6 +81,7 @@ class Runtime:
     executor_table: ExecutorTable = attrs.field(factory=ExecutorTable)
     on_event: Listener | None = None
     rate_limits: dict[str, RateLimit] = attrs.field(factory=dict)
+    rates: RateLimits = attrs.field(factory=lambda: RateLimits.of(None))  # shared buckets
     store: Any = None
     hub: MessageHub = attrs.field(factory=MessageHub)
     kv_store: KeyValueStore = attrs.field(factory=KeyValueStore)
@@ -257,6 +259,7 @@ async def open_runtime(
             executor_table=ExecutorTable(executor_map),
             on_event=on_event,
             rate_limits=rates,
+            rates=RateLimits.of(rates),
             store=store,
         )
         if artifacts_dir is not None:
@@ -304,6 +307,74 @@ def check_rate_limits(rate_limits: object) -> dict[str, RateLimit]:
     return checked
 
 
+@overload
+async def run_async(
+    target: Any,
+    inputs: Mapping[str, Any] | None = None,
+    *,
+    on_error: Literal["fail_fast", "skip_dependents"] = "fail_fast",
+    record: Literal[False] = False,
+    max_concurrency: float | None = None,
+    timeout: float | None = None,  # noqa: ASYNC109
+    run_id: str | None = None,
+    rng: random.Random | None = None,
+    on_event: Listener | None = None,
+    executors: Mapping[str, Executor] | None = None,
+    rate_limits: Mapping[str, RateLimit] | None = None,
+    store: Any = None,
+    resume: bool = False,
+) -> dict[str, Any]: ...
+@overload
+async def run_async(
+    target: Any,
+    inputs: Mapping[str, Any] | None = None,
+    *,
+    on_error: Literal["fail_fast", "skip_dependents", "collect"] = "fail_fast",
+    record: Literal[True],
+    max_concurrency: float | None = None,
+    timeout: float | None = None,  # noqa: ASYNC109
+    run_id: str | None = None,
+    rng: random.Random | None = None,
+    on_event: Listener | None = None,
+    executors: Mapping[str, Executor] | None = None,
+    rate_limits: Mapping[str, RateLimit] | None = None,
+    store: Any = None,
+    resume: bool = False,
+) -> RunResult: ...
+@overload
+async def run_async(
+    target: Any,
+    inputs: Mapping[str, Any] | None = None,
+    *,
+    on_error: Literal["collect"],
+    record: bool = False,
+    max_concurrency: float | None = None,
+    timeout: float | None = None,  # noqa: ASYNC109
+    run_id: str | None = None,
+    rng: random.Random | None = None,
+    on_event: Listener | None = None,
+    executors: Mapping[str, Executor] | None = None,
+    rate_limits: Mapping[str, RateLimit] | None = None,
+    store: Any = None,
+    resume: bool = False,
+) -> RunResult: ...
+@overload
+async def run_async(
+    target: Any,
+    inputs: Mapping[str, Any] | None = None,
+    *,
+    on_error: str = "fail_fast",
+    record: bool = False,
+    max_concurrency: float | None = None,
+    timeout: float | None = None,  # noqa: ASYNC109
+    run_id: str | None = None,
+    rng: random.Random | None = None,
+    on_event: Listener | None = None,
+    executors: Mapping[str, Executor] | None = None,
+    rate_limits: Mapping[str, RateLimit] | None = None,
+    store: Any = None,
+    resume: bool = False,
+) -> dict[str, Any] | RunResult: ...
 async def run_async(
     target: Any,
     inputs: Mapping[str, Any] | None = None,
@@ -319,7 +390,7 @@ async def run_async(
     rate_limits: Mapping[str, RateLimit] | None = None,
     store: Any = None,
     resume: bool = False,
-) -> Any:
+) -> dict[str, Any] | RunResult:
     """Run a graph inside the current Trio run and return its outputs dict.
 
     `max_concurrency`: this run's cap (else the decorator's, else 4; `math.inf` for none).
@@ -351,11 +422,81 @@ async def run_async(
 
 async def _execute(
     runtime: Runtime, graph: Any, options: Any, rate_limits: dict[str, RateLimit]
-) -> Any:
+) -> dict[str, Any] | RunResult:
     listener = combine_listeners([runtime.on_event, options.on_event])
-    return await execute_run(runtime, graph, options, RunSeams(listener=listener))
+    rates = runtime.rates.overlay(rate_limits)  # the run's own limits on top of the runtime's
+    seams = RunSeams(listener=listener, rates=rates if rates.names() else None)
+    return await execute_run(runtime, graph, options, seams)
 
 
+@overload
+def run(
+    target: Any,
+    inputs: Mapping[str, Any] | None = None,
+    *,
+    on_error: Literal["fail_fast", "skip_dependents"] = "fail_fast",
+    record: Literal[False] = False,
+    max_concurrency: float | None = None,
+    timeout: float | None = None,
+    run_id: str | None = None,
+    rng: random.Random | None = None,
+    on_event: Listener | None = None,
+    executors: Mapping[str, Executor] | None = None,
+    rate_limits: Mapping[str, RateLimit] | None = None,
+    store: Any = None,
+    resume: bool = False,
+) -> dict[str, Any]: ...
+@overload
+def run(
+    target: Any,
+    inputs: Mapping[str, Any] | None = None,
+    *,
+    on_error: Literal["fail_fast", "skip_dependents", "collect"] = "fail_fast",
+    record: Literal[True],
+    max_concurrency: float | None = None,
+    timeout: float | None = None,
+    run_id: str | None = None,
+    rng: random.Random | None = None,
+    on_event: Listener | None = None,
+    executors: Mapping[str, Executor] | None = None,
+    rate_limits: Mapping[str, RateLimit] | None = None,
+    store: Any = None,
+    resume: bool = False,
+) -> RunResult: ...
+@overload
+def run(
+    target: Any,
+    inputs: Mapping[str, Any] | None = None,
+    *,
+    on_error: Literal["collect"],
+    record: bool = False,
+    max_concurrency: float | None = None,
+    timeout: float | None = None,
+    run_id: str | None = None,
+    rng: random.Random | None = None,
+    on_event: Listener | None = None,
+    executors: Mapping[str, Executor] | None = None,
+    rate_limits: Mapping[str, RateLimit] | None = None,
+    store: Any = None,
+    resume: bool = False,
+) -> RunResult: ...
+@overload
+def run(
+    target: Any,
+    inputs: Mapping[str, Any] | None = None,
+    *,
+    on_error: str = "fail_fast",
+    record: bool = False,
+    max_concurrency: float | None = None,
+    timeout: float | None = None,
+    run_id: str | None = None,
+    rng: random.Random | None = None,
+    on_event: Listener | None = None,
+    executors: Mapping[str, Executor] | None = None,
+    rate_limits: Mapping[str, RateLimit] | None = None,
+    store: Any = None,
+    resume: bool = False,
+) -> dict[str, Any] | RunResult: ...
 def run(
     target: Any,
     inputs: Mapping[str, Any] | None = None,
@@ -371,7 +512,7 @@ def run(
     rate_limits: Mapping[str, RateLimit] | None = None,
     store: Any = None,
     resume: bool = False,
-) -> Any:
+) -> dict[str, Any] | RunResult:
     """Run a graph from synchronous code (wraps `trio.run`); see `run_async`.
 
     A Ctrl-C comes out as a plain `KeyboardInterrupt`, after every task was cancelled.

@@ -20,7 +20,7 @@ import trio
 
 from ._attempt import execute_node, node_failed
 from ._context import FRAME, Frame
-from ._errors import ConfigError, DependencyFailed, GraphBuildError, NodeFailed
+from ._errors import ConfigError, DependencyFailed, GraphBuildError, NodeFailed, is_run_failure
 from ._graph import InputRef, NodeSpec, OutputRef, TaskGraph, resolve
 from ._pace import Pacer
 from ._reactive import FanOut
@@ -335,6 +335,10 @@ class _PlanRun:
                     lambda frame: target.run_body(run, target.check_inputs(kwargs), frame),
                 )
         except Exception as exc:
+            if not is_run_failure(exc):  # a map or subgraph node's own error: name the node
+                error = node_failed(node_id, plan.names[i], exc)
+                error.__cause__ = exc
+                exc = error
             self.on_failure(i, exc)
             return
         self.complete(i, outputs)

@@ -20,6 +20,7 @@ from ._cache import Cache
 from ._checks import adopt_metadata, check_function, check_names, check_seconds
 from ._context import FRAME, NodeContext
 from ._errors import ConfigError, ConfigTypeError, ContextError
+from ._ratelimit import check_rate_key
 
 __all__ = [
     "InputSpec",
@@ -399,9 +400,7 @@ def tool(
         raise ConfigError(f"rate_limit must name a rate limit (a string), got {rate_limit!r}")
     if rate_key is not None:
         if not callable(rate_key):
-            raise ConfigTypeError(
-                f"rate_key must be a callable (**inputs -> key), got {rate_key!r}"
-            )
+            raise ConfigError(f"rate_key must be a callable (**inputs -> key), got {rate_key!r}")
         if rate_limit is None:
             raise ConfigError("rate_key= needs rate_limit=: name the rate limit it keys")
     if cache is True:
@@ -421,7 +420,7 @@ def tool(
                 f"tool {fn.__name__!r} is an async def: it cannot run on executor 'thread'; "
                 "make it a plain def, or drop executor="
             )
-        return Tool.build(
+        made = Tool.build(
             fn,
             name=name or fn.__name__,
             outputs=out_names,
@@ -433,5 +432,8 @@ def tool(
             rate_key=rate_key,
             cache=cache_spec,
         )
+        if rate_key is not None:
+            check_rate_key(made.name, rate_key, made.spec)
+        return made
 
     return decorate if fn is None else decorate(fn)

@@ -211,7 +211,7 @@ def test_ctrl_c_kills_the_running_process_task(tmp_path) -> None:
     assert proc.returncode != 0
     assert "KeyboardInterrupt" in err
     assert "ResourceWarning" not in err, err
-    assert float(out.split()[1]) - sent < 1.0  # perf_counter is system-wide on Linux
+    assert float(out.split()[1]) - sent < 2.0  # (perf_counter is system-wide on Linux)
     assert not pid_alive(int(started.read_text()))  # the worker was killed
     time.sleep(max(0.0, 3.3 - (time.perf_counter() - sent)))
     assert not done.exists()

@@ -211,16 +211,17 @@ async def test_cancelling_a_running_call_stops_the_work(kind: str, executor, tmp
     assert not done.exists()
 
 
-async def test_a_timeout_around_a_call_stops_it(kind: str, executor, tmp_path) -> None:
+async def test_a_deadline_around_a_call_stops_it(kind: str, executor, tmp_path) -> None:
     if kind == "thread":
         pytest.skip("covered above: a thread runs to its end")
     started, done = tmp_path / "started", tmp_path / "done"
     with trio.fail_after(60):
-        await executor.run(my_pid)  # a warm worker: the timeout is about the call itself
-        with trio.move_on_after(0.7) as scope:
-            await executor.run(write_then_sleep, str(started), str(done), 1.5)
+        with trio.CancelScope() as scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(executor.run, write_then_sleep, str(started), str(done), 1.5)
+                await wait_for(started.exists)
+                scope.deadline = trio.current_time() + 0.3  # expires while the work runs
     assert scope.cancelled_caught
-    assert started.exists()
     await trio.sleep(2.0)
     assert not done.exists()
 

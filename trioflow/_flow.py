@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 import inspect
 import typing
 from collections.abc import Awaitable, Callable, Sequence
@@ -18,7 +19,8 @@ from typing import Any
 import attrs
 import trio
 
-from ._checks import check_function
+from ._checks import check_function, check_name
+from ._context import current_runtime
 from ._errors import ConfigError, ConfigTypeError, ServiceError
 from ._service_task import service_task, teardown
 from ._tool import Tool, tool
@@ -38,6 +40,7 @@ class FlowType(enum.StrEnum):
 class _Shared:
     """The one instance of an agent tool in one runtime."""
 
+    name: str
     lock: trio.Lock = attrs.field(factory=trio.Lock)
     instance: Any = None
     started: bool = False
@@ -76,12 +79,10 @@ def _agent_tool(
     key = object()
 
     async def call(**inputs: Any) -> Any:
-        from ._runtime import current_runtime
-
         runtime = current_runtime()
         if runtime is None:
             raise ServiceError(f"agent tool {call.__name__!r} needs a runtime (call it in a run)")
-        shared: _Shared = runtime.shared(key, _Shared)
+        shared: _Shared = runtime.shared(key, functools.partial(_Shared, factory.__name__))
         async with shared.lock:
             if not shared.started:
                 shared.instance = await factory()
@@ -108,6 +109,7 @@ def task(
     """Declare a task of one of the three `FlowType`s (see the module docstring)."""
     if not isinstance(flow_type, FlowType):
         raise ConfigError(f"flow_type must be a trioflow.FlowType, got {flow_type!r}")
+    check_name(name, "@trioflow.task")
 
     def decorate(fn: Callable[..., Any]) -> Any:
         check_function(fn, "@trioflow.task", allow_async_generators=True)

@@ -16,7 +16,7 @@ loads one.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -75,6 +75,15 @@ def pytest_configure(config: pytest.Config) -> None:
 def virtual_clock() -> trio.testing.MockClock:
     """Virtual time that jumps whenever every task is blocked: timing assertions are exact."""
     return trio.testing.MockClock(autojump_threshold=0)
+
+
+@pytest.fixture
+def trioflow_isolated_services() -> Iterator[None]:
+    """An empty service registry for one test; what was registered before comes back after."""
+    from ._services import isolated_services
+
+    with isolated_services():
+        yield
 
 
 @pytest.fixture

@@ -18,12 +18,8 @@ PUBLIC = {
     "TrioflowError", "current_context", "current_runtime", "gather", "graph_fn", "map",
     "open_runtime", "run", "run_async", "tool", "ChannelMessage", "MemoryEvent", "Service",
     "ServiceHandle", "ServiceState", "ServiceTask", "critical", "register_context_service",
-<<<<<<< HEAD
-    "service_task", "unregister_context_service", "FlowType", "task",
-    "ProcessExecutor", "RayExecutor", "RemoteError",
-=======
     "service_task", "unregister_context_service", "isolated_services", "FlowType", "task",
->>>>>>> main
+    "ProcessExecutor", "RayExecutor", "RemoteError",
     "RunEvent", "Executor", "LoopExecutor", "ThreadExecutor", "Cache", "RateLimit",
 }  # fmt: skip
 

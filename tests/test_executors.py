@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import threading
 import time
 from collections.abc import AsyncIterator
 
@@ -156,6 +157,33 @@ async def test_exception_that_cannot_come_back_is_a_remote_error(kind: str, exec
     assert str(err) == "TwoPartError: 7/cannot come back"
     assert "fail_two_part" in err.remote_traceback
     assert isinstance(err, trioflow.TrioflowError)
+
+
+def unpicklable_result() -> object:
+    return threading.Lock()
+
+
+async def test_a_result_that_cannot_come_back_is_a_clear_error(kind: str, executor) -> None:
+    if kind == "thread":
+        pytest.skip("nothing is pickled in a thread")
+    with trio.fail_after(60):
+        with pytest.raises(TypeError, match="pickle") as info:
+            await executor.run(unpicklable_result)
+    assert any("could not" in note for note in getattr(info.value, "__notes__", []))
+
+
+def die() -> None:
+    os._exit(13)
+
+
+async def test_a_worker_that_dies_fails_the_call_and_the_executor_goes_on(kind, executor) -> None:
+    if kind == "thread":
+        pytest.skip("a thread cannot die alone")
+    with trio.fail_after(60):
+        with pytest.raises(Exception) as info:
+            await executor.run(die)
+        assert not isinstance(info.value, trioflow.RemoteError)  # the executor's own error
+        assert await executor.run(add, 2, 3) == 5
 
 
 def exit_early() -> None:

@@ -21,6 +21,11 @@ from ._shipping import Failure, call_and_capture, require, restore, shippable
 
 __all__ = ["ProcessExecutor"]
 
+_NOT_SHIPPED = (
+    "(the call of {} could not travel between this process and the worker: its arguments or "
+    "its result cannot be pickled)"
+)
+
 
 def _check_max_workers(_: object, __: object, value: Any) -> None:
     if value is None:
@@ -61,6 +66,7 @@ class ProcessExecutor:
     _cm: Any = attrs.field(default=None, init=False, repr=False)
     _context: Any = attrs.field(default=None, init=False, repr=False)
     _limiter: trio.CapacityLimiter | None = attrs.field(default=None, init=False, repr=False)
+    _broken: type[BaseException] = attrs.field(default=Exception, init=False, repr=False)
 
     async def __aenter__(self) -> Self:
         if self._cm is not None:
@@ -75,6 +81,7 @@ class ProcessExecutor:
         self._context = await cm.__aenter__()
         self._cm = cm
         self._limiter = trio.CapacityLimiter(workers)
+        self._broken = trio_parallel.BrokenWorkerError  # a worker died: not about pickling
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -100,6 +107,11 @@ class ProcessExecutor:
             )
         except Failure as failure:
             raise restore(failure) from None
+        except Exception as exc:
+            if not isinstance(exc, self._broken):
+                # Not the call's own exception: its arguments or its result failed to pickle.
+                exc.add_note(_NOT_SHIPPED.format(getattr(fn, "__qualname__", fn)))
+            raise
 
 
 ProcessExecutor.__module__ = "trioflow"

@@ -370,7 +370,11 @@ def _unwrap(err: Any) -> Exception:
     if isinstance(cause, Failure):
         return restore(cause)
     if isinstance(cause, Exception) and not _is_ray_error(cause):
-        return cause  # e.g. the result could not be pickled on the worker
+        # Not the call's own exception (that arrives as a Failure): its result did not pickle.
+        cause.add_note(
+            "(the result of the Ray task could not be pickled to come back from the worker)"
+        )
+        return cause
     traceback_text = getattr(err, "traceback_str", "") or ""
     message = str(cause) if cause is not None else str(err)
     type_name = type(cause).__qualname__ if cause is not None else "RayTaskError"

@@ -21,6 +21,7 @@ PUBLIC = {
     "service_task", "unregister_context_service", "isolated_services", "FlowType", "task",
     "ProcessExecutor", "RayExecutor", "RemoteError",
     "RunEvent", "Executor", "LoopExecutor", "ThreadExecutor", "Cache", "RateLimit",
+    "MemoryStore", "ResumeMismatch", "RunInfo", "RunStore", "SQLiteStore", "StoreError",
 }  # fmt: skip
 
 

@@ -17,9 +17,11 @@ from ._errors import (
     DependencyFailed as DependencyFailed,
     GraphBuildError as GraphBuildError,
     NodeFailed as NodeFailed,
+    ResumeMismatch as ResumeMismatch,
     RemoteError as RemoteError,
     RunCancelled as RunCancelled,
     ServiceError as ServiceError,
+    StoreError as StoreError,
     TrioflowError as TrioflowError,
 )
 from ._events import RunEvent as RunEvent
@@ -67,6 +69,8 @@ from ._services import (
     register_context_service as register_context_service,
     unregister_context_service as unregister_context_service,
 )
+from ._sqlite import SQLiteStore as SQLiteStore
+from ._store import MemoryStore as MemoryStore, RunInfo as RunInfo, RunStore as RunStore
 from ._tool import Retry as Retry, Tool as Tool, tool as tool
 
 __version__ = "0.1.0"

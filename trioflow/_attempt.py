@@ -52,7 +52,11 @@ async def execute_node(
     try:
         memo = run.memo
         if memo is not None:
-            hit = memo.lookup(node_id, tool, inputs)
+            try:
+                hit = memo.lookup(node_id, tool, inputs)
+            except Exception as exc:  # e.g. a cached tool's arguments cannot be keyed
+                ledger.fail(idx, exc)
+                raise node_failed(node_id, name, exc) from exc
             if hit is not None:
                 ledger.reuse(idx, hit[0], hit[1])
                 return hit[0]
@@ -120,6 +124,8 @@ async def execute_node(
                 continue
             try:
                 outputs = tool.normalize(result) if not keep else result
+                if memo is not None:  # the store encodes them: unstorable outputs fail here
+                    memo.accept(node_id, tool, outputs)
             except Exception as exc:
                 ledger.fail(idx, exc)
                 raise node_failed(node_id, name, exc) from exc

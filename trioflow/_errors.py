@@ -24,7 +24,9 @@ __all__ = [
     "NodeFailed",
     "RemoteError",
     "RunCancelled",
+    "ResumeMismatch",
     "ServiceError",
+    "StoreError",
     "TrioflowError",
 ]
 
@@ -145,6 +147,16 @@ class RunCancelled(_RunError):
 
 class ServiceError(TrioflowError):
     """A service could not be found, started, or used."""
+
+
+class StoreError(TrioflowError):
+    """A run store cannot be used: its file is corrupted, truncated, not a trioflow store, or
+    written by an incompatible version; the message says which and what to do."""
+
+
+class ResumeMismatch(TrioflowError):
+    """`resume=True` found a stored run that does not match this one (graph, content hash or
+    input values); nothing was reused. The message says what differs."""
 
 
 class RemoteError(TrioflowError):

@@ -63,6 +63,9 @@ class NodeMemo(Protocol):
         self, node_id: str, tool: Tool, inputs: Mapping[str, Any]
     ) -> tuple[dict[str, Any], bool] | None: ...
 
+    def accept(self, node_id: str, tool: Tool, outputs: Mapping[str, Any]) -> None:
+        """A tool node's new outputs, before it is DONE; raising fails the node."""
+
 
 @attrs.define(eq=False)
 class RunState:
@@ -131,6 +134,11 @@ class RunState:
         limiters = self.limiters_for(tool.limits)
         if id(tool) not in self._checked:
             self.executors.check(tool.executor_key, f"tool {tool.name!r}")
+            if tool.cache is not None and self.memo is None:
+                raise ConfigError(
+                    f"tool {tool.name!r} is cached (cache=...), and caching needs a run store: "
+                    "pass store=trioflow.SQLiteStore(path) to the run or to open_runtime()"
+                )
             if tool.rate_limit is not None:
                 if self.rates is None:
                     raise ConfigError(

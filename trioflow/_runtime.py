@@ -30,6 +30,7 @@ from ._builtins import (
 )
 from ._checks import check_max_concurrency
 from ._context import RUNTIME, NodeContext, current_runtime
+from ._durable import check_durable, run_durable
 from ._errors import ConfigError, ConfigTypeError, ContextError, ServiceError
 from ._events import Listener, combine_listeners
 from ._executor import Executor, ExecutorTable, check_executors
@@ -48,6 +49,7 @@ from ._services import (
     service_closed,
     teardown,
 )
+from ._store import RunStore, check_store
 
 __all__ = [
     "RunServices",
@@ -314,6 +316,7 @@ async def open_runtime(
     resource_caps = _check_limits(limits)
     executor_map = check_executors(executors)
     rates = check_rate_limits(rate_limits)
+    store = check_store(store)
     if on_event is not None and not callable(on_event):
         raise ConfigTypeError(f"on_event must be a callable taking a RunEvent, got {on_event!r}")
     body_error: BaseException | None = None
@@ -551,18 +554,29 @@ async def run_async(
     )
     own_rates = check_rate_limits(rate_limits)
     runtime = RUNTIME.get()
+    store = check_durable(store, resume, options, runtime.store if runtime else None)
     if runtime is not None:
-        return await _execute(runtime, graph, options, own_rates)
+        return await _execute(runtime, graph, options, own_rates, store, resume)
     async with open_runtime() as runtime:
-        return await _execute(runtime, graph, options, own_rates)
+        return await _execute(runtime, graph, options, own_rates, store, resume)
 
 
 async def _execute(
-    runtime: Runtime, graph: Any, options: Any, rate_limits: dict[str, RateLimit]
+    runtime: Runtime,
+    graph: Any,
+    options: Any,
+    rate_limits: dict[str, RateLimit],
+    store: RunStore | None = None,
+    resume: bool = False,
 ) -> dict[str, Any] | RunResult:
     listener = combine_listeners([runtime.on_event, options.on_event])
     rates = runtime.rates.overlay(rate_limits)  # the run's own limits on top of the runtime's
     seams = RunSeams(listener=listener, rates=rates if rates.names() else None)
+    if store is not None:  # the run's own store, else the runtime's (see check_durable)
+        result: dict[str, Any] | RunResult = await run_durable(
+            runtime, graph, options, seams, store, resume
+        )
+        return result
     return await execute_run(runtime, graph, options, seams)
 
 

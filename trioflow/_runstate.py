@@ -83,6 +83,8 @@ class RunState:
     executors: ExecutorTable = attrs.field(factory=ExecutorTable)
     rates: RateTurns | None = None
     memo: NodeMemo | None = None
+    # Static-graph outputs that stay in a remote store, by ledger index (see _executor).
+    remote_outputs: dict[int, frozenset[str]] = attrs.field(factory=dict)
     # The clock's own bound method: cheaper than trio.current_time() on the per-node path.
     now: Callable[[], float] = attrs.field(
         factory=lambda: trio.lowlevel.current_clock().current_time, init=False

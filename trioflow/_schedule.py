@@ -463,7 +463,10 @@ async def run_plan(
     run.check_tools(plan.tools())  # before any node of this graph starts
     ledger = run.ledger
     ids = [prefix + node_id for node_id in plan.ids] if nested else plan.ids
+    run.executors.check_constants(ids, plan.targets, [{**a[0], **dict(a[3])} for a in plan.args])
     base = ledger.add_many(ids, plan.names, plan.executors)
+    if run.memo is None:  # stored and cached outputs must be values
+        run.remote_outputs.update(run.executors.remote_outputs(plan, base))
     indegree = list(plan.indegree)
     ready = collections.deque(i for i, d in enumerate(indegree) if d == 0)  # ascending
     state = _PlanRun(

@@ -71,3 +71,22 @@ from ._store import MemoryStore as MemoryStore, RunInfo as RunInfo, RunStore as 
 from ._tool import Retry as Retry, Tool as Tool, tool as tool
 
 __version__ = "0.1.0"
+
+
+def _claim_public_names() -> None:
+    """Public classes and functions report `trioflow.X` (tracebacks, reprs, pickles), as Trio's
+    names do. attrs classes resolve their string annotations first, in their own module."""
+    import attrs
+
+    for obj in list(globals().values()):
+        if not (isinstance(obj, type) or callable(obj)) or isinstance(obj, type(attrs)):
+            continue
+        if not str(getattr(obj, "__module__", "")).startswith("trioflow._"):
+            continue
+        if isinstance(obj, type) and attrs.has(obj):
+            attrs.resolve_types(obj)
+        obj.__module__ = "trioflow"
+
+
+_claim_public_names()
+del _claim_public_names

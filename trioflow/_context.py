@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
-from ._errors import ConfigError, ContextError
+from ._errors import ConfigError, ContextError, ServiceError
 
 if TYPE_CHECKING:
     from ._builtins import ArtifactStore, Channel, KeyValueStore, NodeMemory
+    from ._runtime import Runtime
     from ._slots import Slot
 
 __all__ = ["FRAME", "Frame", "NodeContext", "ServiceAccess", "current_context"]
@@ -64,6 +65,14 @@ class Frame:
 
 
 FRAME: ContextVar[Frame | None] = ContextVar("trioflow.frame", default=None)
+
+RUNTIME: ContextVar[Runtime | None] = ContextVar("trioflow.runtime", default=None)
+"""The runtime the current task runs in (set by `open_runtime`)."""
+
+
+def current_runtime() -> Runtime | None:
+    """The runtime the current task runs in, if any."""
+    return RUNTIME.get()
 
 
 class _NodeLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -129,8 +138,6 @@ class NodeContext:
 
     def _runtime_services(self, name: str) -> ServiceAccess:
         if self._services is None:
-            from ._errors import ServiceError
-
             raise ServiceError(
                 f"context.{name}() needs a runtime; this context was made outside any run"
             )

@@ -19,7 +19,8 @@ from typing import Any
 import attrs
 import trio
 
-from ._checks import check_function
+from ._checks import check_function, check_name
+from ._context import current_runtime
 from ._errors import ConfigError, ConfigTypeError, ServiceError
 from ._service_task import service_task, teardown
 from ._tool import Tool, tool
@@ -78,8 +79,6 @@ def _agent_tool(
     key = object()
 
     async def call(**inputs: Any) -> Any:
-        from ._runtime import current_runtime
-
         runtime = current_runtime()
         if runtime is None:
             raise ServiceError(f"agent tool {call.__name__!r} needs a runtime (call it in a run)")
@@ -110,6 +109,7 @@ def task(
     """Declare a task of one of the three `FlowType`s (see the module docstring)."""
     if not isinstance(flow_type, FlowType):
         raise ConfigError(f"flow_type must be a trioflow.FlowType, got {flow_type!r}")
+    check_name(name, "@trioflow.task")
 
     def decorate(fn: Callable[..., Any]) -> Any:
         check_function(fn, "@trioflow.task", allow_async_generators=True)

@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING, Any, overload
 import attrs
 import trio
 
-from ._checks import adopt_metadata, check_function, check_max_concurrency, check_names
+from ._checks import (
+    adopt_metadata,
+    check_function,
+    check_max_concurrency,
+    check_name,
+    check_names,
+)
 from ._context import FRAME, Frame, context_from_frame
 from ._dispatch import call_graph_target
 from ._errors import (
@@ -27,12 +33,12 @@ from ._errors import (
 )
 from ._runstate import RunState
 from ._tool import (
-    TRACER,
     InputSpec,
     Tool,
     ToolCall,
     normalize_outputs,
 )
+from ._trace import TRACER
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -115,8 +121,7 @@ def graph_fn(
     """
     out_names = ("result",) if outputs is None else check_names(outputs, "outputs")
     cap = None if max_concurrency is None else check_max_concurrency(max_concurrency)
-    if name is not None and (not isinstance(name, str) or not name):
-        raise ConfigError(f"name must be a non-empty string, got {name!r}")
+    check_name(name, "@trioflow.graph_fn")
 
     def decorate(fn: Callable[..., Awaitable[Any]]) -> GraphFn:
         check_function(fn, "@trioflow.graph_fn")
@@ -236,7 +241,7 @@ def map(tool: Tool, items: Any, *, param: str | None = None, **fixed: Any) -> An
     name = map_param(tool, param, fixed)
     tracer = TRACER.get()
     if tracer is not None:
-        return tracer.map(tool, items, name, fixed)  # type: ignore[attr-defined]
+        return tracer.map(tool, items, name, fixed)
     if FRAME.get() is None:
         raise ContextError(
             "trioflow.map() runs inside a run: call it from a @graph_fn body or a tool, "

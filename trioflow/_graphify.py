@@ -12,7 +12,13 @@ from typing import Any, overload
 
 import attrs
 
-from ._checks import adopt_metadata, check_function, check_max_concurrency, check_names
+from ._checks import (
+    adopt_metadata,
+    check_function,
+    check_max_concurrency,
+    check_name,
+    check_names,
+)
 from ._compile import trace
 from ._context import Frame
 from ._dispatch import call_graph_target
@@ -75,7 +81,12 @@ class Graphify:
     def trace(self, values: Mapping[str, Any] | None) -> TaskGraph:
         """Trace the body into a `TaskGraph` (with input values where they are known)."""
         return trace(
-            self.fn, name=self.name, inputs=self.inputs, outputs=self.outputs, values=values
+            self.fn,
+            name=self.name,
+            inputs=self.inputs,
+            outputs=self.outputs,
+            values=values,
+            defaults=self.defaults,
         )
 
     async def run_body(self, run: RunState, inputs: dict[str, Any], frame: Frame) -> Any:
@@ -114,8 +125,7 @@ def graphify(
     out_names = ("result",) if outputs is None else check_names(outputs, "outputs")
     in_names = None if inputs is None else check_names(inputs, "inputs")
     cap = None if max_concurrency is None else check_max_concurrency(max_concurrency)
-    if name is not None and (not isinstance(name, str) or not name):
-        raise ConfigError(f"name must be a non-empty string, got {name!r}")
+    check_name(name, "@trioflow.graphify")
 
     def decorate(fn: Callable[..., Any]) -> Graphify:
         check_function(fn, "@trioflow.graphify")

@@ -13,7 +13,6 @@ import os
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar, overload
 
@@ -30,7 +29,7 @@ from ._builtins import (
     RunMemory,
 )
 from ._checks import check_max_concurrency
-from ._context import NodeContext
+from ._context import RUNTIME, NodeContext, current_runtime
 from ._durable import check_durable, run_durable
 from ._errors import ConfigError, ConfigTypeError, ContextError, ServiceError
 from ._events import Listener, combine_listeners
@@ -60,8 +59,6 @@ __all__ = [
     "run",
     "run_async",
 ]
-
-_RUNTIME: ContextVar[Runtime | None] = ContextVar("trioflow.runtime", default=None)
 
 
 _CLOSE_TIMEOUT = 30.0
@@ -279,11 +276,6 @@ class RunServices:
         raise ServiceError(f"no built-in named {name!r}")  # pragma: no cover
 
 
-def current_runtime() -> Runtime | None:
-    """The runtime the current task runs in, if any."""
-    return _RUNTIME.get()
-
-
 def _check_limits(limits: object) -> dict[str, float]:
     if limits is None:
         return {}
@@ -345,14 +337,14 @@ async def open_runtime(
             )
             if artifacts_dir is not None:
                 runtime.artifacts_dir = Path(artifacts_dir)
-            token = _RUNTIME.set(runtime)
+            token = RUNTIME.set(runtime)
             try:
                 await runtime._start_registered()
                 yield runtime
             except BaseException as exc:  # re-raised below, after teardown, as itself
                 body_error = exc
             finally:
-                _RUNTIME.reset(token)
+                RUNTIME.reset(token)
                 try:
                     close_errors, interrupted = await runtime._shutdown()
                     with trio.move_on_after(_CLOSE_TIMEOUT, shield=True):
@@ -561,7 +553,7 @@ async def run_async(
         on_event=on_event,
     )
     own_rates = check_rate_limits(rate_limits)
-    runtime = _RUNTIME.get()
+    runtime = RUNTIME.get()
     store = check_durable(store, resume, options, runtime.store if runtime else None)
     if runtime is not None:
         return await _execute(runtime, graph, options, own_rates, store, resume)

@@ -25,8 +25,8 @@ from typing import Any, Generic, Literal, TypeVar
 import attrs
 import trio
 
-from ._checks import adopt_metadata, check_function, check_seconds
-from ._context import FRAME
+from ._checks import adopt_metadata, check_function, check_name, check_seconds
+from ._context import FRAME, current_runtime
 from ._errors import ConfigError, ServiceError
 from ._services import DEFAULT_CLOSE_TIMEOUT, teardown
 
@@ -432,8 +432,6 @@ class ServiceTask(Generic[T]):
 
     async def __call__(self, *args: Any, **kwargs: Any) -> ServiceHandle[T]:
         """Start an instance in the runtime's root nursery; returns its handle at once."""
-        from ._runtime import current_runtime
-
         runtime = current_runtime()
         if runtime is None:
             raise ServiceError(
@@ -475,6 +473,7 @@ def service_task(
     `max_restarts` times within any `within` seconds; awaiting the handle meanwhile waits for
     the new instance.
     """
+    check_name(name, "@trioflow.service_task")
     timeout = check_seconds(start_timeout, "start_timeout")
     if restart not in ("never", "on-failure"):
         raise ConfigError(f"restart must be 'never' or 'on-failure', got {restart!r}")

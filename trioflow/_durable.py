@@ -166,6 +166,12 @@ class Durable:
 
     # -- the memo ---------------------------------------------------------------------------
 
+    @property
+    def reuses(self) -> bool:
+        """Whether a plain tool's call may be answered from the store: on resume, and in a
+        graph_fn (whose calls are keyed for replay). Cached tools are never plain."""
+        return self.stored is not None or self.replay
+
     def lookup(
         self, node_id: str, tool: Any, inputs: Mapping[str, Any]
     ) -> tuple[dict[str, Any], bool] | None:

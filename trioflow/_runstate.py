@@ -56,8 +56,12 @@ class NodeMemo(Protocol):
     """The reuse seam: outputs of a node that need not run again (resume, replay, cache).
 
     `lookup` returns `(outputs, cached)` or None; it is consulted before a tool node's first
-    attempt, with the node's capacity held.
+    attempt, with the node's capacity held. A memo whose `reuses` is false never returns a hit
+    for a plain tool, so static graphs keep their fast path (which still calls `accept`).
     """
+
+    @property
+    def reuses(self) -> bool: ...
 
     def lookup(
         self, node_id: str, tool: Tool, inputs: Mapping[str, Any]

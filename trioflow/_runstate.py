@@ -63,6 +63,9 @@ class NodeMemo(Protocol):
     @property
     def reuses(self) -> bool: ...
 
+    def prefill(self, plan_run: Any) -> None:
+        """Before a static graph's nodes start: mark those it can reuse DONE (see `_durable`)."""
+
     def lookup(
         self, node_id: str, tool: Tool, inputs: Mapping[str, Any]
     ) -> tuple[dict[str, Any], bool] | None: ...

@@ -486,6 +486,8 @@ async def run_plan(
         # run with a store) keeps the fast path, which hands it the outputs (`accept`).
         fast=plan.fast if run.memo is None or not run.memo.reuses else [False] * len(ids),
     )
+    if run.memo is not None and run.memo.reuses:
+        run.memo.prefill(state)  # a resumed graph's stored DONE nodes: DONE now, no task each
     async with trio.open_nursery() as nursery:
         state.nursery = nursery
         state.wake(len(ready))

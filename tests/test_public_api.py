@@ -98,3 +98,14 @@ def test_public_errors_pickle_as_trioflow_names() -> None:
 def test_every_decorator_checks_its_name_the_same_way(decorate: Any) -> None:
     with pytest.raises(trioflow.ConfigError, match=r"\(name=\.\.\.\) must be a non-empty string"):
         decorate()
+
+
+def test_the_reference_page_lists_every_public_name() -> None:
+    import pathlib
+    import re
+
+    page = (pathlib.Path(__file__).parent.parent / "docs" / "reference.md").read_text()
+    listed = set(re.findall(r"^::: trioflow\.(\w+)$", page, re.M))
+    names = {n for n in dir(trioflow) if not n.startswith(("_", "@"))}
+    modules = {"cli", "testing", "pytest_plugin", "executors"}
+    assert names - modules - listed == set()

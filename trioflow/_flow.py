@@ -14,7 +14,7 @@ import functools
 import inspect
 import typing
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Literal, overload
 
 import attrs
 import trio
@@ -22,7 +22,7 @@ import trio
 from ._checks import check_function, check_name
 from ._context import current_runtime
 from ._errors import ConfigError, ConfigTypeError, ServiceError
-from ._service_task import service_task, teardown
+from ._service_task import ServiceTask, service_task, teardown
 from ._tool import Tool, tool
 
 __all__ = ["FlowType", "task"]
@@ -97,6 +97,30 @@ def _agent_tool(
     return tool(outputs=outputs, name=name or factory.__name__)(call)
 
 
+@overload
+def task(fn: Callable[..., Any], /) -> Tool: ...
+@overload
+def task(
+    fn: None = None,
+    /,
+    *,
+    flow_type: Literal[FlowType.SERVICE_TASK],
+    outputs: None = None,
+    name: str | None = None,
+    **options: Any,
+) -> Callable[[Callable[..., Any]], ServiceTask[Any]]: ...
+@overload
+def task(
+    fn: None = None,
+    /,
+    *,
+    flow_type: Literal[
+        FlowType.FUNCTION_TASK, FlowType.AGENT_TOOL_AS_SERVICE
+    ] = FlowType.FUNCTION_TASK,
+    outputs: Sequence[str] | None = None,
+    name: str | None = None,
+    **options: Any,
+) -> Callable[[Callable[..., Any]], Tool]: ...
 def task(
     fn: Callable[..., Any] | None = None,
     /,

@@ -116,8 +116,17 @@ def graph_fn(
 ) -> GraphFn | Callable[[Callable[..., Awaitable[Any]]], GraphFn]:
     """Declare an async function as a reactive graph.
 
-    Every tool call it awaits is a node, at most `max_concurrency` at a time (default 4; a
-    run's own `max_concurrency=` wins). `outputs` names what it returns (default `["result"]`).
+    Every tool call it awaits is a node of the run, counted against its cap; plain awaits are
+    not nodes.
+
+    Args:
+        name: The graph's name (default: the function's name).
+        outputs: The names of what it returns (default `["result"]`).
+        max_concurrency: Nodes at a time (default 4; a run's own `max_concurrency=` wins).
+
+    Raises:
+        ConfigError: A bad name, output list or cap.
+        ConfigTypeError: The decorated object is not an `async def`.
     """
     out_names = ("result",) if outputs is None else check_names(outputs, "outputs")
     cap = None if max_concurrency is None else check_max_concurrency(max_concurrency)
@@ -148,8 +157,16 @@ def _as_call(item: object) -> ToolCall | Callable[[], Awaitable[Any]]:
 async def gather(*calls: Any) -> list[Any]:
     """Run calls concurrently and return their results in order.
 
-    Takes tool calls, nested graph calls, awaitables or zero-argument async callables. The first
-    failure cancels the rest and propagates (under the run's `fail_fast` policy).
+    Tool calls run on at most `max_concurrency` workers (capacity is taken before a call
+    starts); nested graph calls, awaitables and zero-argument async callables run beside them.
+
+    Returns:
+        The results in call order (a tool's output dict for each tool call).
+
+    Raises:
+        NodeFailed: Under `fail_fast`, the first failure, after the rest were cancelled;
+            otherwise one failure bare, several as an `ExceptionGroup`.
+        ConfigTypeError: An argument that is none of the above.
     """
     items = [_as_call(c) for c in calls]
     frame = FRAME.get()
@@ -232,9 +249,20 @@ class MapCall:
 def map(tool: Tool, items: Any, *, param: str | None = None, **fixed: Any) -> Any:
     """Fan a tool out over items: each item is passed as the tool's one free input.
 
-    In a `graph_fn`, `await trioflow.map(...)` returns the output dicts in item order, taking
-    capacity before each task is spawned (streaming: items may be a generator). In a
-    `graphify`, it returns a ref whose outputs are lists in item order.
+    In a `graph_fn`, `await trioflow.map(...)` returns the output dicts in item order; items
+    are pulled as capacity frees up, so a generator of a million items is never held at once.
+    In a `graphify`, it returns a ref whose outputs are lists in item order.
+
+    Args:
+        tool: A `@trioflow.tool`.
+        items: An iterable (graph_fn) or a ref to a list (graphify).
+        param: The input each item is passed as, when more than one is free.
+        **fixed: Inputs passed unchanged to every call.
+
+    Raises:
+        ConfigError: No single free input, or `param` names none.
+        ConfigTypeError: `tool` is not a tool, or `fixed` names unknown inputs.
+        ContextError: Awaited outside any run.
     """
     if not isinstance(tool, Tool):
         raise ConfigTypeError(f"map() takes a @trioflow.tool as its first argument, got {tool!r}")

@@ -119,8 +119,20 @@ def graphify(
 ) -> Graphify | Callable[[Callable[..., Any]], Graphify]:
     """Declare a plain function as a static graph, traced into a `TaskGraph`.
 
-    Inside the body, tool calls return refs (`ref.out` is an output); `inputs` names the
-    graph's inputs (default: the function's parameters) and `outputs` what it returns.
+    Inside the body, tool calls return refs (`ref.out` is an output). A body whose shape
+    depends on an input's value is traced again with the values of each run.
+
+    Args:
+        name: The graph's name (default: the function's name).
+        inputs: The graph's inputs (default: the function's parameters; must match them).
+        outputs: The names of what it returns (default `["result"]`).
+        max_concurrency: Nodes at a time (default 4; a run's own `max_concurrency=` wins).
+
+    Raises:
+        ConfigError: Bad names, inputs that do not match the parameters, a bad cap.
+        ConfigTypeError: The decorated object is not a plain `def`.
+        GraphBuildError: Later, when the body is traced (`compile()` or a run) and does
+            something that cannot become a graph.
     """
     out_names = ("result",) if outputs is None else check_names(outputs, "outputs")
     in_names = None if inputs is None else check_names(inputs, "inputs")

@@ -20,7 +20,7 @@ import logging
 import math
 import typing
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar, overload
 
 import attrs
 import trio
@@ -454,6 +454,20 @@ class ServiceTask(Generic[T]):
         return handle
 
 
+@overload
+def service_task(fn: Callable[..., Any], /) -> ServiceTask[Any]: ...
+@overload
+def service_task(
+    fn: None = None,
+    /,
+    *,
+    name: str | None = None,
+    start_timeout: float | None = None,
+    restart: Literal["never", "on-failure"] = "never",
+    max_restarts: int = 3,
+    within: float = 60.0,
+    close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+) -> Callable[[Callable[..., Any]], ServiceTask[Any]]: ...
 def service_task(
     fn: Callable[..., Any] | None = None,
     /,
@@ -464,7 +478,7 @@ def service_task(
     max_restarts: int = 3,
     within: float = 60.0,
     close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
-) -> Any:
+) -> ServiceTask[Any] | Callable[[Callable[..., Any]], ServiceTask[Any]]:
     """Declare a SERVICE_TASK: calling it starts a new instance and returns a `ServiceHandle`.
 
     `start_timeout` bounds the time to ready; `close_timeout` bounds each teardown (a teardown

@@ -371,12 +371,25 @@ def tool(
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
     """Declare a function (async, or sync to run in a worker thread) as a trioflow tool.
 
-    `outputs` names what it returns (default `["result"]`); a single output may be returned
-    bare. `timeout` bounds each attempt; `retry` is a `Retry`; `limits` names runtime resource
-    limiters the node must hold (`open_runtime(limits={"gpu": 1})`). `executor` names where
-    attempts run (`"loop"`, `"thread"`, `"process"`, `"ray"` or a key of the runtime's
-    `executors=`). `rate_limit` names a `trioflow.RateLimit` of the runtime, `rate_key(**inputs)`
-    picks its bucket. `cache=True` (or a `trioflow.Cache`) reuses stored outputs across runs.
+    Outside a run the tool is still the plain function; inside a run, calling it returns an
+    awaitable call that runs it as a scheduled node.
+
+    Args:
+        outputs: The names of what it returns (default `["result"]`); a single output may be
+            returned bare.
+        name: The node name (default: the function's name).
+        timeout: Seconds per attempt; an expiry is retried like an error.
+        retry: A `trioflow.Retry`.
+        limits: Runtime resource limiters the node must hold (`open_runtime(limits=...)`).
+        executor: Where attempts run: `"loop"` (async default), `"thread"` (sync default),
+            `"process"`, `"ray"` or a key of the runtime's or run's `executors=`.
+        rate_limit: The name of a `trioflow.RateLimit` whose turn each attempt takes.
+        rate_key: Called with the tool's inputs once per call; picks the rate bucket.
+        cache: `True` or a `trioflow.Cache`: reuse stored outputs across runs (needs a store).
+
+    Raises:
+        ConfigError: A bad value (names, timeout, executor key, rate options).
+        ConfigTypeError: A wrong type, or a decorated object that is not a function.
     """
     out_names = ("result",) if outputs is None else check_names(outputs, "outputs")
     seconds = check_seconds(timeout, "timeout")

@@ -3,6 +3,7 @@
 import datetime as dt
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import attrs
 
@@ -35,7 +36,7 @@ async def warmest(reports: list[Report]) -> str:
 
 
 @trioflow.graphify(outputs=["warmest"])
-def weather(cities: list[str]) -> dict:
+def weather(cities: list[str]) -> dict[str, Any]:
     reports = [measure(city=c) for c in cities]
     return {"warmest": warmest(reports=[r.report for r in reports]).warmest}
 

@@ -1,6 +1,7 @@
 """Property-testing your own graph with trioflow.testing, in about a dozen lines."""
 
 import random
+from typing import Any
 
 import trio
 from hypothesis import given, strategies as st
@@ -28,7 +29,7 @@ async def total(xs: list[int]) -> int:
 
 
 @trioflow.graphify(name="pipeline", outputs=["total"])
-def pipeline(xs):
+def pipeline(xs: Any) -> Any:
     return total(xs=trioflow.map(clean, xs).out).total
 
 

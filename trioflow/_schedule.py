@@ -244,6 +244,7 @@ class _PlanRun:
         fast, targets, names = self.fast, plan.targets, plan.names
         ledger = run.ledger
         start, done, fail, cancel = ledger.start, ledger.done, ledger.fail, ledger.cancel
+        accept = run.memo.accept if run.memo is not None else None
         base, node_ids = self.base, self.node_ids
         pacer = Pacer()
         try:
@@ -268,6 +269,8 @@ class _PlanRun:
                         start(idx, kwargs)
                         target = targets[i]
                         outputs = target.normalize(await target.fn(**kwargs))
+                        if accept is not None:  # a store encodes them: unstorable ones fail here
+                            accept(node_ids[i], target, outputs)
                     except Exception as exc:
                         fail(idx, exc)
                         error = node_failed(node_ids[i], names[i], exc)
@@ -482,8 +485,12 @@ async def run_plan(
         indegree=indegree,
         ready=ready,
         remaining=len(ids),
-        fast=plan.fast if run.memo is None else [False] * len(ids),
+        # A memo that may reuse outputs must see every node; one that only stores them (a fresh
+        # run with a store) keeps the fast path, which hands it the outputs (`accept`).
+        fast=plan.fast if run.memo is None or not run.memo.reuses else [False] * len(ids),
     )
+    if run.memo is not None and run.memo.reuses:
+        run.memo.prefill(state)  # a resumed graph's stored DONE nodes: DONE now, no task each
     async with trio.open_nursery() as nursery:
         state.nursery = nursery
         state.wake(len(ready))

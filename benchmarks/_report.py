@@ -176,7 +176,9 @@ def rival_per_node(
         if row["status"] == "ok":
             return row["us_per_node"], "measured" if n == 10_000 else f"measured at N={n:,}"
         if row["status"] == "DNF":
-            after = row.get("dnf_after_s") or budget
+            after = row.get("dnf_after_s")
+            if after is None:
+                return None, f"DNF at N={n:,} before its measured run started"
             nodes = n + 2
             # Unfinished at this N: every node costs at least after/nodes on average.
             return after / nodes * 1e6, f"DNF at N={n:,}: lower bound"
@@ -203,6 +205,8 @@ def markdown(results: dict[str, Any]) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in machine["versions"].items() if v)
     lines = [
         "# trioflow benchmark results",
+        "",
+        "<!-- --8<-- [start:tables] -->",
         "",
         f"- Run: `{results['mode']}` mode, {results['started']} → {results['finished']} (UTC), "
         f"commit `{results.get('git_commit')}`; {settings['repeats']} repeat(s) per cell, "
@@ -268,7 +272,7 @@ def markdown(results: dict[str, Any]) -> str:
         head = f"| {r['workload']} | {r['n']:,} | {r['cap']} | {label} |"
         if r["status"] != "ok":
             detail = r.get("reason") or ""
-            if r["status"] == "DNF":
+            if r["status"] == "DNF" and not detail:
                 detail = f"killed at {budget:g} s"
             lines.append(f"{head} {r['status']} | | | | | | {detail} |")
             continue
@@ -286,6 +290,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"{r.get('vs_trio', float('nan')):.2f} | {'' if peak is None else f'{peak:,.0f}'} | "
             f"{'; '.join(more)} |"
         )
+    lines += ["", "<!-- --8<-- [end:tables] -->"]
     return "\n".join(lines) + "\n"
 
 

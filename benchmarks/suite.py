@@ -67,7 +67,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sizes", nargs="*", help="N for every chosen workload (default: each's)")
     parser.add_argument("--caps", nargs="*", help="max_concurrency values (default: 4 64)")
     parser.add_argument("--repeats", type=int, help="measurements per cell (full: 3)")
-    parser.add_argument("--budget", type=float, help="seconds per cell before DNF (full: 60)")
+    parser.add_argument(
+        "--budget", type=float, help="seconds for a cell's measured run before DNF (full: 60)"
+    )
+    parser.add_argument(
+        "--setup-budget",
+        type=float,
+        default=180.0,
+        help="seconds for a cell's imports and warm-up before DNF (default 180)",
+    )
     parser.add_argument(
         "--max-repeat-seconds",
         type=float,
@@ -169,54 +177,88 @@ def cell_env(prefect_home: str | None = None) -> dict[str, str]:
 # -- running cells --------------------------------------------------------------------------------
 
 
+def read_events(path: Path) -> dict[str, dict[str, Any]]:
+    if not path.exists():
+        return {}
+    events = [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+    return {e["event"]: e for e in events}
+
+
 def run_cell(
-    python: str, system: str, workload: str, n: int, cap: int, budget: float, scratch: str
+    python: str,
+    system: str,
+    workload: str,
+    n: int,
+    cap: int,
+    budget: float,
+    setup_budget: float,
+    scratch: str,
 ) -> dict[str, Any]:
-    """One measurement in a fresh process (its own session), killed at `budget` seconds."""
+    """One measurement in a fresh process (its own session).
+
+    The measured run gets `budget` seconds from its start; imports, the warm-up run and a
+    server's start-up before it get `setup_budget`. Past either, the whole session is killed.
+    """
     with tempfile.TemporaryDirectory(prefix="trioflow-bench-") as tmp:
         out = Path(tmp) / "cell.jsonl"
         spec = {"system": system, "workload": workload, "n": n, "cap": cap, "out": str(out)}
         env = cell_env(str(Path(scratch) / "prefect"))
         started = time.time()
-        proc = subprocess.Popen(
-            [python, str(HERE / "_cell.py"), json.dumps(spec)],
-            cwd=tmp,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-        killed = False
-        try:
-            _, stderr = proc.communicate(timeout=budget)
-        except subprocess.TimeoutExpired:
-            killed = True
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            _, stderr = proc.communicate()
-        ended = time.time()
-        events = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
-    by_kind = {e["event"]: e for e in events}
+        with open(Path(tmp) / "stderr.txt", "w+") as stderr_file:
+            proc = subprocess.Popen(
+                [python, str(HERE / "_cell.py"), json.dumps(spec)],
+                cwd=tmp,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr_file,
+                start_new_session=True,
+            )
+            killed = None
+            timing: float | None = None
+            while proc.poll() is None:
+                time.sleep(0.02)
+                now = time.time()
+                events = read_events(out)
+                if "timing" in events:  # the latest measured run's start
+                    timing = events["timing"]["wall"]
+                if timing is not None and now - timing > budget:
+                    killed = "run"
+                elif timing is None and now - started > setup_budget:
+                    killed = "setup"
+                if killed:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+            ended = time.time()
+            stderr_file.seek(0)
+            stderr = stderr_file.read()[-1500:]
+        by_kind = read_events(out)
     record: dict[str, Any] = {"wall_s": ended - started}
     if "started" in by_kind:
         record["pid"] = by_kind["started"]["pid"]
-    if killed:
-        record["status"] = "DNF"
-        timing = by_kind.get("timing")
-        # A lower bound on the measured run: from its start to the kill.
-        record["dnf_after_s"] = ended - timing["wall"] if timing else None
-        return record
     result = by_kind.get("result")
+    if killed == "run" and timing is not None and result is None:
+        # A lower bound on the measured run: from its start to the kill.
+        record.update(status="DNF", dnf_after_s=ended - timing)
+        return record
+    if killed == "setup":
+        record.update(status="DNF", reason=f"set-up and warm-up took over {setup_budget:g} s")
+        return record
     if result is None:
-        record.update(status="error", error=f"exit code {proc.returncode}: {stderr[-1500:]}")
+        record.update(status="error", error=f"exit code {proc.returncode}: {stderr}")
         return record
     result = dict(result)
     result.pop("event")
     record.update(result)
     if record["status"] == "error":
-        record["stderr"] = stderr[-1500:]
+        record["stderr"] = stderr
+    elif "rerun" in by_kind:
+        record["extra"]["rerun_s"] = by_kind["rerun"]["seconds"]
+    elif killed:
+        record["extra"]["rerun_dnf"] = True  # the first run finished, the second did not
+    elif proc.returncode:
+        record.update(status="error", error=f"exit code {proc.returncode}: {stderr}")
     return record
 
 
@@ -269,6 +311,7 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
         "settings": {
             "repeats": args.repeats,
             "budget_s": args.budget,
+            "setup_budget_s": args.setup_budget,
             "max_repeat_seconds": args.max_repeat_seconds,
             "caps": args.caps,
         },
@@ -329,7 +372,9 @@ def run_cells(
                         done.setdefault(cell, []).append(record)
                     continue
                 load_1m = os.getloadavg()[0]
-                record = run_cell(args.python, key, workload, n, cap, args.budget, scratch)
+                record = run_cell(
+                    args.python, key, workload, n, cap, args.budget, args.setup_budget, scratch
+                )
                 record = {**base, "repeat": repeat, "load_1m": load_1m, **record}
                 if record["status"] == "DNF":
                     dnf.add((key, workload, cap))

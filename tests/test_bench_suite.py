@@ -98,7 +98,7 @@ def test_a_cell_over_its_budget_is_killed_and_reported_dnf(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     dnf, bigger = results["measurements"]  # a DNF cell is not repeated
     assert (dnf["n"], dnf["status"]) == (2000, "DNF")
-    assert 0 < dnf["dnf_after_s"] <= 1.5
+    assert 1 <= dnf["dnf_after_s"] <= 3
     assert (bigger["n"], bigger["status"], bigger["reason"]) == (
         4000,
         "skipped",

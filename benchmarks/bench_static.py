@@ -26,6 +26,7 @@ import trio
 from _harness import header, report, timed
 
 import trioflow
+from trioflow._schedule import plan_for
 
 Deps = list[list[int]]
 
@@ -164,7 +165,7 @@ def measure(
     answer = expected(deps)
     graph = graph_for(deps)
     start = time.perf_counter()
-    graph.plan_for({})  # trace + lower once; later runs reuse the plan
+    plan_for(graph, {})  # trace + lower once; later runs reuse the plan
     compile_s = time.perf_counter() - start
     out: list[tuple[int, float, float]] = []
     for cap in caps:
@@ -222,7 +223,7 @@ def main() -> None:
         for n in (1_000, 10_000, 100_000, 1_000_000):
             deps = fan_out_in(n)
             graph = graph_for(deps)
-            graph.plan_for({})
+            plan_for(graph, {})
             floor_s, _ = timed(functools.partial(hand_written, deps, 64), 1)
             ours_s, _ = timed(functools.partial(trioflow.run_async, graph, max_concurrency=64), 1)
             print(

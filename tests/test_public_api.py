@@ -16,6 +16,7 @@ PUBLIC = {
     "open_runtime", "run", "run_async", "tool", "ChannelMessage", "MemoryEvent", "Service",
     "ServiceHandle", "ServiceState", "ServiceTask", "critical", "register_context_service",
     "service_task", "unregister_context_service", "FlowType", "task",
+    "RunEvent", "Executor", "LoopExecutor", "ThreadExecutor", "Cache", "RateLimit",
 }  # fmt: skip
 
 

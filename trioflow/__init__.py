@@ -7,6 +7,7 @@ the runtime owns.
 """
 
 from ._builtins import ChannelMessage as ChannelMessage, MemoryEvent as MemoryEvent
+from ._cache import Cache as Cache
 from ._compile import NodeRef as NodeRef
 from ._context import NodeContext as NodeContext, current_context as current_context
 from ._errors import (
@@ -20,6 +21,12 @@ from ._errors import (
     ServiceError as ServiceError,
     TrioflowError as TrioflowError,
 )
+from ._events import RunEvent as RunEvent
+from ._executor import (
+    Executor as Executor,
+    LoopExecutor as LoopExecutor,
+    ThreadExecutor as ThreadExecutor,
+)
 from ._flow import FlowType as FlowType, task as task
 from ._graph import (
     InputRef as InputRef,
@@ -29,6 +36,7 @@ from ._graph import (
 )
 from ._graph_fn import GraphFn as GraphFn, gather as gather, graph_fn as graph_fn, map as map
 from ._graphify import Graphify as Graphify, graphify as graphify
+from ._ratelimit import RateLimit as RateLimit
 from ._records import (
     ErrorInfo as ErrorInfo,
     NodeRecord as NodeRecord,

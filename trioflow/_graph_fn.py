@@ -16,6 +16,7 @@ import trio
 
 from ._checks import adopt_metadata, check_function, check_max_concurrency, check_names
 from ._context import FRAME, Frame, context_from_frame
+from ._dispatch import call_graph_target
 from ._errors import (
     ConfigError,
     ConfigTypeError,
@@ -24,7 +25,7 @@ from ._errors import (
     TrioflowError,
     is_run_failure,
 )
-from ._execute import RunState, call_graph_target
+from ._runstate import RunState
 from ._tool import (
     TRACER,
     InputSpec,
@@ -72,6 +73,13 @@ class GraphFn:
         except Exception as exc:
             if isinstance(exc, TrioflowError) or is_run_failure(exc):
                 raise
+            if frame.graph_id == run.graph_id:
+                # The top-level body is a node of the record when it fails, so that its
+                # error is reported like any node's (also under on_error="collect").
+                ledger = run.ledger
+                idx = ledger.add(frame.node_id, self.name)
+                ledger.start(idx)
+                ledger.fail(idx, exc)
             raise NodeFailed(
                 frame.node_id, self.name, f"graph {self.name!r} body failed: {exc!r}"
             ) from exc
@@ -211,8 +219,8 @@ class MapCall:
         if frame is None:
             raise ContextError(f"map({self.tool.name!r}) was awaited outside its run")
         tool, param, fixed = self.tool, self.param, self.fixed
-        calls = (ToolCall(tool, {**fixed, param: item}) for item in self.items)
         run: RunState = frame.run
+        calls = (ToolCall(tool, {**fixed, param: item}, run) for item in self.items)
         return run.fan_out(frame, calls).__await__()
 
 

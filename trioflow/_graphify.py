@@ -15,10 +15,11 @@ import attrs
 from ._checks import adopt_metadata, check_function, check_max_concurrency, check_names
 from ._compile import trace
 from ._context import Frame
-from ._errors import ConfigError, ConfigTypeError, GraphBuildError
-from ._execute import RunState, call_graph_target
+from ._dispatch import call_graph_target
+from ._errors import ConfigError, ConfigTypeError
 from ._graph import TaskGraph
-from ._schedule import Plan, lower, run_plan
+from ._runstate import RunState
+from ._schedule import plan_for, run_plan
 from ._tool import InputSpec, Tool
 
 __all__ = ["Graphify", "graphify"]
@@ -35,8 +36,8 @@ class Graphify:
     max_concurrency: float | None = None
     spec: InputSpec = attrs.field(init=False, repr=False)
     defaults: dict[str, Any] = attrs.field(init=False, repr=False)
-    # Trace cache: the lowered plan when the shape does not depend on input values.
-    _cache: dict[str, Any] = attrs.field(init=False, factory=dict, repr=False)
+    # The scheduler's cache of lowered plans (see `_schedule.plan_for`).
+    plans: dict[str, Any] = attrs.field(init=False, factory=dict, repr=False)
 
     def __attrs_post_init__(self) -> None:
         spec = InputSpec.of(self.fn, f"graphify {self.name!r}")
@@ -63,41 +64,22 @@ class Graphify:
         (code `"shape-dependent"`).
         """
         if not inputs:
-            return self._trace(None)
+            return self.trace(None)
         unknown = sorted(set(inputs) - set(self.inputs))
         if unknown:
             raise ConfigError(
                 f"unknown inputs {unknown} for graphify {self.name!r}; it takes {list(self.inputs)}"
             )
-        return self._trace({**self.defaults, **inputs})
+        return self.trace({**self.defaults, **inputs})
 
-    def _trace(self, values: Mapping[str, Any] | None) -> TaskGraph:
+    def trace(self, values: Mapping[str, Any] | None) -> TaskGraph:
+        """Trace the body into a `TaskGraph` (with input values where they are known)."""
         return trace(
             self.fn, name=self.name, inputs=self.inputs, outputs=self.outputs, values=values
         )
 
-    def plan_for(self, inputs: Mapping[str, Any]) -> Plan:
-        """The lowered graph for a run: cached when the shape does not depend on the inputs."""
-        cache = self._cache
-        shape = cache.get("shape")
-        if shape == "static":
-            plan: Plan = cache["plan"]
-            return plan
-        if shape is None:
-            try:
-                graph = self._trace(None)
-            except GraphBuildError as exc:
-                if exc.code != "shape-dependent":
-                    raise
-                cache["shape"] = "dynamic"
-            else:
-                plan = lower(graph)
-                cache.update(shape="static", plan=plan)
-                return plan
-        return lower(self._trace(inputs))
-
     async def run_body(self, run: RunState, inputs: dict[str, Any], frame: Frame) -> Any:
-        return await run_plan(run, self.plan_for(inputs), inputs, frame)
+        return await run_plan(run, plan_for(self, inputs), inputs, frame)
 
     def tools(self) -> tuple[Tool, ...]:
         return ()

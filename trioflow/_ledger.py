@@ -1,37 +1,96 @@
-"""The live, columnar record of a run, turned into a frozen `RunRecord` on demand.
+"""The node life cycle of one run, in one place: every state change, and the events it emits.
 
-One row per node, in admission order. Columns are plain lists so that recording a state change
-on the hot path is a list store, not an object allocation; exceptions are formatted only when a
-snapshot is taken.
+PENDING → RUNNING → DONE | FAILED | CANCELLED, or PENDING → SKIPPED (or CANCELLED when the run
+ends first). Both schedulers change a node's state only through the methods here, and each
+change is also the one place a `RunEvent` is emitted from. Rows are plain list columns, so a
+state change on the hot path is a few list stores; with no listener no event object is built,
+and exceptions are formatted only when a snapshot (or a listener) needs them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from ._errors import is_run_failure
+from ._events import EventKind, Listener, RunEvent
 from ._records import ErrorInfo, NodeRecord, NodeState, RunRecord
 
 __all__ = ["Ledger"]
 
 _PENDING = NodeState.PENDING
+_RUNNING = NodeState.RUNNING
+_DONE = NodeState.DONE
+_FAILED = NodeState.FAILED
+_CANCELLED = NodeState.CANCELLED
+_SKIPPED = NodeState.SKIPPED
+
+
+def _never() -> float:
+    return 0.0
 
 
 class Ledger:
-    """Node rows of one run (shared by its nested graphs)."""
+    """Node rows of one run (shared by its nested graphs), and the run's event stream."""
 
-    __slots__ = ("attempts", "errors", "finished", "ids", "started", "states", "tools")
+    __slots__ = (
+        "attempts",
+        "cached",
+        "epoch",
+        "errors",
+        "executors",
+        "finished",
+        "graph_id",
+        "ids",
+        "infos",
+        "listener",
+        "listener_error",
+        "now",
+        "on_listener_error",
+        "run_id",
+        "started",
+        "states",
+        "t0",
+        "tools",
+        "waited",
+        "wall0",
+    )
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        run_id: str = "",
+        graph_id: str = "",
+        now: Callable[[], float] = _never,
+        listener: Listener | None = None,
+    ) -> None:
+        self.run_id = run_id
+        self.graph_id = graph_id
+        self.now = now
+        self.listener = listener
+        self.listener_error: Exception | None = None
+        self.on_listener_error: Callable[[], None] = _nothing
         self.ids: list[str] = []
         self.tools: list[str] = []
         self.states: list[NodeState] = []
         self.started: list[float | None] = []
         self.finished: list[float | None] = []
         self.attempts: list[int] = []
+        self.executors: list[str] = []
         self.errors: dict[int, BaseException | ErrorInfo] = {}
+        self.infos: dict[int, ErrorInfo] = {}  # errors formatted, on demand
+        self.waited: dict[int, float] = {}
+        self.cached: set[int] = set()
+        self.t0 = now()
+        self.wall0 = datetime.now(UTC)
+        self.epoch = self.wall0 - timedelta(seconds=self.t0)
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def add(self, node_id: str, tool: str) -> int:
+    # -- rows --------------------------------------------------------------------------------
+
+    def add(self, node_id: str, tool: str, executor: str = "loop") -> int:
         """Append a PENDING row; returns its index."""
         self.ids.append(node_id)
         self.tools.append(tool)
@@ -39,9 +98,10 @@ class Ledger:
         self.started.append(None)
         self.finished.append(None)
         self.attempts.append(0)
+        self.executors.append(executor)
         return len(self.ids) - 1
 
-    def add_many(self, node_ids: list[str], tools: list[str]) -> int:
+    def add_many(self, node_ids: list[str], tools: list[str], executors: list[str]) -> int:
         """Append PENDING rows for a whole static graph; returns the first row's index."""
         base = len(self.ids)
         n = len(node_ids)
@@ -51,48 +111,225 @@ class Ledger:
         self.started.extend([None] * n)
         self.finished.extend([None] * n)
         self.attempts.extend([0] * n)
+        self.executors.extend(executors)
         return base
 
-    def finish_unfinished(self, now: float) -> None:
-        """Mark rows still RUNNING as CANCELLED and rows still PENDING as CANCELLED too.
+    # -- the life cycle ----------------------------------------------------------------------
 
-        Called when a run (or nested graph) is torn down, so no record is left RUNNING.
-        """
+    def start(self, idx: int, inputs: Mapping[str, Any] | None = None) -> None:
+        """PENDING → RUNNING: the node holds its capacity and its first attempt begins."""
+        self.states[idx] = _RUNNING
+        self.started[idx] = at = self.now()
+        self.attempts[idx] = 1
+        if self.listener is not None:
+            self._emit("node_started", idx, _RUNNING, at, None, inputs, None)
+
+    def retry(self, idx: int, attempt: int) -> None:
+        """The node begins attempt number `attempt` (2, 3, ...)."""
+        self.attempts[idx] = attempt
+
+    def done(self, idx: int, outputs: Mapping[str, Any]) -> None:
+        """RUNNING → DONE."""
+        self.states[idx] = _DONE
+        self.finished[idx] = at = self.now()
+        if self.listener is not None:
+            self._emit("node_finished", idx, _DONE, at, None, None, outputs)
+
+    def reuse(self, idx: int, outputs: Mapping[str, Any], cached: bool) -> None:
+        """RUNNING → DONE without an attempt: outputs from a stored run or the result cache."""
+        self.attempts[idx] = 0
+        if cached:
+            self.cached.add(idx)
+        self.done(idx, outputs)
+
+    def fail(self, idx: int, exc: BaseException | ErrorInfo) -> None:
+        """RUNNING → FAILED with the node's original exception."""
+        self.states[idx] = _FAILED
+        self.finished[idx] = at = self.now()
+        self.errors[idx] = exc
+        if self.listener is not None:
+            self._emit("node_finished", idx, _FAILED, at, self._error_info(idx), None, None)
+
+    def fail_inner(self, idx: int, exc: BaseException) -> None:
+        """RUNNING → FAILED for a node made of nodes (a nested graph, a map) whose inner nodes
+        failed: their errors are theirs, this node's record names them."""
+        inner = sorted({leaf.node_id for leaf in _leaves(exc) if hasattr(leaf, "node_id")})
+        self.fail(
+            idx,
+            ErrorInfo(type="DependencyFailed", message=f"inner nodes failed: {', '.join(inner)}"),
+        )
+
+    def cancel(self, idx: int) -> None:
+        """RUNNING or PENDING → CANCELLED (a no-op for a node that already finished)."""
+        state = self.states[idx]
+        at = self.now()
+        if state is _RUNNING:
+            self.finished[idx] = at
+        elif state is not _PENDING:
+            return
+        self.states[idx] = _CANCELLED
+        if self.listener is not None:
+            self._emit("node_finished", idx, _CANCELLED, at, None, None, None)
+
+    def skip(self, idx: int, cause: ErrorInfo) -> bool:
+        """PENDING → SKIPPED because a dependency failed; False if the node was not pending."""
+        if self.states[idx] is not _PENDING:
+            return False
+        self.states[idx] = _SKIPPED
+        self.errors[idx] = cause
+        if self.listener is not None:
+            self._emit("node_finished", idx, _SKIPPED, self.now(), cause, None, None)
+        return True
+
+    def add_wait(self, idx: int, seconds: float) -> None:
+        """Count `seconds` the node spent waiting for capacity or a rate-limit turn."""
+        if seconds > 0:
+            self.waited[idx] = self.waited.get(idx, 0.0) + seconds
+
+    def finish_unfinished(self) -> None:
+        """Mark every row still RUNNING or PENDING as CANCELLED: nothing is left running."""
         states = self.states
         for i in range(len(states)):
-            state = states[i]
-            if state is NodeState.RUNNING:
-                states[i] = NodeState.CANCELLED
-                if self.finished[i] is None:
-                    self.finished[i] = now
-            elif state is _PENDING:
-                states[i] = NodeState.CANCELLED
+            if states[i] is _RUNNING or states[i] is _PENDING:
+                self.cancel(i)
 
-    def snapshot(
-        self, run_id: str, graph_id: str, started_at: float | None, finished_at: float | None
-    ) -> RunRecord:
+    # -- run events --------------------------------------------------------------------------
+
+    def run_started(self) -> None:
+        self.t0 = self.now()
+        self.wall0 = datetime.now(UTC)
+        self.epoch = self.wall0 - timedelta(seconds=self.t0)
+        if self.listener is not None:
+            self._emit("run_started", -1, None, self.t0, None, None, None)
+
+    def run_finished(self, outcome: NodeState) -> None:
+        if self.listener is not None:
+            self._emit("run_finished", -1, outcome, self.now(), None, None, None)
+
+    def _error_info(self, idx: int) -> ErrorInfo:
+        info = self.infos.get(idx)
+        if info is None:
+            err = self.errors[idx]
+            info = ErrorInfo.from_exception(err) if isinstance(err, BaseException) else err
+            self.infos[idx] = info
+        return info
+
+    def failures(self) -> list[tuple[int, BaseException]]:
+        """The original exceptions of failed nodes whose own code raised (not composites'
+        inner failures), once each, in row order."""
+        seen: set[int] = set()
+        found: list[tuple[int, BaseException]] = []
+        for idx, err in self.errors.items():
+            if (
+                self.states[idx] is _FAILED
+                and isinstance(err, BaseException)
+                and not is_run_failure(err)
+                and id(err) not in seen
+            ):
+                seen.add(id(err))
+                found.append((idx, err))
+        return found
+
+    def _emit(
+        self,
+        kind: EventKind,
+        idx: int,
+        state: NodeState | None,
+        at: float,
+        error: ErrorInfo | None,
+        inputs: Mapping[str, Any] | None,
+        outputs: Mapping[str, Any] | None,
+    ) -> None:
+        listener = self.listener
+        assert listener is not None
+        if idx >= 0:
+            event = RunEvent(
+                kind,
+                self.run_id,
+                self.graph_id,
+                self.ids[idx],
+                self.tools[idx],
+                state,
+                at,
+                self.epoch,
+                self.attempts[idx],
+                error,
+                len(self.ids),
+                inputs,
+                outputs,
+            )
+        else:
+            event = RunEvent(
+                kind, self.run_id, self.graph_id, None, None, state, at, self.epoch, 0, error,
+                len(self.ids),
+            )  # fmt: skip
+        try:
+            listener(event)
+        except Exception as exc:
+            # Not swallowed: the run fails with it. The listener hears nothing more.
+            self.listener = None
+            if self.listener_error is None:
+                self.listener_error = exc
+                self.on_listener_error()
+
+    # -- snapshots ---------------------------------------------------------------------------
+
+    def snapshot(self, started_at: float | None, finished_at: float | None) -> RunRecord:
         """A frozen `RunRecord` of every row so far."""
-        errors: dict[int, ErrorInfo] = {}
-        for i, err in self.errors.items():
-            if isinstance(err, BaseException):
-                err = ErrorInfo.from_exception(err)
-                self.errors[i] = err
-            errors[i] = err
+        errors = {i: self._error_info(i) for i in self.errors}
+        waited, cached, epoch = self.waited, self.cached, self.epoch
+        walls: dict[float | None, datetime | None] = {None: None}  # many nodes share a time
+
+        def wall(at: float | None) -> datetime | None:
+            if at in walls:
+                return walls[at]
+            assert at is not None
+            found = walls[at] = epoch + timedelta(seconds=at)
+            return found
+
         nodes = {
             node_id: NodeRecord(
-                tool=self.tools[i],
-                state=self.states[i],
-                started_at=self.started[i],
-                finished_at=self.finished[i],
-                attempts=self.attempts[i],
-                error=errors.get(i),
+                tool,
+                state,
+                started,
+                finished,
+                attempts,
+                errors.get(i),
+                executor,
+                i in cached,
+                waited.get(i, 0.0),
+                wall(started),
+                wall(finished),
             )
-            for i, node_id in enumerate(self.ids)
+            for i, (node_id, tool, state, started, finished, attempts, executor) in enumerate(
+                zip(
+                    self.ids,
+                    self.tools,
+                    self.states,
+                    self.started,
+                    self.finished,
+                    self.attempts,
+                    self.executors,
+                    strict=True,
+                )
+            )
         }
         return RunRecord(
-            run_id=run_id,
-            graph_id=graph_id,
+            run_id=self.run_id,
+            graph_id=self.graph_id,
             nodes=nodes,
             started_at=started_at,
             finished_at=finished_at,
+            started_wall=wall(started_at),
+            finished_wall=wall(finished_at),
         )
+
+
+def _nothing() -> None:
+    pass
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]

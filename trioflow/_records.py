@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import enum
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from datetime import datetime
 from typing import Any
 
 import attrs
@@ -51,7 +52,13 @@ class ErrorInfo:
 
 @attrs.frozen
 class NodeRecord:
-    """What happened to one node of a run."""
+    """What happened to one node of a run.
+
+    `started_at`/`finished_at` are on the Trio clock (exact under `MockClock`); the `_wall`
+    twins are UTC datetimes, so a stored record still means something later. `executor` names
+    where the attempts ran, `cached` says the outputs came from the result cache, and `waited`
+    is the seconds the node spent waiting for capacity and rate-limit turns.
+    """
 
     tool: str
     state: NodeState = NodeState.PENDING
@@ -59,6 +66,11 @@ class NodeRecord:
     finished_at: float | None = None
     attempts: int = 0
     error: ErrorInfo | None = None
+    executor: str = "loop"
+    cached: bool = False
+    waited: float = 0.0
+    started_wall: datetime | None = None
+    finished_wall: datetime | None = None
 
 
 @attrs.frozen
@@ -70,6 +82,8 @@ class RunRecord:
     nodes: dict[str, NodeRecord] = attrs.field(factory=dict)
     started_at: float | None = None
     finished_at: float | None = None
+    started_wall: datetime | None = None
+    finished_wall: datetime | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict; `RunRecord.from_dict(r.to_dict()) == r`."""
@@ -87,18 +101,42 @@ class RunRecord:
 
 @attrs.frozen
 class RunResult:
-    """A run's outputs (those that could be computed) together with its record."""
+    """A run's outputs (those that could be computed) together with its record.
+
+    The record may be given as a zero-argument function: it is then built on first access
+    (a run's record is final when the run returns), so `record=True` costs nothing until read.
+    """
 
     outputs: dict[str, Any]
-    record: RunRecord
+    _record: RunRecord | Callable[[], RunRecord] = attrs.field(alias="record", repr=False)
+    _built: list[RunRecord] = attrs.field(factory=list, init=False, eq=False, repr=False)
+
+    @property
+    def record(self) -> RunRecord:
+        """The run's `RunRecord`."""
+        if not self._built:
+            source = self._record
+            self._built.append(source if isinstance(source, RunRecord) else source())
+        return self._built[0]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RunResult):
+            return NotImplemented
+        return self.outputs == other.outputs and self.record == other.record
+
+    def __repr__(self) -> str:
+        return f"RunResult(outputs={self.outputs!r}, record={self.record!r})"
 
     @property
     def errors(self) -> dict[str, ErrorInfo]:
-        """Node id → error, for every node that failed."""
+        """Node id → error, for every node whose own code failed (once per failure: a nested
+        graph or map that failed because an inner node did is not listed again)."""
         return {
             node_id: rec.error
             for node_id, rec in self.record.nodes.items()
-            if rec.state is NodeState.FAILED and rec.error is not None
+            if rec.state is NodeState.FAILED
+            and rec.error is not None
+            and rec.error.type != "DependencyFailed"
         }
 
     @property

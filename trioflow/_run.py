@@ -2,7 +2,8 @@
 
 Options are checked before anything starts. When the run ends, every node's record is final
 (nothing is left RUNNING), every trioflow error leaving the run carries `.record`, and Trio's own
-`Cancelled` from an enclosing scope passes through untouched.
+`Cancelled` from an enclosing scope passes through untouched. The run emits `run_started` and
+`run_finished` around its nodes' events; a listener's exception fails the run, as itself.
 """
 
 from __future__ import annotations
@@ -16,16 +17,20 @@ from typing import Any, Protocol
 import attrs
 import trio
 
+from ._attempt import node_failed
 from ._checks import check_max_concurrency
 from ._context import FRAME, Frame, ServiceAccess
 from ._errors import ConfigError, ConfigTypeError, RunCancelled, _RunError, is_run_failure
-from ._execute import ErrorPolicy, GraphTarget, RunState
+from ._events import Listener
+from ._executor import Executor, ExecutorTable, check_executors
 from ._graph import TaskGraph
-from ._records import RunRecord, RunResult
+from ._ledger import Ledger
+from ._records import NodeState, RunRecord, RunResult
+from ._runstate import ErrorPolicy, GraphTarget, NodeMemo, RateTurns, RunState
 from ._schedule import CompiledGraph
 from ._tool import Tool
 
-__all__ = ["RunOptions", "RuntimeLike", "check_run", "execute_run"]
+__all__ = ["RunOptions", "RunSeams", "RuntimeLike", "check_run", "execute_run"]
 
 DEFAULT_MAX_CONCURRENCY = 4
 _POLICIES = ("fail_fast", "skip_dependents", "collect")
@@ -45,6 +50,8 @@ class RuntimeLike(Protocol):
     def global_limiter(self) -> trio.CapacityLimiter | None: ...
     @property
     def resources(self) -> Mapping[str, trio.CapacityLimiter]: ...
+    @property
+    def executor_table(self) -> ExecutorTable: ...
     def services_for(self, run_id: str) -> ServiceAccess: ...
 
 
@@ -59,6 +66,18 @@ class RunOptions:
     run_id: str
     rng: random.Random | None
     record: bool
+    executors: dict[str, Executor] = attrs.field(factory=dict)
+    on_event: Listener | None = None
+    run_id_given: bool = False
+
+
+@attrs.frozen
+class RunSeams:
+    """What the layers above the run plug into it: listeners, rate turns, a memo."""
+
+    listener: Listener | None = None
+    rates: RateTurns | None = None
+    memo: NodeMemo | None = None
 
 
 def check_run(
@@ -71,10 +90,12 @@ def check_run(
     run_id: str | None,
     rng: random.Random | None,
     record: bool,
+    executors: Mapping[str, Executor] | None = None,
+    on_event: Listener | None = None,
 ) -> tuple[RunnableTarget, RunOptions]:
     """Validate everything about a run before anything starts."""
     if isinstance(target, TaskGraph):
-        target = CompiledGraph(target)
+        target = CompiledGraph.of(target)
     if not (hasattr(target, "run_body") and hasattr(target, "check_inputs")):
         raise ConfigTypeError(
             f"run() takes a @trioflow.graph_fn or @trioflow.graphify graph, got {target!r}"
@@ -96,6 +117,10 @@ def check_run(
         raise ConfigError(f"run_id must be a non-empty string, got {run_id!r}")
     if rng is not None and not isinstance(rng, random.Random):
         raise ConfigTypeError(f"rng must be a random.Random, got {rng!r}")
+    if not isinstance(record, bool):
+        raise ConfigTypeError(f"record must be True or False, got {record!r}")
+    if on_event is not None and not callable(on_event):
+        raise ConfigTypeError(f"on_event must be a callable taking a RunEvent, got {on_event!r}")
     return graph, RunOptions(
         inputs=checked_inputs,
         max_concurrency=cap,
@@ -103,7 +128,10 @@ def check_run(
         timeout=None if timeout is None else float(timeout),
         run_id=run_id or uuid.uuid4().hex,
         rng=rng,
-        record=bool(record),
+        record=record,
+        executors=check_executors(executors),
+        on_event=on_event,
+        run_id_given=run_id is not None,
     )
 
 
@@ -117,57 +145,111 @@ def attach_record(exc: BaseException, record: RunRecord) -> None:
 
 
 async def execute_run(
-    runtime: RuntimeLike, graph: RunnableTarget, options: RunOptions
+    runtime: RuntimeLike,
+    graph: RunnableTarget,
+    options: RunOptions,
+    seams: RunSeams = RunSeams(),
 ) -> dict[str, Any] | RunResult:
     """Run `graph` to the end inside `runtime`; see `trioflow.run_async`."""
+    clock = trio.lowlevel.current_clock().current_time
+    ledger = Ledger(options.run_id, graph.name, clock, seams.listener)
+    executors = runtime.executor_table
+    if options.executors:
+        executors = ExecutorTable(options.executors, parent=executors)
     run = RunState(
         run_id=options.run_id,
         graph_id=graph.name,
         limiter=trio.CapacityLimiter(options.max_concurrency),
+        ledger=ledger,
         policy=options.on_error,
         rng=options.rng,
         global_limiter=runtime.global_limiter,
         resources=runtime.resources,
         services=runtime.services_for(options.run_id),
+        executors=executors,
+        rates=seams.rates,
+        memo=seams.memo,
     )
-    run.check_limits(graph.tools())
-    ledger = run.ledger
-    started = trio.current_time()
+    run.check_tools(graph.tools())
     outputs: dict[str, Any] | None = None
     error: Exception | None = None
     frame = Frame(run, graph.name, graph.name, 1, None)
+    ledger.run_started()
+    started = ledger.t0
     deadline = math.inf if options.timeout is None else started + options.timeout
-    with trio.CancelScope(deadline=deadline) as scope:
-        token = FRAME.set(frame)
-        try:
-            outputs = await graph.run_body(run, options.inputs, frame)
-        except Exception as exc:
-            error = exc
-        finally:
-            FRAME.reset(token)
-            ledger.finish_unfinished(trio.current_time())
+    try:
+        with trio.CancelScope(deadline=deadline) as scope:
+            ledger.on_listener_error = scope.cancel
+            if ledger.listener_error is not None:  # run_started's listener failed
+                scope.cancel()
+            token = FRAME.set(frame)
+            try:
+                outputs = await graph.run_body(run, options.inputs, frame)
+            except Exception as exc:
+                error = exc
+            finally:
+                FRAME.reset(token)
+                ledger.finish_unfinished()
+    except BaseException:  # cancelled from outside (or interrupted): still say how it ended
+        ledger.run_finished(NodeState.CANCELLED)
+        raise
+    finally:
+        if executors is not runtime.executor_table:
+            with trio.move_on_after(_EXECUTOR_CLOSE_TIMEOUT, shield=True):
+                await executors.aclose()
+    finished = clock()
 
     def record() -> RunRecord:
-        return ledger.snapshot(run.run_id, graph.name, started, trio.current_time())
+        return ledger.snapshot(started, finished)
 
     collect = options.on_error == "collect"
+    listener_error = ledger.listener_error
+    if listener_error is not None:
+        ledger.run_finished(NodeState.FAILED)
+        raise listener_error
     if error is not None:
         rec = record()
         attach_record(error, rec)
+        ledger.run_finished(NodeState.FAILED)
         if collect and is_run_failure(error):
             return RunResult(outputs=outputs or {}, record=rec)
         raise error
     if scope.cancelled_caught:
         rec = record()
+        ledger.run_finished(NodeState.CANCELLED)
         if collect:
             return RunResult(outputs=outputs or {}, record=rec)
         cancelled = RunCancelled(
             f"run {run.run_id!r} of {graph.name!r} timed out after {options.timeout}s; "
-            "running nodes were cancelled"
+            f"running nodes were cancelled: {_cancelled_ids(rec)}"
         )
         cancelled.record = rec
+        earlier = ledger.failures()
+        if earlier:
+            # Failures that happened before the deadline are raised too, never only recorded.
+            errors: list[Exception] = []
+            for idx, original in earlier:
+                node = node_failed(ledger.ids[idx], ledger.tools[idx], original)
+                node.__cause__ = original
+                node.record = rec
+                errors.append(node)
+            raise ExceptionGroup(
+                f"run {run.run_id!r} timed out after {len(errors)} node(s) had failed",
+                [*errors, cancelled],
+            )
         raise cancelled
     assert outputs is not None
+    failed = any(state is NodeState.FAILED for state in ledger.states)
+    ledger.run_finished(NodeState.FAILED if failed and collect else NodeState.DONE)
     if options.record or collect:
-        return RunResult(outputs=outputs, record=record())
+        return RunResult(outputs=outputs, record=record)
     return outputs
+
+
+_EXECUTOR_CLOSE_TIMEOUT = 30.0
+
+
+def _cancelled_ids(record: RunRecord) -> str:
+    ids = [n for n, rec in record.nodes.items() if rec.state is NodeState.CANCELLED]
+    shown = ", ".join(ids[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
+    return shown or "none"

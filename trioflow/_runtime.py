@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar, overload
 
 import attrs
 import trio
@@ -32,9 +32,12 @@ from ._builtins import (
 )
 from ._checks import check_max_concurrency
 from ._context import NodeContext
-from ._errors import ConfigError, ConfigTypeError, ServiceError
+from ._errors import ConfigError, ConfigTypeError, ContextError, ServiceError
+from ._events import Listener, combine_listeners
+from ._executor import Executor, ExecutorTable, check_executors
+from ._ratelimit import RateLimit
 from ._records import RunResult
-from ._run import check_run, execute_run
+from ._run import RunSeams, check_run, execute_run
 from ._services import ServiceAccessor, check_service_name, registered_services
 
 __all__ = [
@@ -75,6 +78,10 @@ class Runtime:
     global_limiter: trio.CapacityLimiter | None
     resources: dict[str, trio.CapacityLimiter]
     artifacts_dir: Path = attrs.field(factory=default_artifacts_dir)
+    executor_table: ExecutorTable = attrs.field(factory=ExecutorTable)
+    on_event: Listener | None = None
+    rate_limits: dict[str, RateLimit] = attrs.field(factory=dict)
+    store: Any = None
     hub: MessageHub = attrs.field(factory=MessageHub)
     kv_store: KeyValueStore = attrs.field(factory=KeyValueStore)
     _local: dict[str, Any] = attrs.field(factory=dict)
@@ -217,17 +224,29 @@ async def open_runtime(
     max_concurrency: float = math.inf,
     limits: Mapping[str, float] | None = None,
     artifacts_dir: str | os.PathLike[str] | None = None,
+    executors: Mapping[str, Executor] | None = None,
+    rate_limits: Mapping[str, RateLimit] | None = None,
+    store: Any = None,
+    on_event: Listener | None = None,
 ) -> AsyncIterator[Runtime]:
     """Open a runtime: start the registered services, run the body, then tear down.
 
     `max_concurrency` caps nodes across *all* runs in the runtime; `limits` defines resource
     limiters that tools name with `@tool(limits=[...])`; `artifacts_dir` is where
-    `context.artifacts()` stores files. Services start in registration order; on exit,
+    `context.artifacts()` stores files. `executors` adds executor keys (or replaces the
+    built-ins `"loop"`, `"thread"`, `"process"`, `"ray"`); each is entered on first use and
+    exited here. `rate_limits` defines named `trioflow.RateLimit`s, `store` is the default run
+    store of every run in the runtime, and `on_event` hears the `RunEvent`s of every run.
+    Services start in registration order; on exit,
     SERVICE_TASKs are stopped and then services closed, each in reverse order, even when the
     body failed or was cancelled.
     """
     cap = check_max_concurrency(max_concurrency)
     resource_caps = _check_limits(limits)
+    executor_map = check_executors(executors)
+    rates = check_rate_limits(rate_limits)
+    if on_event is not None and not callable(on_event):
+        raise ConfigTypeError(f"on_event must be a callable taking a RunEvent, got {on_event!r}")
     body_error: BaseException | None = None
     close_errors: list[BaseException] = []
     async with trio.open_nursery() as root:
@@ -236,6 +255,10 @@ async def open_runtime(
             nursery=root,
             global_limiter=None if cap == math.inf else trio.CapacityLimiter(cap),
             resources={k: trio.CapacityLimiter(v) for k, v in resource_caps.items()},
+            executor_table=ExecutorTable(executor_map),
+            on_event=on_event,
+            rate_limits=rates,
+            store=store,
         )
         if artifacts_dir is not None:
             runtime.artifacts_dir = Path(artifacts_dir)
@@ -252,6 +275,8 @@ async def open_runtime(
             # Teardown runs even when the body was cancelled: shielded, but bounded.
             with trio.move_on_after(_CLOSE_TIMEOUT, shield=True):
                 close_errors = await runtime._shutdown()
+            with trio.move_on_after(_CLOSE_TIMEOUT, shield=True):
+                await runtime.executor_table.aclose()
             root.cancel_scope.cancel(reason="runtime closed")
     if body_error is not None:
         raise body_error
@@ -259,6 +284,95 @@ async def open_runtime(
         raise ServiceError(f"{len(close_errors)} service(s) failed to close") from close_errors[0]
 
 
+def check_rate_limits(rate_limits: object) -> dict[str, RateLimit]:
+    """Validate a `rate_limits={name: RateLimit(...)}` mapping before anything starts."""
+    if rate_limits is None:
+        return {}
+    if not isinstance(rate_limits, Mapping):
+        raise ConfigTypeError(
+            f"rate_limits must be a mapping like {{'api': trioflow.RateLimit(10)}}, "
+            f"got {rate_limits!r}"
+        )
+    checked: dict[str, RateLimit] = {}
+    for name, limit in rate_limits.items():
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"rate_limits keys must be non-empty strings, got {name!r}")
+        if not isinstance(limit, RateLimit):
+            raise ConfigTypeError(
+                f"rate_limits[{name!r}] must be a trioflow.RateLimit, got {limit!r}"
+            )
+        checked[name] = limit
+    return checked
+
+
+@overload
+async def run_async(
+    target: Any,
+    inputs: Mapping[str, Any] | None = None,
+    *,
+    on_error: Literal["fail_fast", "skip_dependents"] = "fail_fast",
+    record: Literal[False] = False,
+    max_concurrency: float | None = None,
+    timeout: float | None = None,  # noqa: ASYNC109
+    run_id: str | None = None,
+    rng: random.Random | None = None,
+    on_event: Listener | None = None,
+    executors: Mapping[str, Executor] | None = None,
+    rate_limits: Mapping[str, RateLimit] | None = None,
+    store: Any = None,
+    resume: bool = False,
+) -> dict[str, Any]: ...
+@overload
+async def run_async(
+    target: Any,
+    inputs: Mapping[str, Any] | None = None,
+    *,
+    on_error: Literal["fail_fast", "skip_dependents", "collect"] = "fail_fast",
+    record: Literal[True],
+    max_concurrency: float | None = None,
+    timeout: float | None = None,  # noqa: ASYNC109
+    run_id: str | None = None,
+    rng: random.Random | None = None,
+    on_event: Listener | None = None,
+    executors: Mapping[str, Executor] | None = None,
+    rate_limits: Mapping[str, RateLimit] | None = None,
+    store: Any = None,
+    resume: bool = False,
+) -> RunResult: ...
+@overload
+async def run_async(
+    target: Any,
+    inputs: Mapping[str, Any] | None = None,
+    *,
+    on_error: Literal["collect"],
+    record: bool = False,
+    max_concurrency: float | None = None,
+    timeout: float | None = None,  # noqa: ASYNC109
+    run_id: str | None = None,
+    rng: random.Random | None = None,
+    on_event: Listener | None = None,
+    executors: Mapping[str, Executor] | None = None,
+    rate_limits: Mapping[str, RateLimit] | None = None,
+    store: Any = None,
+    resume: bool = False,
+) -> RunResult: ...
+@overload
+async def run_async(
+    target: Any,
+    inputs: Mapping[str, Any] | None = None,
+    *,
+    on_error: str = "fail_fast",
+    record: bool = False,
+    max_concurrency: float | None = None,
+    timeout: float | None = None,  # noqa: ASYNC109
+    run_id: str | None = None,
+    rng: random.Random | None = None,
+    on_event: Listener | None = None,
+    executors: Mapping[str, Executor] | None = None,
+    rate_limits: Mapping[str, RateLimit] | None = None,
+    store: Any = None,
+    resume: bool = False,
+) -> dict[str, Any] | RunResult: ...
 async def run_async(
     target: Any,
     inputs: Mapping[str, Any] | None = None,
@@ -269,13 +383,20 @@ async def run_async(
     run_id: str | None = None,
     rng: random.Random | None = None,
     record: bool = False,
-) -> Any:
+    on_event: Listener | None = None,
+    executors: Mapping[str, Executor] | None = None,
+    rate_limits: Mapping[str, RateLimit] | None = None,
+    store: Any = None,
+    resume: bool = False,
+) -> dict[str, Any] | RunResult:
     """Run a graph inside the current Trio run and return its outputs dict.
 
     `max_concurrency`: this run's cap (else the decorator's, else 4; `math.inf` for none).
     `on_error`: `"fail_fast"`, `"skip_dependents"` or `"collect"`. `timeout`: seconds, then
     `RunCancelled`. `rng`: a `random.Random` breaking ties between ready nodes. `record=True`
-    (or `on_error="collect"`) returns a `RunResult` with `.outputs` and `.record`.
+    (or `on_error="collect"`) returns a `RunResult` with `.outputs` and `.record`. `on_event`
+    hears this run's `RunEvent`s; `executors` and `rate_limits` add to the runtime's; `store`
+    (default: the runtime's) persists the run, and `resume=True` finishes a stored run.
     """
     graph, options = check_run(
         target,
@@ -286,14 +407,92 @@ async def run_async(
         run_id=run_id,
         rng=rng,
         record=record,
+        executors=executors,
+        on_event=on_event,
     )
+    own_rates = check_rate_limits(rate_limits)
     runtime = _RUNTIME.get()
     if runtime is not None:
-        return await execute_run(runtime, graph, options)
+        return await _execute(runtime, graph, options, own_rates)
     async with open_runtime() as runtime:
-        return await execute_run(runtime, graph, options)
+        return await _execute(runtime, graph, options, own_rates)
 
 
+async def _execute(
+    runtime: Runtime, graph: Any, options: Any, rate_limits: dict[str, RateLimit]
+) -> dict[str, Any] | RunResult:
+    listener = combine_listeners([runtime.on_event, options.on_event])
+    return await execute_run(runtime, graph, options, RunSeams(listener=listener))
+
+
+@overload
+def run(
+    target: Any,
+    inputs: Mapping[str, Any] | None = None,
+    *,
+    on_error: Literal["fail_fast", "skip_dependents"] = "fail_fast",
+    record: Literal[False] = False,
+    max_concurrency: float | None = None,
+    timeout: float | None = None,
+    run_id: str | None = None,
+    rng: random.Random | None = None,
+    on_event: Listener | None = None,
+    executors: Mapping[str, Executor] | None = None,
+    rate_limits: Mapping[str, RateLimit] | None = None,
+    store: Any = None,
+    resume: bool = False,
+) -> dict[str, Any]: ...
+@overload
+def run(
+    target: Any,
+    inputs: Mapping[str, Any] | None = None,
+    *,
+    on_error: Literal["fail_fast", "skip_dependents", "collect"] = "fail_fast",
+    record: Literal[True],
+    max_concurrency: float | None = None,
+    timeout: float | None = None,
+    run_id: str | None = None,
+    rng: random.Random | None = None,
+    on_event: Listener | None = None,
+    executors: Mapping[str, Executor] | None = None,
+    rate_limits: Mapping[str, RateLimit] | None = None,
+    store: Any = None,
+    resume: bool = False,
+) -> RunResult: ...
+@overload
+def run(
+    target: Any,
+    inputs: Mapping[str, Any] | None = None,
+    *,
+    on_error: Literal["collect"],
+    record: bool = False,
+    max_concurrency: float | None = None,
+    timeout: float | None = None,
+    run_id: str | None = None,
+    rng: random.Random | None = None,
+    on_event: Listener | None = None,
+    executors: Mapping[str, Executor] | None = None,
+    rate_limits: Mapping[str, RateLimit] | None = None,
+    store: Any = None,
+    resume: bool = False,
+) -> RunResult: ...
+@overload
+def run(
+    target: Any,
+    inputs: Mapping[str, Any] | None = None,
+    *,
+    on_error: str = "fail_fast",
+    record: bool = False,
+    max_concurrency: float | None = None,
+    timeout: float | None = None,
+    run_id: str | None = None,
+    rng: random.Random | None = None,
+    on_event: Listener | None = None,
+    executors: Mapping[str, Executor] | None = None,
+    rate_limits: Mapping[str, RateLimit] | None = None,
+    store: Any = None,
+    resume: bool = False,
+) -> dict[str, Any] | RunResult: ...
 def run(
     target: Any,
     inputs: Mapping[str, Any] | None = None,
@@ -304,25 +503,40 @@ def run(
     run_id: str | None = None,
     rng: random.Random | None = None,
     record: bool = False,
+    on_event: Listener | None = None,
+    executors: Mapping[str, Executor] | None = None,
+    rate_limits: Mapping[str, RateLimit] | None = None,
+    store: Any = None,
+    resume: bool = False,
 ) -> dict[str, Any] | RunResult:
     """Run a graph from synchronous code (wraps `trio.run`); see `run_async`.
 
     A Ctrl-C comes out as a plain `KeyboardInterrupt`, after every task was cancelled.
     """
-    options = {
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:
+        pass
+    else:
+        raise ContextError(
+            "trioflow.run() was called inside a Trio run; use `await trioflow.run_async(...)`"
+        )
+    options: dict[str, Any] = {
         "max_concurrency": max_concurrency,
         "on_error": on_error,
         "timeout": timeout,
         "run_id": run_id,
         "rng": rng,
         "record": record,
+        "on_event": on_event,
+        "executors": executors,
+        "rate_limits": rate_limits,
+        "store": store,
+        "resume": resume,
     }
     try:
-        result: dict[str, Any] | RunResult = trio.run(
-            functools.partial(run_async, target, inputs, **options)  # type: ignore[arg-type]
-        )
+        return trio.run(functools.partial(run_async, target, inputs, **options))
     except BaseExceptionGroup as group:
         if group.subgroup(KeyboardInterrupt) is not None:
             raise KeyboardInterrupt from None
         raise
-    return result

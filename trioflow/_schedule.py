@@ -11,29 +11,29 @@ from __future__ import annotations
 
 import collections
 import heapq
+import weakref
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import trio
 
+from ._attempt import execute_node, node_failed
 from ._context import FRAME, Frame
-from ._errors import ConfigError, DependencyFailed, NodeFailed
-from ._execute import RunState, execute_node, fail_node
+from ._errors import ConfigError, DependencyFailed, GraphBuildError, NodeFailed, is_run_failure
 from ._graph import InputRef, NodeSpec, OutputRef, TaskGraph, resolve
+from ._pace import Pacer
+from ._reactive import FanOut
 from ._records import ErrorInfo, NodeState
+from ._runstate import RunState
 from ._slots import Slot
 from ._tool import Tool, ToolCall
 
-__all__ = ["CompiledGraph", "Plan", "lower", "run_plan"]
+__all__ = ["CompiledGraph", "Plan", "Traceable", "lower", "plan_for", "plan_of_graph", "run_plan"]
 
 _TOOL, _MAP, _GRAPH = 0, 1, 2
 _KINDS = {"tool": _TOOL, "map": _MAP, "graph": _GRAPH}
 _PENDING = NodeState.PENDING
-_SKIPPED = NodeState.SKIPPED
-_RUNNING = NodeState.RUNNING
-_DONE = NodeState.DONE
-_CANCELLED = NodeState.CANCELLED
 
 # How a node gets its arguments: constants; one output of one dependency; a list of such
 # outputs (fan-in); or, for anything else, a tree of refs to resolve.
@@ -57,6 +57,7 @@ class Plan:
     index: dict[str, int]
     # True for plain async tools (no timeout, retry, limits or context): the inline fast path.
     fast: list[bool]
+    executors: list[str]
 
     def tools(self) -> list[Tool]:
         return [t for t in self.targets if isinstance(t, Tool)]
@@ -110,7 +111,55 @@ def lower(graph: TaskGraph) -> Plan:
         indegree=indegree,
         index=index,
         fast=[_is_fast(t, k) for t, k in zip(targets, kinds, strict=True)],
+        executors=[
+            t.executor_key if k != _GRAPH else "loop" for t, k in zip(targets, kinds, strict=True)
+        ],
     )
+
+
+_plans: dict[int, tuple[weakref.ref[TaskGraph], Plan]] = {}
+
+
+def plan_of_graph(graph: TaskGraph) -> Plan:
+    """The lowered plan of a compiled graph, lowered once and reused by every run of it."""
+    key = id(graph)
+    found = _plans.get(key)
+    if found is not None and found[0]() is graph:
+        return found[1]
+    plan = lower(graph)
+    _plans[key] = (weakref.ref(graph, lambda _: _plans.pop(key, None)), plan)
+    return plan
+
+
+class Traceable(Protocol):
+    """A `@graphify` object as the scheduler sees it: it traces into a `TaskGraph`."""
+
+    @property
+    def plans(self) -> dict[str, Any]: ...
+
+    def trace(self, values: Mapping[str, Any] | None) -> TaskGraph: ...
+
+
+def plan_for(target: Traceable, inputs: Mapping[str, Any]) -> Plan:
+    """The plan for a run of a graphify graph: traced and lowered once when its shape does not
+    depend on input values, else traced with the values of each run."""
+    cache = target.plans
+    shape = cache.get("shape")
+    if shape == "static":
+        plan: Plan = cache["plan"]
+        return plan
+    if shape is None:
+        try:
+            graph = target.trace(None)
+        except GraphBuildError as exc:
+            if exc.code != "shape-dependent":
+                raise
+            cache["shape"] = "dynamic"
+        else:
+            plan = lower(graph)
+            cache.update(shape="static", plan=plan)
+            return plan
+    return lower(target.trace(inputs))
 
 
 class _Missing(Exception):
@@ -136,13 +185,13 @@ class _PlanRun:
     # With an rng, `ready` is one list and a random element is taken instead.
     ready: collections.deque[int]
     remaining: int
+    fast: list[bool]
     later: list[int] = attrs.field(factory=list)
     lot: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot)
     idle: int = 0
     workers: int = 0
     failures: list[Exception] = attrs.field(factory=list)
     failed: list[int] = attrs.field(factory=list)
-    skipped: set[int] = attrs.field(factory=set)
     nursery: trio.Nursery | None = None
 
     # -- the ready queue -------------------------------------------------------------------
@@ -192,20 +241,11 @@ class _PlanRun:
         # One frame per worker, re-pointed at each node it runs (a worker runs one at a time).
         frame = Frame(run, self.graph_id, "", 1, slot)
         FRAME.set(frame)  # this task's context only
-        fast, targets = plan.fast, plan.targets
+        fast, targets, names = self.fast, plan.targets, plan.names
         ledger = run.ledger
-        states, started, finished, attempts = (
-            ledger.states,
-            ledger.started,
-            ledger.finished,
-            ledger.attempts,
-        )
-        now, base, node_ids, checkpoint = (
-            run.now,
-            self.base,
-            self.node_ids,
-            trio.lowlevel.checkpoint,
-        )
+        start, done, fail, cancel = ledger.start, ledger.done, ledger.fail, ledger.cancel
+        base, node_ids = self.base, self.node_ids
+        pacer = Pacer()
         try:
             while True:
                 i = self.pop_ready()
@@ -221,32 +261,27 @@ class _PlanRun:
                 frame.node_id = node_ids[i]
                 frame.attempt = 1
                 if fast[i]:
-                    # The hot path, inlined: execute_node minus timeout, retry and threads.
+                    # The hot path, inlined: execute_node minus executors, timeout and retry.
                     idx = base + i
                     try:
                         kwargs = self.args_for(i)
-                        states[idx] = _RUNNING
-                        started[idx] = now()
-                        attempts[idx] = 1
+                        start(idx, kwargs)
                         target = targets[i]
                         outputs = target.normalize(await target.fn(**kwargs))
                     except Exception as exc:
-                        error = fail_node(run, idx, node_ids[i], plan.names[i], exc)
+                        fail(idx, exc)
+                        error = node_failed(node_ids[i], names[i], exc)
                         error.__cause__ = exc
                         self.on_failure(i, error)
                     except BaseException:
-                        states[idx] = _CANCELLED
-                        finished[idx] = now()
+                        cancel(idx)
                         raise
                     else:
-                        states[idx] = _DONE
-                        finished[idx] = now()
+                        done(idx, outputs)
                         self.complete(i, outputs)
                 else:
-                    await self.run_node(i, slot)
-                # One scheduling round per node, like a channel receive: keeps the loop fair
-                # and cancellable even when tool bodies never await anything.
-                await checkpoint()
+                    await self.run_node(i, slot, frame)
+                await pacer.tick()
         finally:
             slot.give_back()
 
@@ -270,8 +305,8 @@ class _PlanRun:
             raise _Missing(ref.node)
         return produced[ref.output]
 
-    async def run_node(self, i: int, slot: Slot) -> None:
-        """The general path: timeouts, retries, sync tools, limits, maps and subgraphs."""
+    async def run_node(self, i: int, slot: Slot, frame: Frame) -> None:
+        """The general path: executors, timeouts, retries, sync tools, limits, maps, subgraphs."""
         plan = self.plan
         run = self.run
         idx = self.base + i
@@ -281,13 +316,15 @@ class _PlanRun:
             try:
                 kwargs = self.args_for(i)
             except Exception as exc:
-                raise fail_node(run, idx, node_id, plan.names[i], exc) from exc
+                run.ledger.start(idx)
+                run.ledger.fail(idx, exc)
+                raise node_failed(node_id, plan.names[i], exc) from exc
             kind = plan.kinds[i]
             if kind == _TOOL:
                 if target.limits:
-                    outputs = await self.run_limited(target, kwargs, idx, slot)
+                    outputs = await self.run_limited(target, kwargs, idx, slot, frame)
                 else:
-                    outputs = await execute_node(run, idx, target, kwargs)
+                    outputs = await execute_node(run, idx, target, kwargs, frame)
             elif kind == _MAP:
                 outputs = await self.run_map(i, target, kwargs, node_id, slot)
             else:
@@ -298,6 +335,10 @@ class _PlanRun:
                     lambda frame: target.run_body(run, target.check_inputs(kwargs), frame),
                 )
         except Exception as exc:
+            if not is_run_failure(exc):  # a map or subgraph node's own error: name the node
+                error = node_failed(node_id, plan.names[i], exc)
+                error.__cause__ = exc
+                exc = error
             self.on_failure(i, exc)
             return
         self.complete(i, outputs)
@@ -324,12 +365,14 @@ class _PlanRun:
         self.lot.unpark_all()
 
     async def run_limited(
-        self, tool: Tool, kwargs: dict[str, Any], idx: int, slot: Slot
+        self, tool: Tool, kwargs: dict[str, Any], idx: int, slot: Slot, frame: Frame
     ) -> dict[str, Any]:
         resources = Slot()
+        started = self.run.now()
         await resources.take(self.run.limiters_for(tool.limits)[len(slot.held) :])
+        self.run.ledger.add_wait(idx, self.run.now() - started)
         try:
-            return await execute_node(self.run, idx, tool, kwargs)
+            return await execute_node(self.run, idx, tool, kwargs, frame)
         finally:
             resources.give_back()
 
@@ -339,8 +382,22 @@ class _PlanRun:
         param = self.plan.graph.nodes[self.plan.ids[i]].map_param
         assert param is not None
         items = kwargs.pop(param)
-        calls = (ToolCall(tool, {**kwargs, param: item}) for item in items)
-        return await self.run.run_map(tool, calls, self.base + i, node_id, slot)
+        run = self.run
+
+        async def body(frame: Frame) -> dict[str, list[Any]]:
+            try:
+                iterator = iter(items)
+            except TypeError:
+                raise TypeError(
+                    f"map node {node_id!r} needs a list of items for {param!r}, "
+                    f"got {type(items).__name__}"
+                ) from None
+            calls = (ToolCall(tool, {**kwargs, param: item}, run) for item in iterator)
+            results = await FanOut(run, frame, calls).run()
+            return {out: [r[out] for r in results] for out in tool.outputs}
+
+        outputs: dict[str, Any] = await run.run_composite(self.base + i, node_id, slot, body)
+        return outputs
 
     # -- failures --------------------------------------------------------------------------
 
@@ -368,14 +425,9 @@ class _PlanRun:
         stack = [i]
         while stack:
             for d in plan.dependents[stack.pop()]:
-                idx = self.base + d
-                if d in self.skipped or ledger.states[idx] is not _PENDING:
-                    continue
-                self.skipped.add(d)
-                ledger.states[idx] = _SKIPPED
-                ledger.errors[idx] = cause
-                count += 1
-                stack.append(d)
+                if ledger.skip(self.base + d, cause):
+                    count += 1
+                    stack.append(d)
         return count
 
     def outputs(self, *, partial: bool) -> dict[str, Any]:
@@ -408,10 +460,10 @@ async def run_plan(
     """
     nested = frame.graph_id != run.graph_id
     prefix = f"{frame.graph_id}." if nested else ""
+    run.check_tools(plan.tools())  # before any node of this graph starts
     ledger = run.ledger
     ids = [prefix + node_id for node_id in plan.ids] if nested else plan.ids
-    base = ledger.add_many(ids, plan.names)
-    run.check_limits(plan.tools())
+    base = ledger.add_many(ids, plan.names, plan.executors)
     indegree = list(plan.indegree)
     ready = collections.deque(i for i, d in enumerate(indegree) if d == 0)  # ascending
     state = _PlanRun(
@@ -427,6 +479,7 @@ async def run_plan(
         indegree=indegree,
         ready=ready,
         remaining=len(ids),
+        fast=plan.fast if run.memo is None else [False] * len(ids),
     )
     async with trio.open_nursery() as nursery:
         state.nursery = nursery
@@ -454,11 +507,12 @@ class CompiledGraph:
     """A `TaskGraph` as a run target: `trioflow.run(graph.compile(...), inputs=...)`."""
 
     graph: TaskGraph
-    plan: Plan = attrs.field(init=False)
+    plan: Plan
     max_concurrency: float | None = None
 
-    def __attrs_post_init__(self) -> None:
-        object.__setattr__(self, "plan", lower(self.graph))
+    @classmethod
+    def of(cls, graph: TaskGraph) -> CompiledGraph:
+        return cls(graph, plan_of_graph(graph))
 
     @property
     def name(self) -> str:

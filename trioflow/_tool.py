@@ -8,12 +8,15 @@ returns an awaitable `ToolCall` (awaiting it runs the tool as a scheduled node);
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import math
+import warnings
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from typing import Any, Protocol, overload
 
 import attrs
 
+from ._cache import Cache
 from ._checks import adopt_metadata, check_function, check_names, check_seconds
 from ._context import FRAME, NodeContext
 from ._errors import ConfigError, ConfigTypeError, ContextError
@@ -86,7 +89,14 @@ class Retry:
     def delay(self, failed_attempt: int) -> float:
         """Seconds to wait after `failed_attempt` (1-based) failed."""
         backoff = self.backoff
-        return float(backoff(failed_attempt) if callable(backoff) else backoff)
+        if not callable(backoff):
+            return float(backoff)
+        value = backoff(failed_attempt)
+        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+            raise TypeError(f"Retry(backoff=...) must give seconds (a number), got {value!r}")
+        if value < 0:
+            raise ValueError(f"Retry(backoff=...) must give seconds >= 0, got {value!r}")
+        return float(value)
 
 
 def _injects_context(param: inspect.Parameter) -> bool:
@@ -172,29 +182,78 @@ class InputSpec:
 
 @attrs.frozen(eq=False, slots=False)
 class Tool:
-    """A function declared as a node: its name, outputs, timeout, retry and resource limits."""
+    """A function declared as a node: its name, outputs, timeout, retry and resource limits.
+
+    Build one with `@trioflow.tool` (or `Tool.build`); the derived fields are computed once,
+    so that calls pay nothing for inspection.
+    """
 
     fn: Callable[..., Any]
     name: str
     outputs: tuple[str, ...]
-    timeout: float | None = None
-    retry: Retry | None = None
-    limits: tuple[str, ...] = ()
-    # Derived once, so that calls pay nothing for inspection.
-    spec: InputSpec = attrs.field(init=False, repr=False)
-    is_async: bool = attrs.field(init=False, repr=False)
-    context_param: str | None = attrs.field(init=False, repr=False)
-    # An async tool without context, timeout or retry: schedulers run it on an inlined path.
-    plain: bool = attrs.field(init=False, repr=False)
+    timeout: float | None
+    retry: Retry | None
+    limits: tuple[str, ...]
+    executor: str | None
+    rate_limit: str | None
+    rate_key: Callable[..., Hashable] | None
+    cache: Cache | None
+    spec: InputSpec = attrs.field(repr=False)
+    is_async: bool = attrs.field(repr=False)
+    context_param: str | None = attrs.field(repr=False)
+    # Where attempts run: the `executor` key, else "loop" for async and "thread" for sync tools.
+    executor_key: str = attrs.field(repr=False)
+    # An async tool in the loop without context, timeout, retry, rate limit or cache: the
+    # schedulers run it on their inlined fast path.
+    plain: bool = attrs.field(repr=False)
 
-    def __attrs_post_init__(self) -> None:
-        spec = InputSpec.of(self.fn, f"tool {self.name!r}")
-        object.__setattr__(self, "spec", spec)
-        object.__setattr__(self, "is_async", inspect.iscoroutinefunction(self.fn))
-        object.__setattr__(self, "context_param", spec.context_param)
-        plain = self.is_async and spec.context_param is None
-        object.__setattr__(self, "plain", plain and self.timeout is None and self.retry is None)
-        adopt_metadata(self, self.fn)
+    @classmethod
+    def build(
+        cls,
+        fn: Callable[..., Any],
+        *,
+        name: str,
+        outputs: tuple[str, ...],
+        timeout: float | None = None,
+        retry: Retry | None = None,
+        limits: tuple[str, ...] = (),
+        executor: str | None = None,
+        rate_limit: str | None = None,
+        rate_key: Callable[..., Hashable] | None = None,
+        cache: Cache | None = None,
+    ) -> Tool:
+        """A tool for `fn`, its derived fields computed from the function's signature."""
+        spec = InputSpec.of(fn, f"tool {name!r}")
+        is_async = inspect.iscoroutinefunction(fn)
+        key = executor or ("loop" if is_async else "thread")
+        plain = (
+            is_async
+            and key == "loop"
+            and spec.context_param is None
+            and timeout is None
+            and retry is None
+            and rate_limit is None
+            and cache is None
+        )
+        made = cls(
+            fn=fn,
+            name=name,
+            outputs=outputs,
+            timeout=timeout,
+            retry=retry,
+            limits=limits,
+            executor=executor,
+            rate_limit=rate_limit,
+            rate_key=rate_key,
+            cache=cache,
+            spec=spec,
+            is_async=is_async,
+            context_param=spec.context_param,
+            executor_key=key,
+            plain=plain,
+        )
+        adopt_metadata(made, fn)
+        return made
 
     # -- calling -------------------------------------------------------------------------
 
@@ -202,8 +261,9 @@ class Tool:
         tracer = TRACER.get()
         if tracer is not None:
             return tracer.call(self, args, kwargs)
-        if FRAME.get() is not None:
-            return ToolCall(self, self.spec.bind(args, kwargs))
+        frame = FRAME.get()
+        if frame is not None:
+            return ToolCall(self, self.spec.bind(args, kwargs), frame.run)
         return self.fn(*args, **kwargs)
 
     def invoke(self, inputs: Mapping[str, Any], context: NodeContext | None) -> Any:
@@ -249,24 +309,39 @@ def normalize_outputs(owner: str, outputs: tuple[str, ...], result: Any) -> dict
 
 
 class ToolCall:
-    """An awaitable call of a tool inside a run; awaiting it runs the tool as a node."""
+    """An awaitable call of a tool inside a run; awaiting it runs the tool as a node.
 
-    __slots__ = ("inputs", "tool")
+    Like a coroutine, a call that is never awaited (nor gathered) warns when it is dropped.
+    """
 
-    def __init__(self, tool: Tool, inputs: dict[str, Any]) -> None:
+    __slots__ = ("inputs", "run", "tool", "used")
+
+    def __init__(self, tool: Tool, inputs: dict[str, Any], run: object = None) -> None:
         self.tool = tool
         self.inputs = inputs
+        self.run = run
+        self.used = False
 
     def __repr__(self) -> str:
         return f"<ToolCall {self.tool.name}({', '.join(self.inputs)})>"
 
     def __await__(self) -> Any:
+        self.used = True
         frame = FRAME.get()
-        if frame is None:
+        if frame is None or (self.run is not None and frame.run is not self.run):
             raise ContextError(
                 f"a call of tool {self.tool.name!r} was awaited outside the run that made it"
             )
         return frame.run.call(self, frame).__await__()
+
+    def __del__(self) -> None:
+        if not self.used:
+            warnings.warn(
+                f"tool call {self!r} was never awaited: it did not run; "
+                "await it, or pass it to trioflow.gather()",
+                RuntimeWarning,
+                stacklevel=1,
+            )
 
 
 @overload
@@ -281,6 +356,10 @@ def tool(
     timeout: float | None = None,
     retry: Retry | None = None,
     limits: Sequence[str] = (),
+    executor: str | None = None,
+    rate_limit: str | None = None,
+    rate_key: Callable[..., Hashable] | None = None,
+    cache: bool | Cache | None = None,
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 def tool(
     fn: Callable[..., Any] | None = None,
@@ -291,12 +370,19 @@ def tool(
     timeout: float | None = None,
     retry: Retry | None = None,
     limits: Sequence[str] = (),
+    executor: str | None = None,
+    rate_limit: str | None = None,
+    rate_key: Callable[..., Hashable] | None = None,
+    cache: bool | Cache | None = None,
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
     """Declare a function (async, or sync to run in a worker thread) as a trioflow tool.
 
     `outputs` names what it returns (default `["result"]`); a single output may be returned
     bare. `timeout` bounds each attempt; `retry` is a `Retry`; `limits` names runtime resource
-    limiters the node must hold (`open_runtime(limits={"gpu": 1})`).
+    limiters the node must hold (`open_runtime(limits={"gpu": 1})`). `executor` names where
+    attempts run (`"loop"`, `"thread"`, `"process"`, `"ray"` or a key of the runtime's
+    `executors=`). `rate_limit` names a `trioflow.RateLimit` of the runtime, `rate_key(**inputs)`
+    picks its bucket. `cache=True` (or a `trioflow.Cache`) reuses stored outputs across runs.
     """
     out_names = ("result",) if outputs is None else check_names(outputs, "outputs")
     seconds = check_seconds(timeout, "timeout")
@@ -305,16 +391,47 @@ def tool(
     limit_keys = check_names(limits, "limits")
     if name is not None and (not isinstance(name, str) or not name):
         raise ConfigError(f"name must be a non-empty string, got {name!r}")
+    if executor is not None and (not isinstance(executor, str) or not executor):
+        raise ConfigError(
+            f"executor must be a key like 'process' or 'ray' (a non-empty string), got {executor!r}"
+        )
+    if rate_limit is not None and (not isinstance(rate_limit, str) or not rate_limit):
+        raise ConfigError(f"rate_limit must name a rate limit (a string), got {rate_limit!r}")
+    if rate_key is not None:
+        if not callable(rate_key):
+            raise ConfigTypeError(
+                f"rate_key must be a callable (**inputs -> key), got {rate_key!r}"
+            )
+        if rate_limit is None:
+            raise ConfigError("rate_key= needs rate_limit=: name the rate limit it keys")
+    if cache is True:
+        cache_spec: Cache | None = Cache()
+    elif cache is None or cache is False:
+        cache_spec = None
+    elif isinstance(cache, Cache):
+        cache_spec = cache
+    else:
+        raise ConfigTypeError(f"cache must be True, False, None or a trioflow.Cache, got {cache!r}")
 
     def decorate(fn: Callable[..., Any]) -> Tool:
         check_function(fn, "@trioflow.tool")
-        return Tool(
-            fn=fn,
+        is_async = inspect.iscoroutinefunction(fn)
+        if is_async and executor == "thread":
+            raise ConfigError(
+                f"tool {fn.__name__!r} is an async def: it cannot run on executor 'thread'; "
+                "make it a plain def, or drop executor="
+            )
+        return Tool.build(
+            fn,
             name=name or fn.__name__,
             outputs=out_names,
             timeout=seconds,
             retry=retry,
             limits=limit_keys,
+            executor=executor,
+            rate_limit=rate_limit,
+            rate_key=rate_key,
+            cache=cache_spec,
         )
 
     return decorate if fn is None else decorate(fn)

@@ -53,8 +53,8 @@ def demo() -> int:
     items = ["structured", "concurrency", "for", "workflows"]
     result = run(demo_batch, inputs={"items": items}, record=True)
     print(f"graph_fn demo_batch({items})")
-    print(f"  outputs: {result.outputs}")  # type: ignore[union-attr]
-    for node_id, node in result.record.nodes.items():  # type: ignore[union-attr]
+    print(f"  outputs: {result.outputs}")
+    for node_id, node in result.record.nodes.items():
         took = (node.finished_at or 0.0) - (node.started_at or 0.0)
         print(f"  {node_id:16} {node.state.value:9} {took * 1000:7.2f} ms")
     vals = [1, 2, 3, 4]

@@ -1,0 +1,123 @@
+"""Running one node to the end: reuse, rate turns, attempts on an executor, timeouts, retries.
+
+Both schedulers call `execute_node` for every node that is not on their inlined fast path (a
+plain async tool). Where an attempt runs is the executor's business (`_executor`); whether it
+needs to run at all is the memo's (`_runstate.NodeMemo`); the ledger records what happened.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from ._context import Frame, context_from_frame
+from ._errors import NodeFailed
+from ._executor import check_shippable, shippable
+
+if TYPE_CHECKING:
+    from ._runstate import RunState
+    from ._tool import Tool
+
+__all__ = ["execute_node", "node_failed"]
+
+
+def node_failed(node_id: str, tool: str, exc: BaseException) -> NodeFailed:
+    """The `NodeFailed` to raise from a node's original exception."""
+    return NodeFailed(node_id, tool, f"node {node_id!r} (tool {tool!r}) failed: {exc!r}")
+
+
+def _timed_out(node_id: str, tool: str, attempt: int, timeout: float) -> trio.TooSlowError:
+    return trio.TooSlowError(
+        f"node {node_id!r} (tool {tool!r}): attempt {attempt} timed out after {timeout}s "
+        "(the tool's per-attempt timeout=)"
+    )
+
+
+async def execute_node(
+    run: RunState, idx: int, tool: Tool, inputs: Mapping[str, Any], frame: Frame
+) -> dict[str, Any]:
+    """Run one node to completion and record it; the caller holds the node's capacity.
+
+    `frame` is this node's frame (`FRAME` is set to it). A failure raises `NodeFailed` from the
+    original exception; cancellation marks the node `CANCELLED` and propagates untouched.
+    """
+    ledger = run.ledger
+    node_id = frame.node_id
+    name = tool.name
+    ledger.start(idx, inputs)
+    try:
+        memo = run.memo
+        if memo is not None:
+            hit = memo.lookup(node_id, tool, inputs)
+            if hit is not None:
+                ledger.reuse(idx, hit[0], hit[1])
+                return hit[0]
+        key = tool.executor_key
+        executor = run.executors.entered(key) or await run.executors.get(key)
+        fn = tool.fn
+        kwargs: Mapping[str, Any] = inputs
+        context_param = tool.context_param
+        if getattr(executor, "ships", False):
+            check_shippable(node_id, fn, inputs)
+            fn = shippable(fn)
+            context_param = None
+        local = key == "loop"
+        rate_limit = tool.rate_limit
+        rate_key = None
+        if rate_limit is not None and tool.rate_key is not None:
+            try:
+                rate_key = tool.rate_key(**inputs)
+            except Exception as exc:
+                ledger.fail(idx, exc)
+                raise node_failed(node_id, name, exc) from exc
+        retry, timeout = tool.retry, tool.timeout
+        now = run.now
+        attempt = frame.attempt = 1
+        while True:
+            try:
+                if context_param is not None:  # a fresh context for each attempt
+                    kwargs = {**inputs, context_param: context_from_frame(frame)}
+                if rate_limit is not None:
+                    assert run.rates is not None  # checked before the node started
+                    ledger.add_wait(idx, await run.rates.turn(rate_limit, rate_key))
+                if timeout is None:
+                    result = await executor.run(fn, **kwargs)
+                else:
+                    deadline = now() + timeout
+                    with trio.move_on_at(deadline) as scope:
+                        result = await executor.run(fn, **kwargs)
+                    # A thread cannot be interrupted: its deadline may pass while it runs.
+                    if scope.cancelled_caught or now() >= deadline:
+                        raise _timed_out(node_id, name, attempt, timeout)
+                if not local:
+                    # A run deadline (or outer cancel) that passed while a thread ran.
+                    await trio.lowlevel.checkpoint_if_cancelled()
+            except Exception as exc:
+                if retry is None or attempt >= retry.attempts:
+                    ledger.fail(idx, exc)
+                    raise node_failed(node_id, name, exc) from exc
+                if not isinstance(exc, (*retry.retry_on, trio.TooSlowError)):
+                    ledger.fail(idx, exc)
+                    raise node_failed(node_id, name, exc) from exc
+                try:
+                    delay = retry.delay(attempt)
+                except Exception as bad:
+                    ledger.fail(idx, bad)
+                    raise node_failed(node_id, name, bad) from bad
+                if delay > 0:
+                    await trio.sleep(delay)
+                attempt = frame.attempt = attempt + 1
+                ledger.retry(idx, attempt)
+                continue
+            try:
+                outputs = tool.normalize(result)
+            except Exception as exc:
+                ledger.fail(idx, exc)
+                raise node_failed(node_id, name, exc) from exc
+            ledger.done(idx, outputs)
+            return outputs
+    except BaseException:
+        ledger.cancel(idx)  # a no-op unless the node is still RUNNING
+        raise

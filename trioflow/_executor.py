@@ -1,0 +1,209 @@
+"""Where an attempt runs: the `Executor` protocol, the built-in executors, and the key table.
+
+A tool names a key (`@tool(executor="process")`); the runtime maps keys to executors, enters
+each on first use and exits it when the runtime (or, for a run's own `executors=`, the run)
+ends. The attempt runner calls `await executor.run(fn, **kwargs)` inside the node's timeout and
+retry loop, with its capacity held: neither scheduler knows where the work goes.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+import math
+from collections.abc import Callable, Mapping
+from contextlib import AsyncExitStack
+from typing import Any, Protocol, Self, runtime_checkable
+
+import attrs
+import trio
+
+from ._errors import ConfigError, ConfigTypeError
+
+__all__ = [
+    "BUILTIN_KEYS",
+    "Executor",
+    "ExecutorTable",
+    "LoopExecutor",
+    "ThreadExecutor",
+    "check_executors",
+]
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """Runs one call somewhere: in the event loop, a thread, a process, a cluster.
+
+    `async with executor:` is entered once per runtime, on first use, and exited at runtime
+    exit. `await executor.run(fn, *args, **kwargs)` runs one call and returns its result, or
+    raises its exception. An executor that ships work to another process sets `ships = True`;
+    trioflow then checks what is shipped before calling `run`, and an `async def` tool arrives
+    as a plain function that runs it under `trio.run`.
+    """
+
+    async def __aenter__(self) -> Any: ...
+
+    async def __aexit__(self, *exc_info: object) -> bool | None: ...
+
+    async def run(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any: ...
+
+
+class LoopExecutor:
+    """`"loop"`: the call runs in the event loop (async tools' default)."""
+
+    ships = False
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+    async def run(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        result = fn(*args, **kwargs)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+
+class ThreadExecutor:
+    """`"thread"`: the call runs in a worker thread (sync tools' default).
+
+    The thread is waited for (a cancelled node is cancelled once its thread returns): a thread
+    cannot be interrupted, so a CPU-bound tool that must be stoppable belongs on `"process"`.
+    The number of threads is bounded by the nodes' own capacity (`max_concurrency`, `limits=`),
+    not by Trio's default of 40 threads; `max_threads` adds a bound of its own.
+    """
+
+    ships = False
+
+    def __init__(self, max_threads: float = math.inf) -> None:
+        self.max_threads = max_threads
+        self._limiter: trio.CapacityLimiter | None = None
+
+    async def __aenter__(self) -> Self:
+        self._limiter = trio.CapacityLimiter(self.max_threads)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+    async def run(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        if self._limiter is None:  # used without `async with`: a limiter of this Trio run
+            self._limiter = trio.CapacityLimiter(self.max_threads)
+        call = functools.partial(fn, *args, **kwargs) if (args or kwargs) else fn
+        return await trio.to_thread.run_sync(call, limiter=self._limiter)
+
+
+BUILTIN_KEYS = ("loop", "thread", "process", "ray")
+
+
+def _builtin(key: str) -> Executor:
+    if key == "loop":
+        return LoopExecutor()
+    if key == "thread":
+        return ThreadExecutor()
+    # The optional extras (trio-parallel, Ray) are imported on first use only.
+    module = importlib.import_module("trioflow.executors")
+    factory: Callable[[], Executor] = getattr(
+        module, "ProcessExecutor" if key == "process" else "RayExecutor"
+    )
+    return factory()
+
+
+def check_executors(executors: object, argument: str = "executors") -> dict[str, Executor]:
+    """Validate an `executors={key: executor}` mapping before anything starts."""
+    if executors is None:
+        return {}
+    if not isinstance(executors, Mapping):
+        raise ConfigTypeError(
+            f"{argument} must be a mapping of key to executor, like "
+            f"{{'process': trioflow.ProcessExecutor()}}, got {executors!r}"
+        )
+    checked: dict[str, Executor] = {}
+    for key, executor in executors.items():
+        if not isinstance(key, str) or not key:
+            raise ConfigError(f"{argument} keys must be non-empty strings, got {key!r}")
+        if not isinstance(executor, Executor):
+            raise ConfigTypeError(
+                f"{argument}[{key!r}] must implement trioflow.Executor (async with, and "
+                f"`async def run(fn, /, *args, **kwargs)`), got {executor!r}"
+            )
+        checked[key] = executor
+    return checked
+
+
+@attrs.define(eq=False)
+class ExecutorTable:
+    """Executors by key, entered on first use and exited (in reverse) by `aclose()`.
+
+    A run's own `executors=` form a table layered over the runtime's (`parent`): its keys win,
+    and what it entered is exited when the run ends.
+    """
+
+    given: dict[str, Executor] = attrs.field(factory=dict)
+    parent: ExecutorTable | None = None
+    _entered: dict[str, Executor] = attrs.field(factory=dict, init=False)
+    _stack: AsyncExitStack = attrs.field(factory=AsyncExitStack, init=False)
+    _lock: trio.Lock | None = attrs.field(default=None, init=False)
+
+    def knows(self, key: str) -> bool:
+        if key in self.given or key in BUILTIN_KEYS:
+            return True
+        return self.parent is not None and self.parent.knows(key)
+
+    def keys(self) -> list[str]:
+        found = set(self.given) | set(BUILTIN_KEYS)
+        if self.parent is not None:
+            found |= set(self.parent.keys())
+        return sorted(found)
+
+    def check(self, key: str, where: str) -> None:
+        """Fail before anything starts if `key` names no executor."""
+        if not self.knows(key):
+            raise ConfigError(
+                f"{where} runs on executor {key!r}, which is not defined (known: {self.keys()}); "
+                f"pass executors={{{key!r}: ...}} to trioflow.run() or open_runtime()"
+            )
+
+    def entered(self, key: str) -> Executor | None:
+        """The executor for `key` if it is already entered (the common, cheap case)."""
+        found = self._entered.get(key)
+        if found is None and key not in self.given and self.parent is not None:
+            return self.parent.entered(key)
+        return found
+
+    async def get(self, key: str) -> Executor:
+        """The entered executor for `key`, entering it now if this is its first use."""
+        found = self.entered(key)
+        if found is not None:
+            return found
+        if key not in self.given and self.parent is not None:
+            return await self.parent.get(key)
+        if self._lock is None:
+            self._lock = trio.Lock()
+        async with self._lock:
+            found = self._entered.get(key)
+            if found is None:
+                executor = self.given.get(key) or _builtin(key)
+                await self._stack.enter_async_context(executor)
+                found = self._entered[key] = executor
+        return found
+
+    async def aclose(self) -> None:
+        """Exit every executor this table entered, last entered first."""
+        self._entered.clear()
+        await self._stack.aclose()
+
+
+def check_shippable(node_id: str, fn: Callable[..., Any], kwargs: Mapping[str, Any]) -> None:
+    """Raise a `ConfigError` naming `node_id` if the call cannot be shipped to another process.
+
+    The default accepts everything; the process and Ray executors' module replaces the checks.
+    """
+
+
+def shippable(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The function to ship for a tool function (an `async def` runs under `trio.run`)."""
+    return fn

@@ -232,7 +232,8 @@ def markdown(results: dict[str, Any]) -> str:
         cols = sorted({(r["n"], r["cap"]) for r in summary if r["workload"] == w})
         if not cols:
             continue
-        lines += ["", f"## {w}: {info['title']}", "", info["stands_for"] + ".", ""]
+        stands_for = info["stands_for"][:1].upper() + info["stands_for"][1:]
+        lines += ["", f"## {w}: {info['title']}", "", f"{stands_for}.", ""]
         lines.append("| system | " + " | ".join(f"N={n:,} cap {c}" for n, c in cols) + " |")
         lines.append("|---" * (len(cols) + 1) + "|")
         for s in systems:
@@ -344,8 +345,12 @@ def plots(results: dict[str, Any], out: Path) -> list[str]:
         for ax, cap in zip(axes[0], caps, strict=True):
             for system, points in by_system("W1", cap, value).items():
                 xs, ys = zip(*points, strict=True)
-                style = "-" if system.startswith("trioflow") else "--" if "-" in system else ":"
-                ax.plot(xs, ys, style, marker="o", markersize=3, label=labels[system])
+                kind = results["systems"][system]["kind"]
+                style = {"trioflow": "-", "floor": "--"}.get(kind, ":")
+                width = 2.0 if kind == "trioflow" else 1.0
+                ax.plot(
+                    xs, ys, style, linewidth=width, marker="o", markersize=3, label=labels[system]
+                )
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.set_xlabel("N (W1 fan-out / fan-in)")
@@ -366,17 +371,28 @@ def plots(results: dict[str, Any], out: Path) -> list[str]:
         systems = [s for s in results["systems"] if any(r["system"] == s for r in w4)]
         fig, ax = plt.subplots(figsize=(8, 3.6))
         width = 0.8 / len(caps)
+        top = 3.0  # taller bars are cut here; their value is written on them
         for k, cap in enumerate(caps):
             ratios = {r["system"]: r["ideal_ratio"] for r in w4 if r["cap"] == cap}
             xs = [i + k * width for i in range(len(systems))]
-            ax.bar(xs, [ratios.get(s, 0) for s in systems], width, label=f"cap {cap}")
+            heights = [ratios.get(s, 0.0) for s in systems]
+            bars = ax.bar(xs, [min(h, top) for h in heights], width, label=f"cap {cap}")
+            for bar, h in zip(bars, heights, strict=True):
+                if h:
+                    ax.annotate(
+                        f"{h:.2f}",
+                        (bar.get_x() + bar.get_width() / 2, min(h, top)),
+                        ha="center",
+                        va="bottom",
+                        fontsize=5,
+                    )
         ax.axhline(1.1, color="C0", linestyle=":", linewidth=1, label="target cap 4 (1.1x)")
         ax.axhline(1.35, color="C1", linestyle=":", linewidth=1, label="target cap 64 (1.35x)")
         ax.set_xticks([i + width * (len(caps) - 1) / 2 for i in range(len(systems))])
         ax.set_xticklabels([labels[s] for s in systems], rotation=25, ha="right", fontsize=6)
         ax.set_ylabel("makespan / ideal (N·0.01 s / cap)")
         ax.set_title("W4 sleep-bound fan-out: ratio to ideal (1.0 is perfect)")
-        ax.set_ylim(0, max(2.0, min(5.0, max(r["ideal_ratio"] for r in w4) * 1.1)))
+        ax.set_ylim(0, top * 1.08)
         ax.legend(fontsize=6)
         fig.tight_layout()
         fig.savefig(out / "sleep_ratio.png", dpi=80)

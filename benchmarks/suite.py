@@ -83,6 +83,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--python", default=sys.executable, help="interpreter for the cells")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="run nothing: rewrite results.md and the plots from DIR/results.json (--out DIR)",
+    )
     args = parser.parse_args(argv)
     args.mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     for key, default in MODES[args.mode].items():
@@ -150,6 +155,8 @@ def load() -> dict[str, Any]:
 
 
 def git_commit() -> str | None:
+    if os.environ.get("TRIOFLOW_BENCH_COMMIT"):  # a run from an exported copy of the tree
+        return os.environ["TRIOFLOW_BENCH_COMMIT"]
     out = subprocess.run(
         ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
         capture_output=True,
@@ -453,11 +460,19 @@ def summarize(measurements: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
+    import _report
+
+    if args.report:
+        results = json.loads((out / "results.json").read_text())
+        results["summary"] = summarize(results["measurements"])
+        (out / "results.md").write_text(_report.markdown(results))
+        for note in [] if args.no_plots else _report.plots(results, out):
+            print(note)
+        return 0
     out.mkdir(parents=True, exist_ok=True)
     print(f"trioflow benchmark suite ({args.mode}) -> {out}/", flush=True)
     results = run_suite(args)
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    import _report
 
     (out / "results.md").write_text(_report.markdown(results))
     if not args.no_plots:

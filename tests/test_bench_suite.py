@@ -73,6 +73,9 @@ def test_smoke_cells_run_in_fresh_processes_and_check_answers(tmp_path, workload
     assert graphify["vs_trio"] > 0 and graphify["repeats"] == 1
     table = (tmp_path / "results.md").read_text()
     assert "## W1: fan-out / fan-in" in table and "| trioflow @graphify |" in table
+    (tmp_path / "results.md").unlink()  # --report rewrites it from results.json alone
+    proc, _ = suite(tmp_path, "--report")
+    assert proc.returncode == 0 and (tmp_path / "results.md").read_text() == table
 
 
 def test_a_cell_over_its_budget_is_killed_and_reported_dnf(tmp_path):

@@ -208,13 +208,18 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         "<!-- --8<-- [start:tables] -->",
         "",
-        f"- Run: `{results['mode']}` mode, {results['started']} → {results['finished']} (UTC), "
+        f"- Run: `{results['mode']}` mode, {results['started']} → {results.get('finished')} (UTC), "
         f"commit `{results.get('git_commit')}`; {settings['repeats']} repeat(s) per cell, "
         f"interleaved; budget {budget:g} s per cell.",
+        *(
+            ["- **Interrupted**: only the cells measured before the interruption."]
+            if results.get("interrupted")
+            else []
+        ),
         f"- Machine: {machine['cores']} cores, {machine['cpu']}, {machine['memory_gb']} GB, "
         f"{machine['implementation']} {machine['python']}, {machine['platform']}.",
         f"- Load before: `{results['load_before']['uptime']}`; after: "
-        f"`{results['load_after']['uptime']}`.",
+        f"`{results.get('load_after', {}).get('uptime')}`.",
         f"- Versions: {versions}.",
         "",
         "Each cell: median time per node over the repeats, and in brackets the ratio to the best "

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -221,19 +221,10 @@ def run_cell(
                 stderr=stderr_file,
                 start_new_session=True,
             )
-            killed = None
-            timing: float | None = None
-            while proc.poll() is None:
-                time.sleep(0.02)
-                now = time.time()
-                events = read_events(out)
-                if "timing" in events:  # the latest measured run's start
-                    timing = events["timing"]["wall"]
-                if timing is not None and now - timing > budget:
-                    killed = "run"
-                elif timing is None and now - started > setup_budget:
-                    killed = "setup"
-                if killed:
+            try:
+                killed, timing = wait_for(proc, out, budget, setup_budget, started)
+            finally:  # interrupted or not: no cell outlives the suite
+                if proc.poll() is None:
                     with contextlib.suppress(ProcessLookupError):
                         os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
@@ -241,6 +232,44 @@ def run_cell(
             stderr_file.seek(0)
             stderr = stderr_file.read()[-1500:]
         by_kind = read_events(out)
+    return cell_record(
+        by_kind, killed, timing, started, ended, stderr, proc.returncode, setup_budget
+    )
+
+
+def wait_for(
+    proc: subprocess.Popen[bytes], out: Path, budget: float, setup_budget: float, started: float
+) -> tuple[str | None, float | None]:
+    """Poll the cell; kill its session past a budget. Returns (what was killed, run start)."""
+    killed = None
+    timing: float | None = None
+    while proc.poll() is None:
+        time.sleep(0.02)
+        now = time.time()
+        events = read_events(out)
+        if "timing" in events:  # the latest measured run's start
+            timing = events["timing"]["wall"]
+        if timing is not None and now - timing > budget:
+            killed = "run"
+        elif timing is None and now - started > setup_budget:
+            killed = "setup"
+        if killed:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return killed, timing
+
+
+def cell_record(
+    by_kind: dict[str, dict[str, Any]],
+    killed: str | None,
+    timing: float | None,
+    started: float,
+    ended: float,
+    stderr: str,
+    returncode: int | None,
+    setup_budget: float,
+) -> dict[str, Any]:
     record: dict[str, Any] = {"wall_s": ended - started}
     if "started" in by_kind:
         record["pid"] = by_kind["started"]["pid"]
@@ -253,7 +282,7 @@ def run_cell(
         record.update(status="DNF", reason=f"set-up and warm-up took over {setup_budget:g} s")
         return record
     if result is None:
-        record.update(status="error", error=f"exit code {proc.returncode}: {stderr}")
+        record.update(status="error", error=f"exit code {returncode}: {stderr}")
         return record
     result = dict(result)
     result.pop("event")
@@ -264,8 +293,8 @@ def run_cell(
         record["extra"]["rerun_s"] = by_kind["rerun"]["seconds"]
     elif killed:
         record["extra"]["rerun_dnf"] = True  # the first run finished, the second did not
-    elif proc.returncode:
-        record.update(status="error", error=f"exit code {proc.returncode}: {stderr}")
+    elif returncode:
+        record.update(status="error", error=f"exit code {returncode}: {stderr}")
     return record
 
 
@@ -299,7 +328,7 @@ def skip_reason(key: str, workload: str, n: int, available: dict[str, bool]) -> 
     return None
 
 
-def run_suite(args: argparse.Namespace) -> dict[str, Any]:
+def run_suite(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     info = probe(args.python)
     available = info.pop("modules")
     results: dict[str, Any] = {
@@ -335,8 +364,17 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
         "measurements": [],
     }
     scratch = tempfile.mkdtemp(prefix="trioflow-bench-run-")
+
+    def save() -> None:  # after every cell, so an interrupted run keeps what it measured
+        partial = out / "results.json.part"
+        partial.write_text(json.dumps(results, indent=1) + "\n")
+        os.replace(partial, out / "results.json")
+
     try:
-        run_cells(args, available, results["measurements"], scratch)
+        run_cells(args, available, results["measurements"], scratch, save)
+    except KeyboardInterrupt:
+        results["interrupted"] = True
+        print("interrupted: reporting the cells measured so far", flush=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     results["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
@@ -350,6 +388,7 @@ def run_cells(
     available: dict[str, bool],
     measurements: list[dict[str, Any]],
     scratch: str,
+    save: Callable[[], None],
 ) -> None:
     cells = plan_cells(args)
     done: dict[tuple[str, str, int, int], list[dict[str, Any]]] = {}
@@ -388,6 +427,7 @@ def run_cells(
                 measurements.append(record)
                 done.setdefault(cell, []).append(record)
                 print(progress(record), flush=True)
+                save()
 
 
 def progress(m: dict[str, Any]) -> str:
@@ -471,7 +511,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     out.mkdir(parents=True, exist_ok=True)
     print(f"trioflow benchmark suite ({args.mode}) -> {out}/", flush=True)
-    results = run_suite(args)
+    results = run_suite(args, out)
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
 
     (out / "results.md").write_text(_report.markdown(results))
@@ -484,7 +524,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for m in bad:
         print(f"FAILED: {progress(m)}\n{m.get('traceback') or m.get('stderr') or ''}")
     print(f"wrote {out}/results.json, {out}/results.md")
-    return 1 if bad else 0
+    return 130 if results.get("interrupted") else 1 if bad else 0
 
 
 if __name__ == "__main__":

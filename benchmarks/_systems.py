@@ -495,7 +495,8 @@ SYSTEMS: dict[str, System] = {
             lazy("_sys_engines", "dask_go"),
             workloads=frozenset({"W1", "W2", "W3", "W4", "W5"}),
             max_n=100_000,
-            note="dask.delayed, scheduler='threads', num_workers=cap",
+            note="dask.delayed, scheduler='threads', num_workers=cap; building the graph "
+            "(an expression per delayed call in dask 2026) is most of its time",
         ),
         System(
             "prefect",

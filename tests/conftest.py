@@ -14,14 +14,7 @@ load_profile(default="fast")
 
 
 @pytest.fixture(autouse=True)
-def _isolated_service_registry() -> Iterator[None]:
-    """Each test starts with an empty process-wide service registry and leaves none behind."""
-    from trioflow import _services
-
-    saved = dict(_services._registry)
-    _services._registry.clear()
-    try:
-        yield
-    finally:
-        _services._registry.clear()
-        _services._registry.update(saved)
+def _isolated_service_registry(trioflow_isolated_services: None) -> Iterator[None]:
+    """Each test starts with an empty service registry and leaves none behind (the plugin's
+    `trioflow_isolated_services` fixture, made autouse here)."""
+    yield

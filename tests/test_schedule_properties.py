@@ -37,7 +37,7 @@ def check_common(case: DagGraph, outcome: Outcome, cap: float) -> None:
     assert list(record.nodes) == [case.node_id(i) for i in range(case.dag.size)]
     assert_dependencies_respected(record, graph)
     assert_cap_respected(record, cap)
-    assert_ran_at_most_once(record, {case.node_id(i): n for i, n in case.calls.items()})
+    assert_ran_at_most_once(record, case.calls)
     assert_no_leftover_tokens(outcome.leftover_tokens)
     assert outcome.leftover_tasks == 0
     assert not any(r.state in (NodeState.RUNNING, NodeState.PENDING) for r in record.nodes.values())
@@ -51,8 +51,7 @@ def test_random_dags_compute_the_right_values_within_the_cap(
     assert outcome.ok, outcome.error
     assert outcome.outputs == case.expected()
     check_common(case, outcome, cap)
-    durations = {case.node_id(i): float(d) for i, d in enumerate(case.durations)}
-    assert_makespan_bounds(outcome.record, case.graph.compile(), durations, cap)
+    assert_makespan_bounds(outcome.record, case.graph.compile(), case.durations, cap)
 
 
 @given(case=dag_graphs(), cap=caps(), rng=st.none() | schedule_rngs())

@@ -17,8 +17,10 @@ from ._errors import (
     DependencyFailed as DependencyFailed,
     GraphBuildError as GraphBuildError,
     NodeFailed as NodeFailed,
+    ResumeMismatch as ResumeMismatch,
     RunCancelled as RunCancelled,
     ServiceError as ServiceError,
+    StoreError as StoreError,
     TrioflowError as TrioflowError,
 )
 from ._events import RunEvent as RunEvent
@@ -60,9 +62,31 @@ from ._service_task import (
 from ._services import (
     Service as Service,
     critical as critical,
+    isolated_services as isolated_services,
     register_context_service as register_context_service,
     unregister_context_service as unregister_context_service,
 )
+from ._sqlite import SQLiteStore as SQLiteStore
+from ._store import MemoryStore as MemoryStore, RunInfo as RunInfo, RunStore as RunStore
 from ._tool import Retry as Retry, Tool as Tool, tool as tool
 
 __version__ = "0.1.0"
+
+
+def _claim_public_names() -> None:
+    """Public classes and functions report `trioflow.X` (tracebacks, reprs, pickles), as Trio's
+    names do. attrs classes resolve their string annotations first, in their own module."""
+    import attrs
+
+    for obj in list(globals().values()):
+        if not (isinstance(obj, type) or callable(obj)) or isinstance(obj, type(attrs)):
+            continue
+        if not str(getattr(obj, "__module__", "")).startswith("trioflow._"):
+            continue
+        if isinstance(obj, type) and attrs.has(obj):
+            attrs.resolve_types(obj)
+        obj.__module__ = "trioflow"
+
+
+_claim_public_names()
+del _claim_public_names

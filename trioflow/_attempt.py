@@ -15,6 +15,7 @@ import trio
 from ._context import Frame, context_from_frame
 from ._errors import NodeFailed
 from ._executor import check_shippable, shippable
+from ._ratelimit import rate_key_of
 
 if TYPE_CHECKING:
     from ._runstate import RunState
@@ -50,7 +51,11 @@ async def execute_node(
     try:
         memo = run.memo
         if memo is not None:
-            hit = memo.lookup(node_id, tool, inputs)
+            try:
+                hit = memo.lookup(node_id, tool, inputs)
+            except Exception as exc:  # e.g. a cached tool's arguments cannot be keyed
+                ledger.fail(idx, exc)
+                raise node_failed(node_id, name, exc) from exc
             if hit is not None:
                 ledger.reuse(idx, hit[0], hit[1])
                 return hit[0]
@@ -68,7 +73,7 @@ async def execute_node(
         rate_key = None
         if rate_limit is not None and tool.rate_key is not None:
             try:
-                rate_key = tool.rate_key(**inputs)
+                rate_key = rate_key_of(tool, inputs)
             except Exception as exc:
                 ledger.fail(idx, exc)
                 raise node_failed(node_id, name, exc) from exc
@@ -113,6 +118,8 @@ async def execute_node(
                 continue
             try:
                 outputs = tool.normalize(result)
+                if memo is not None:  # the store encodes them: unstorable outputs fail here
+                    memo.accept(node_id, tool, outputs)
             except Exception as exc:
                 ledger.fail(idx, exc)
                 raise node_failed(node_id, name, exc) from exc

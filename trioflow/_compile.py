@@ -4,7 +4,8 @@ The body runs once with refs for its inputs; every tool call returns a `NodeRef`
 as a node. When the input values are known (at run time, or `graph.compile(vals=[...])`),
 `len()`, iteration and `bool()` of an input ref use the real value, so a graph whose shape
 depends on its inputs is built correctly. When they are not known, those operations raise
-`GraphBuildError` instead of building a silently wrong graph.
+`GraphBuildError` instead of building a silently wrong graph; so do turning a ref into text, two
+different tools under one name, and a graph that calls itself.
 """
 
 from __future__ import annotations
@@ -12,20 +13,31 @@ from __future__ import annotations
 import os
 import traceback
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ._errors import ConfigError, ConfigTypeError, GraphBuildError
-from ._graph import InputRef, NodeKind, NodeSpec, OutputRef, TaskGraph, _project
-from ._tool import TRACER, Tool
+from ._checks import outputs_dict
+from ._errors import (
+    ConfigError,
+    ConfigTypeError,
+    GraphBuildError,
+    GraphBuildTypeError,
+    GraphBuildValueError,
+)
+from ._graph import InputRef, NodeKind, NodeSpec, OutputRef, TaskGraph, _project, ref_as_text
+from ._trace import TRACER, called_from_user_code
 
-__all__ = ["NodeRef", "Tracer", "trace"]
+if TYPE_CHECKING:
+    from ._tool import Tool
+
+__all__ = ["GraphTracer", "NodeRef", "trace"]
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
-@attrs.define(eq=False)
+@attrs.define(eq=False, repr=False)
 class NodeRef:
     """A traced call: `ref.out` or `ref["out"]` is the `OutputRef` of output `out`."""
 
@@ -62,6 +74,39 @@ class NodeRef:
     def __bool__(self) -> bool:
         raise self._not_a_value("bool()")
 
+    def __index__(self) -> int:
+        raise self._not_a_value("using it as an int")
+
+    __int__ = __index__
+
+    def __float__(self) -> float:
+        raise self._not_a_value("float()")
+
+    def _no_arithmetic(self, *_: object) -> Any:
+        raise self._not_a_value("arithmetic or comparison")
+
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = _no_arithmetic
+    __truediv__ = __rtruediv__ = __floordiv__ = __rfloordiv__ = _no_arithmetic
+    __mod__ = __rmod__ = __pow__ = __rpow__ = __neg__ = _no_arithmetic
+    __lt__ = __le__ = __gt__ = __ge__ = _no_arithmetic
+
+    # Text: see `_RefOps.__repr__` in _graph.py (an error for the user's own code, while traced).
+
+    def __repr__(self) -> str:
+        if TRACER.get() is not None and called_from_user_code():
+            raise ref_as_text(f"node {self.id!r}", "repr()")
+        return f"NodeRef(id={self.id!r}, outputs={self.outputs!r})"
+
+    def __str__(self) -> str:
+        if TRACER.get() is not None and called_from_user_code():
+            raise ref_as_text(f"node {self.id!r}", "str()")
+        return repr(self)
+
+    def __format__(self, spec: str) -> str:
+        if TRACER.get() is not None and called_from_user_code():
+            raise ref_as_text(f"node {self.id!r}", "an f-string or format()")
+        return format(repr(self), spec)
+
 
 def _target_path(obj: Any) -> str:
     fn = getattr(obj, "fn", obj)
@@ -72,9 +117,31 @@ def _target_path(obj: Any) -> str:
     return f"{module}:{qualname}"
 
 
+def _show_target(obj: Any) -> str:
+    fn = getattr(obj, "fn", obj)
+    module = getattr(fn, "__module__", None)
+    qualname = getattr(fn, "__qualname__", None)
+    return f"{module}:{qualname}" if module and qualname else repr(obj)
+
+
+@attrs.frozen(eq=False)
+class _Probes:
+    """Recursion check state shared by a trace and the traces it starts to probe subgraphs.
+
+    `stack` holds the graphs whose trace reached this point without depending on an input's
+    value, so every run of them reaches it too: calling one of them again never ends. `done`
+    holds the graph functions already probed in this trace."""
+
+    stack: tuple[tuple[Callable[..., Any], str], ...] = ()
+    done: set[Callable[..., Any]] = attrs.field(factory=set)
+
+
+_PROBES: ContextVar[_Probes | None] = ContextVar("trioflow.probes", default=None)
+
+
 @attrs.define(eq=False)
-class Tracer:
-    """Records the calls a graphify body makes."""
+class GraphTracer:
+    """Records the calls a graphify body makes (the `Tracer` of `_trace`)."""
 
     name: str
     inputs: tuple[str, ...]
@@ -82,7 +149,8 @@ class Tracer:
     nodes: dict[str, NodeSpec] = attrs.field(factory=dict)
     callables: dict[str, Any] = attrs.field(factory=dict)
     counters: dict[str, int] = attrs.field(factory=dict)
-    paths: dict[str, str] = attrs.field(factory=dict)  # name → import path, computed once
+    # name → (callable, "tool" or "graph", import path): computed once per name
+    known: dict[str, tuple[Any, NodeKind, str]] = attrs.field(factory=dict)
 
     def known_value(self, ref: object) -> tuple[bool, Any]:
         """The value of an input ref, if this trace knows the inputs."""
@@ -137,46 +205,107 @@ class Tracer:
             return {k: self._prepare(v, deps, node_id) for k, v in value.items()}
         return value
 
+    def _register(self, name: str, target: Any) -> tuple[Any, NodeKind, str]:
+        """Remember the callable behind `name`: `(target, kind, import path)`. A different one
+        under the same name is an error, since nodes find their callable by name (one of them
+        would run the other's code). A graph is checked for recursion when first seen."""
+        known = self.callables.get(name)
+        if known is not None:
+            raise GraphBuildError(
+                f"graph {self.name!r} calls two different callables named {name!r}: "
+                f"{_show_target(known)} and {_show_target(target)}",
+                code="name-clash",
+                hints=(
+                    "nodes find their tool by name: give one of them another name with "
+                    "@trioflow.tool(name=...)",
+                ),
+            )
+        # Graphs (targets with `check_inputs`, the scheduler's `GraphTarget`) become subgraph
+        # nodes; calling one must not make a graph call itself.
+        kind: NodeKind = "graph" if hasattr(target, "check_inputs") else "tool"
+        if kind == "graph":
+            _check_recursion(target)
+        self.callables[name] = target
+        entry = self.known[name] = (target, kind, _target_path(target))
+        return entry
+
     def _add(
         self,
         name: str,
         node_id: str,
         target: Any,
-        args: dict[str, Any],
-        kind: NodeKind,
+        args: Mapping[str, Any],
+        kind: NodeKind | None = None,
         map_param: str | None = None,
     ) -> NodeRef:
+        entry = self.known.get(name)
+        if entry is None or entry[0] is not target:
+            entry = self._register(name, target)
         deps: dict[str, None] = {}
         prepare = self._prepare
         prepared = {key: prepare(v, deps, node_id) for key, v in args.items()}
         outputs: tuple[str, ...] = target.outputs
-        if self.callables.get(name) is not target:
-            self.callables[name] = target
-            self.paths[name] = _target_path(target)
         self.nodes[node_id] = NodeSpec(
             id=node_id,
             tool=name,
             args=prepared,
             deps=tuple(deps),
             outputs=outputs,
-            kind=kind,
+            kind=kind or entry[1],
             map_param=map_param,
-            target=self.paths[name],
+            target=entry[2],
         )
         return NodeRef(node_id, outputs)
 
     def call(self, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> NodeRef:
-        """A tool call (or a nested graph call) in the body: record a node."""
+        """A tool call (or a nested graph call: a subgraph node) in the body: record a node."""
         inputs = target.spec.bind(args, kwargs)
-        kind: NodeKind = "tool" if isinstance(target, Tool) else "graph"
         name = target.name
-        return self._add(name, self._new_id(name), target, inputs, kind)
+        return self._add(name, self._new_id(name), target, inputs)
 
-    def map(self, tool: Tool, items: Any, param: str, fixed: dict[str, Any]) -> NodeRef:
+    def map(self, tool: Tool, items: Any, param: str, fixed: Mapping[str, Any]) -> NodeRef:
         """`trioflow.map(tool, items)` in the body: one node that fans out at run time."""
         return self._add(
             tool.name, self._new_id("map"), tool, {**fixed, param: items}, "map", param
         )
+
+
+def _check_recursion(target: Any) -> None:
+    """Raise if calling the graph `target` here would nest graphs forever.
+
+    A graph on the probe stack reached this call whatever its inputs, so calling it again
+    repeats at every level of nesting. A `@graphify` not yet probed is traced once without
+    input values (depth first) to find cycles through it; a trace that stops at a
+    shape-dependent step (`if len(vals) > 1: ...`) may recurse with a base case and is not
+    an error. graph_fn bodies are async code and are not traced."""
+    probes = _PROBES.get() or _Probes()
+    fn = getattr(target, "fn", None)
+    for i, (seen, _) in enumerate(probes.stack):
+        if seen is fn:
+            cycle = " -> ".join([*(n for _, n in probes.stack[i:]), target.name])
+            raise GraphBuildError(
+                f"graph {target.name!r} calls itself ({cycle}) whatever its inputs, so every "
+                "run would nest it again, forever",
+                code="recursive-graph",
+                hints=(
+                    "a graph can recurse only behind a test of an input's value that ends it "
+                    "(if len(vals) > 1: ...); otherwise write the loop inside a tool or a "
+                    "@trioflow.graph_fn",
+                ),
+            )
+    probe = getattr(target, "compile", None)
+    if fn is None or probe is None or fn in probes.done:
+        return
+    probes.done.add(fn)
+    try:
+        probe()
+    except GraphBuildError as exc:
+        if exc.code == "recursive-graph":
+            raise
+    except Exception:
+        # Any other problem of the subgraph is reported when it runs, as before: the probe only
+        # looks for cycles.
+        pass
 
 
 def _user_location(tb: Any) -> str:
@@ -195,45 +324,49 @@ def trace(
     inputs: tuple[str, ...],
     outputs: tuple[str, ...],
     values: Mapping[str, Any] | None,
+    defaults: Mapping[str, Any] | None = None,
 ) -> TaskGraph:
-    """Run a graphify body once with refs for its inputs and return the recorded graph."""
-    tracer = Tracer(name=name, inputs=inputs, values=values)
+    """Run a graphify body once with refs for its inputs and return the recorded graph.
+
+    `values` are the inputs' values when known (else None); `defaults` the defaults of its
+    optional inputs, kept in the graph so that a graph read back from `to_dict()` runs without
+    them."""
+    tracer = GraphTracer(name=name, inputs=inputs, values=values)
+    probes = _PROBES.get() or _Probes()
+    if values is None:  # this trace does not depend on input values: a probe, see _check_recursion
+        probes = _Probes(stack=(*probes.stack, (fn, name)), done=probes.done)
     token = TRACER.set(tracer)
+    probes_token = _PROBES.set(probes)
     try:
         result = fn(**{n: InputRef(n) for n in inputs})
     except GraphBuildError as exc:
-        where = _user_location(exc.__traceback__)
-        message = str(exc).split("\n", 1)[0].removeprefix(f"[{exc.code}] ")
-        raise GraphBuildError(
-            f"tracing graph {name!r} at {where}: {message}", code=exc.code, hints=exc.hints
-        ) from None
+        if exc.graph is None:  # the innermost trace locates it
+            exc.graph = name
+            exc.where = _user_location(exc.__traceback__)
+        raise
     except (ConfigError, ConfigTypeError) as exc:  # a bad call of a tool in the body
-        where = _user_location(exc.__traceback__)
-        raise GraphBuildError(
-            f"tracing graph {name!r} at {where}: {exc}",
+        # The same mistake keeps its class: a ConfigTypeError in a graph_fn is one here too.
+        cls = GraphBuildTypeError if isinstance(exc, ConfigTypeError) else GraphBuildValueError
+        raise cls(
+            str(exc),
             code="bad-call",
             hints=("call each tool with its declared inputs, by name",),
+            graph=name,
+            where=_user_location(exc.__traceback__),
         ) from exc
     finally:
+        _PROBES.reset(probes_token)
         TRACER.reset(token)
-    if len(outputs) == 1 and not (isinstance(result, dict) and outputs[0] in result):
-        result = {outputs[0]: result}
-    if not isinstance(result, dict):
-        raise GraphBuildError(
-            f"graph {name!r} returned {type(result).__name__}; return a dict of its outputs "
-            f"{list(outputs)}",
-            code="bad-outputs",
-        )
-    if set(result) != set(outputs):
-        raise GraphBuildError(
-            f"graph {name!r} returned outputs {sorted(result)} but declares {list(outputs)}",
-            code="bad-outputs",
-        )
+    try:
+        result = outputs_dict(f"graph {name!r}", outputs, result)
+    except (TypeError, ValueError) as exc:
+        raise GraphBuildError(str(exc), code="bad-outputs", graph=name) from None
     bindings = {out: tracer._prepare(result[out], {}, f"output {out}") for out in outputs}
     return TaskGraph(
         name=name,
         inputs=inputs,
         nodes=tracer.nodes,
         outputs=bindings,
+        defaults=dict(defaults or {}),
         callables=tracer.callables,
     )

@@ -8,15 +8,17 @@ nothing for it.
 from __future__ import annotations
 
 import logging
-from collections.abc import MutableMapping
+from collections.abc import Hashable, MutableMapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
-from ._errors import ContextError
+from ._errors import ConfigError, ContextError, ServiceError
 
 if TYPE_CHECKING:
+    from ._builtins import ArtifactStore, Channel, KeyValueStore, NodeMemory
+    from ._runtime import Runtime
     from ._slots import Slot
 
 __all__ = ["FRAME", "Frame", "NodeContext", "ServiceAccess", "current_context"]
@@ -32,11 +34,19 @@ class ServiceAccess(Protocol):
     def builtin(self, name: str, context: NodeContext) -> Any: ...
 
 
+class RateTurn(Protocol):
+    """What `context.rate_limit()` needs: the run's rate limits (see `_ratelimit`)."""
+
+    async def turn(self, name: str, key: Hashable = None) -> float: ...
+
+
 class RunLike(Protocol):
     run_id: str
 
     @property
     def services(self) -> ServiceAccess | None: ...
+    @property
+    def rates(self) -> RateTurn | None: ...
 
 
 class Frame:
@@ -55,6 +65,14 @@ class Frame:
 
 
 FRAME: ContextVar[Frame | None] = ContextVar("trioflow.frame", default=None)
+
+RUNTIME: ContextVar[Runtime | None] = ContextVar("trioflow.runtime", default=None)
+"""The runtime the current task runs in (set by `open_runtime`)."""
+
+
+def current_runtime() -> Runtime | None:
+    """The runtime the current task runs in, if any."""
+    return RUNTIME.get()
 
 
 class _NodeLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -79,6 +97,18 @@ class NodeContext:
     _services: ServiceAccess | None = attrs.field(
         default=None, alias="services", eq=False, repr=False
     )
+    _rates: RateTurn | None = attrs.field(default=None, alias="rates", eq=False, repr=False)
+
+    async def rate_limit(self, name: str, key: Hashable = None) -> float:
+        """Wait for a turn of the run's rate limit `name` (its bucket `key`), like a tool with
+        `rate_limit=name` does before each attempt; returns the seconds waited."""
+        if self._rates is None:
+            raise ConfigError(
+                f"no rate limit named {name!r}: this context's run defines none; define it "
+                f"with open_runtime(rate_limits={{{name!r}: trioflow.RateLimit(...)}}) or "
+                "run(..., rate_limits=...)"
+            )
+        return await self._rates.turn(name, key)
 
     def logger(self) -> logging.LoggerAdapter:  # type: ignore[type-arg]
         """A stdlib logger adapter whose records carry `run_id`, `graph_id` and `node_id`."""
@@ -86,26 +116,28 @@ class NodeContext:
             _log, {"run_id": self.run_id, "graph_id": self.graph_id, "node_id": self.node_id}
         )
 
-    def channel(self) -> Any:
+    def channel(self) -> Channel:
         """Messages out of the run: `await context.channel().send_text("...")`."""
-        return self._runtime_services("channel").builtin("channel", self)
+        found: Channel = self._runtime_services("channel").builtin("channel", self)
+        return found
 
-    def memory(self) -> Any:
+    def memory(self) -> NodeMemory:
         """This run's append-only event log: `await context.memory().record(kind, data)`."""
-        return self._runtime_services("memory").builtin("memory", self)
+        found: NodeMemory = self._runtime_services("memory").builtin("memory", self)
+        return found
 
-    def artifacts(self) -> Any:
+    def artifacts(self) -> ArtifactStore:
         """The content-addressed artifact store: `uri = await context.artifacts().put(b"..")`."""
-        return self._runtime_services("artifacts").builtin("artifacts", self)
+        found: ArtifactStore = self._runtime_services("artifacts").builtin("artifacts", self)
+        return found
 
-    def kv(self) -> Any:
+    def kv(self) -> KeyValueStore:
         """The runtime's key-value store: `await context.kv().set(key, value)`."""
-        return self._runtime_services("kv").builtin("kv", self)
+        found: KeyValueStore = self._runtime_services("kv").builtin("kv", self)
+        return found
 
     def _runtime_services(self, name: str) -> ServiceAccess:
         if self._services is None:
-            from ._errors import ServiceError
-
             raise ServiceError(
                 f"context.{name}() needs a runtime; this context was made outside any run"
             )
@@ -125,6 +157,7 @@ def context_from_frame(frame: Frame) -> NodeContext:
         node_id=frame.node_id,
         attempt=frame.attempt,
         services=run.services,
+        rates=run.rates,
     )
 
 

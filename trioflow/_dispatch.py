@@ -16,7 +16,8 @@ from ._context import FRAME
 from ._errors import ContextError
 from ._runstate import GraphTarget
 from ._runtime import run_async
-from ._tool import TRACER, InputSpec
+from ._tool import InputSpec
+from ._trace import TRACER
 
 __all__ = ["CallableGraph", "GraphCall", "call_graph_target"]
 

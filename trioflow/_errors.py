@@ -7,7 +7,7 @@ never replaced: a failing node raises `NodeFailed` *from* the original, so `__ca
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._records import RunRecord
@@ -17,16 +17,32 @@ __all__ = [
     "ConfigTypeError",
     "ContextError",
     "DependencyFailed",
+    "GraphBuildAttributeError",
     "GraphBuildError",
+    "GraphBuildTypeError",
+    "GraphBuildValueError",
     "NodeFailed",
     "RunCancelled",
+    "ResumeMismatch",
     "ServiceError",
+    "StoreError",
     "TrioflowError",
 ]
 
 
+def _rebuild(cls: type[BaseException], args: tuple[object, ...], state: dict[str, object]) -> Any:
+    """Unpickle a trioflow error without calling its `__init__` (whose signature varies)."""
+    exc = cls.__new__(cls, *args)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
+
+
 class TrioflowError(Exception):
     """Base class of every error trioflow raises itself."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.args, dict(self.__dict__)))
 
 
 class ConfigError(TrioflowError, ValueError):
@@ -42,20 +58,56 @@ class ContextError(TrioflowError, RuntimeError):
 
 
 class GraphBuildError(TrioflowError):
-    """Tracing a `@graphify` body failed; `code` names the problem, `hints` say what to do."""
+    """Tracing a `@graphify` body failed.
 
-    def __init__(self, message: str, *, code: str, hints: Sequence[str] = ()) -> None:
+    `message` says what went wrong, `code` names the problem (`"shape-dependent"`,
+    `"bad-call"`, ...), `hints` say what to do; `graph` and `where` (`file:line` in the body)
+    locate it once the trace knows them. `str(exc)` puts them together.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str,
+        hints: Sequence[str] = (),
+        graph: str | None = None,
+        where: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
         self.code = code
         self.hints = tuple(hints)
-        text = f"[{code}] {message}"
-        if self.hints:
-            text += "\n" + "\n".join(f"  hint: {h}" for h in self.hints)
-        super().__init__(text)
+        self.graph = graph
+        self.where = where
+
+    def __str__(self) -> str:
+        text = f"[{self.code}] "
+        if self.graph is not None:
+            text += f"tracing graph {self.graph!r}"
+            text += f" at {self.where}: " if self.where else ": "
+        text += self.message
+        return "".join([text, *(f"\n  hint: {h}" for h in self.hints)])
 
     @property
     def hint(self) -> str:
         """The first hint (or an empty string)."""
         return self.hints[0] if self.hints else ""
+
+
+class GraphBuildValueError(GraphBuildError, ConfigError):
+    """A bad argument value met while tracing (code `"bad-call"`): a `GraphBuildError` with the
+    graph and source line, and the `ConfigError` the same call raises outside a trace."""
+
+
+class GraphBuildTypeError(GraphBuildError, ConfigTypeError):
+    """A bad call met while tracing (code `"bad-call"`): a `GraphBuildError` with the graph and
+    source line, and the `ConfigTypeError` the same call raises in a graph_fn."""
+
+
+class GraphBuildAttributeError(GraphBuildError, AttributeError):
+    """An attribute of a ref read while tracing (`vals.upper()`): a `GraphBuildError` (code
+    `"value-op"`) that is still an `AttributeError`, so `hasattr()` keeps working."""
 
 
 class _RunError(TrioflowError):
@@ -79,9 +131,6 @@ class NodeFailed(_RunError):
         self.tool = tool
         super().__init__(message or f"node {node_id!r} (tool {tool!r}) failed")
 
-    def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (self.node_id, self.tool, str(self)))
-
 
 class DependencyFailed(_RunError):
     """An awaited output can never be produced because the node producing it failed."""
@@ -97,3 +146,13 @@ class RunCancelled(_RunError):
 
 class ServiceError(TrioflowError):
     """A service could not be found, started, or used."""
+
+
+class StoreError(TrioflowError):
+    """A run store cannot be used: its file is corrupted, truncated, not a trioflow store, or
+    written by an incompatible version; the message says which and what to do."""
+
+
+class ResumeMismatch(TrioflowError):
+    """`resume=True` found a stored run that does not match this one (graph, content hash or
+    input values); nothing was reused. The message says what differs."""

@@ -20,7 +20,10 @@ __all__ = ["EventKind", "Listener", "RunEvent", "combine_listeners"]
 EventKind = Literal["run_started", "node_started", "node_finished", "run_finished"]
 
 
-@attrs.frozen
+# Not `frozen`: a frozen attrs class sets each of its 13 fields through `object.__setattr__`,
+# which made an event cost ~5x more to build (measured); events are built twice per node on the
+# hot path. Treat them as read-only all the same.
+@attrs.define(eq=True, hash=False)
 class RunEvent:
     """One fact about a run.
 
@@ -28,7 +31,8 @@ class RunEvent:
     `run_finished` the run's outcome (`DONE`, `FAILED` or `CANCELLED`). `at` is on the Trio clock,
     `wall` in UTC. `known` counts the nodes known so far (all of a static graph; those called so
     far in a graph_fn). `inputs` (on `node_started`) and `outputs` (on `node_finished` when
-    `DONE`) are the node's own dicts, not copies, for stores and debuggers: do not mutate them.
+    `DONE`) are the node's own dicts, not copies, for stores and debuggers: do not mutate them
+    (nor the event).
     """
 
     kind: EventKind

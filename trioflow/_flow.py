@@ -10,17 +10,19 @@
 from __future__ import annotations
 
 import enum
+import functools
 import inspect
 import typing
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Literal, overload
 
 import attrs
 import trio
 
-from ._checks import check_function
+from ._checks import check_function, check_name
+from ._context import current_runtime
 from ._errors import ConfigError, ConfigTypeError, ServiceError
-from ._service_task import service_task, teardown
+from ._service_task import ServiceTask, service_task, teardown
 from ._tool import Tool, tool
 
 __all__ = ["FlowType", "task"]
@@ -38,6 +40,7 @@ class FlowType(enum.StrEnum):
 class _Shared:
     """The one instance of an agent tool in one runtime."""
 
+    name: str
     lock: trio.Lock = attrs.field(factory=trio.Lock)
     instance: Any = None
     started: bool = False
@@ -76,12 +79,10 @@ def _agent_tool(
     key = object()
 
     async def call(**inputs: Any) -> Any:
-        from ._runtime import current_runtime
-
         runtime = current_runtime()
         if runtime is None:
             raise ServiceError(f"agent tool {call.__name__!r} needs a runtime (call it in a run)")
-        shared: _Shared = runtime.shared(key, _Shared)
+        shared: _Shared = runtime.shared(key, functools.partial(_Shared, factory.__name__))
         async with shared.lock:
             if not shared.started:
                 shared.instance = await factory()
@@ -96,6 +97,30 @@ def _agent_tool(
     return tool(outputs=outputs, name=name or factory.__name__)(call)
 
 
+@overload
+def task(fn: Callable[..., Any], /) -> Tool: ...
+@overload
+def task(
+    fn: None = None,
+    /,
+    *,
+    flow_type: Literal[FlowType.SERVICE_TASK],
+    outputs: None = None,
+    name: str | None = None,
+    **options: Any,
+) -> Callable[[Callable[..., Any]], ServiceTask[Any]]: ...
+@overload
+def task(
+    fn: None = None,
+    /,
+    *,
+    flow_type: Literal[
+        FlowType.FUNCTION_TASK, FlowType.AGENT_TOOL_AS_SERVICE
+    ] = FlowType.FUNCTION_TASK,
+    outputs: Sequence[str] | None = None,
+    name: str | None = None,
+    **options: Any,
+) -> Callable[[Callable[..., Any]], Tool]: ...
 def task(
     fn: Callable[..., Any] | None = None,
     /,
@@ -108,6 +133,7 @@ def task(
     """Declare a task of one of the three `FlowType`s (see the module docstring)."""
     if not isinstance(flow_type, FlowType):
         raise ConfigError(f"flow_type must be a trioflow.FlowType, got {flow_type!r}")
+    check_name(name, "@trioflow.task")
 
     def decorate(fn: Callable[..., Any]) -> Any:
         check_function(fn, "@trioflow.task", allow_async_generators=True)

@@ -16,9 +16,12 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal
 
 import attrs
+import cattrs
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
 from ._convert import converter
-from ._errors import ConfigError, GraphBuildError
+from ._errors import ConfigError, GraphBuildAttributeError, GraphBuildError
+from ._trace import TRACER, called_from_user_code
 
 __all__ = [
     "InputRef",
@@ -64,13 +67,25 @@ class _RefOps:
             )
         return self._with_path((*self.path, key))
 
-    def _value(self, op: str) -> Any:
-        from ._tool import TRACER  # the active trace may know an input's value
+    def __getattr__(self, name: str) -> Any:
+        # Reached only when the attribute does not exist. While tracing, `vals.upper()` is the
+        # user computing with a value that exists only at run time.
+        if name.startswith("_") or TRACER.get() is None:
+            raise AttributeError(name)
+        raise GraphBuildAttributeError(
+            f"{self.describe()} has no attribute {name!r} while the graph is traced: its value "
+            "exists only when the graph runs",
+            code="value-op",
+            hints=(
+                "call methods and read attributes inside a tool; project a key or an item with "
+                "ref['key'] or ref[0]",
+            ),
+        )
 
+    def _value(self, op: str) -> Any:
         tracer = TRACER.get()
-        known = getattr(tracer, "known_value", None)
-        if known is not None:
-            found, value = known(self)
+        if tracer is not None:  # the active trace may know an input's value
+            found, value = tracer.known_value(self)
             if found:
                 return value
         raise _shape_error(self.describe(), op)
@@ -106,8 +121,43 @@ class _RefOps:
     __mod__ = __rmod__ = __pow__ = __rpow__ = __neg__ = _no_arithmetic
     __lt__ = __le__ = __gt__ = __ge__ = _no_arithmetic
 
+    # Text of a ref: while a graph is traced, the user's own code gets an error instead of the
+    # text "OutputRef(...)" (which a tool would silently receive); trioflow's messages,
+    # debuggers, loggers and test runners still see the repr.
+
+    def __repr__(self) -> str:
+        if TRACER.get() is not None and called_from_user_code():
+            raise ref_as_text(self.describe(), "repr()")
+        return self._repr()
+
+    def __str__(self) -> str:
+        if TRACER.get() is not None and called_from_user_code():
+            raise ref_as_text(self.describe(), "str()")
+        return self._repr()
+
+    def __format__(self, spec: str) -> str:
+        if TRACER.get() is not None and called_from_user_code():
+            raise ref_as_text(self.describe(), "an f-string or format()")
+        return format(self._repr(), spec)
+
+    def _repr(self) -> str:
+        raise NotImplementedError
+
     def describe(self) -> str:
         raise NotImplementedError
+
+
+def ref_as_text(what: str, op: str) -> GraphBuildError:
+    """The error for turning a ref into text while a graph is traced."""
+    return GraphBuildError(
+        f"{op} of {what} while the graph is traced would give the text of a placeholder, "
+        "not its value",
+        code="ref-as-text",
+        hints=(
+            "build the text inside a tool, which receives the real value "
+            "(a tool `def label(x): return f'item {x}'`, called as label(x=ref))",
+        ),
+    )
 
 
 def _check_path(_: object, __: object, value: Path) -> None:
@@ -116,24 +166,30 @@ def _check_path(_: object, __: object, value: Path) -> None:
             raise ConfigError(f"a ref path holds str keys and int indexes, got {key!r}")
 
 
-@attrs.frozen(order=False)
+@attrs.frozen(order=False, repr=False)
 class InputRef(_RefOps):
     """A graph input (optionally projected: `vals[2]`)."""
 
     name: str
     path: Path = attrs.field(default=(), converter=tuple, validator=_check_path)
 
+    def _repr(self) -> str:
+        return f"InputRef(name={self.name!r}, path={self.path!r})"
+
     def describe(self) -> str:
         return f"graph input {self.name!r}{_show_path(self.path)}"
 
 
-@attrs.frozen(order=False)
+@attrs.frozen(order=False, repr=False)
 class OutputRef(_RefOps):
     """One output of one node (optionally projected: `ref.items[0]`)."""
 
     node: str
     output: str
     path: Path = attrs.field(default=(), converter=tuple, validator=_check_path)
+
+    def _repr(self) -> str:
+        return f"OutputRef(node={self.node!r}, output={self.output!r}, path={self.path!r})"
 
     def describe(self) -> str:
         return f"output {self.output!r} of node {self.node!r}{_show_path(self.path)}"
@@ -198,14 +254,29 @@ class NodeSpec:
 @attrs.frozen
 class TaskGraph:
     """A compiled static graph: nodes in insertion order (a topological order), their edges,
-    the graph's inputs and its output bindings."""
+    the graph's inputs, its output bindings, and the defaults of its optional inputs."""
 
     name: str
     inputs: tuple[str, ...]
     nodes: dict[str, NodeSpec]
     outputs: dict[str, Any]
+    # Input name → default value (`def g(x, factor=3)`): a run may leave these inputs out.
+    defaults: dict[str, Any] = attrs.field(factory=dict)
     # The callables behind the nodes (tool/graph name → object); not data, not compared.
     callables: Mapping[str, Any] = attrs.field(factory=dict, eq=False, repr=False)
+
+    def check_inputs(self, inputs: Mapping[str, Any] | None) -> dict[str, Any]:
+        """A run's inputs with the defaults filled in; unknown or missing names raise
+        `ConfigError` before anything runs."""
+        given = {**self.defaults, **(inputs or {})}
+        unknown = sorted(set(given) - set(self.inputs))
+        missing = sorted(set(self.inputs) - set(given))
+        if unknown or missing:
+            raise ConfigError(
+                f"graph {self.name!r} takes inputs {list(self.inputs)}; "
+                f"unknown {unknown}, missing {missing}"
+            )
+        return given
 
     @property
     def edges(self) -> list[tuple[str, str]]:
@@ -240,15 +311,20 @@ class TaskGraph:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict; `TaskGraph.from_dict(g.to_dict()) == g`."""
         data: dict[str, Any] = converter.unstructure(self)
-        data.pop("callables", None)
         return data
 
     @classmethod
     def from_dict(
         cls, data: Mapping[str, Any], *, callables: Mapping[str, Any] | None = None
     ) -> TaskGraph:
-        """Rebuild a graph; tools are found in `callables` (name → tool) or by import path."""
-        graph = converter.structure({k: v for k, v in data.items() if k != "callables"}, cls)
+        """Rebuild a graph; tools are found in `callables` (name → tool) or by import path.
+
+        Data that is not a `to_dict()` form raises `ConfigError`, naming what is wrong."""
+        try:
+            graph = converter.structure(data, cls)
+        except (cattrs.BaseValidationError, LookupError, TypeError, ValueError) as exc:
+            problems = "; ".join(cattrs.transform_error(exc, path="data"))
+            raise ConfigError(f"not a TaskGraph.to_dict() form: {problems}") from exc
         return attrs.evolve(graph, callables=dict(callables or {}))
 
     @property
@@ -380,47 +456,27 @@ def _structure_tree(data: Mapping[str, Any], _: object) -> dict[str, Any]:
     return {k: _decode(v) for k, v in data.items()}
 
 
-converter.register_unstructure_hook(
-    NodeSpec,
-    lambda node: {
-        "id": node.id,
-        "tool": node.tool,
-        "args": _unstructure_tree(node.args),
-        "deps": list(node.deps),
-        "outputs": list(node.outputs),
-        "kind": node.kind,
-        "map_param": node.map_param,
-        "target": node.target,
-    },
+# cattrs generates the hooks; argument trees, output bindings and defaults use the tree encoding
+# above, the callables stay out of the data, and an empty `defaults` is left out (graphs without
+# defaults keep the JSON form, and the content hash, they had before defaults were stored).
+_tree = override(unstruct_hook=_unstructure_tree, struct_hook=_structure_tree)
+_defaults = override(
+    unstruct_hook=_unstructure_tree, struct_hook=_structure_tree, omit_if_default=True
 )
-converter.register_structure_hook(
-    NodeSpec,
-    lambda data, _: NodeSpec(
-        id=data["id"],
-        tool=data["tool"],
-        args=_structure_tree(data["args"], None),
-        deps=tuple(data["deps"]),
-        outputs=tuple(data["outputs"]),
-        kind=data["kind"],
-        map_param=data["map_param"],
-        target=data["target"],
+_omit = override(omit=True)
+converter.register_unstructure_hook(
+    NodeSpec, make_dict_unstructure_fn(NodeSpec, converter, args=_tree)
+)
+converter.register_structure_hook(NodeSpec, make_dict_structure_fn(NodeSpec, converter, args=_tree))
+converter.register_unstructure_hook(
+    TaskGraph,
+    make_dict_unstructure_fn(
+        TaskGraph, converter, outputs=_tree, defaults=_defaults, callables=_omit
     ),
 )
-converter.register_unstructure_hook(
-    TaskGraph,
-    lambda graph: {
-        "name": graph.name,
-        "inputs": list(graph.inputs),
-        "nodes": {k: converter.unstructure(v, NodeSpec) for k, v in graph.nodes.items()},
-        "outputs": _unstructure_tree(graph.outputs),
-    },
-)
 converter.register_structure_hook(
     TaskGraph,
-    lambda data, _: TaskGraph(
-        name=data["name"],
-        inputs=tuple(data["inputs"]),
-        nodes={k: converter.structure(v, NodeSpec) for k, v in data["nodes"].items()},
-        outputs=_structure_tree(data["outputs"], None),
+    make_dict_structure_fn(
+        TaskGraph, converter, outputs=_tree, defaults=_defaults, callables=_omit
     ),
 )

@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING, Any, overload
 import attrs
 import trio
 
-from ._checks import adopt_metadata, check_function, check_max_concurrency, check_names
+from ._checks import (
+    adopt_metadata,
+    check_function,
+    check_max_concurrency,
+    check_name,
+    check_names,
+)
 from ._context import FRAME, Frame, context_from_frame
 from ._dispatch import call_graph_target
 from ._errors import (
@@ -27,12 +33,12 @@ from ._errors import (
 )
 from ._runstate import RunState
 from ._tool import (
-    TRACER,
     InputSpec,
     Tool,
     ToolCall,
     normalize_outputs,
 )
+from ._trace import TRACER
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -110,13 +116,21 @@ def graph_fn(
 ) -> GraphFn | Callable[[Callable[..., Awaitable[Any]]], GraphFn]:
     """Declare an async function as a reactive graph.
 
-    Every tool call it awaits is a node, at most `max_concurrency` at a time (default 4; a
-    run's own `max_concurrency=` wins). `outputs` names what it returns (default `["result"]`).
+    Every tool call it awaits is a node of the run, counted against its cap; plain awaits are
+    not nodes.
+
+    Args:
+        name: The graph's name (default: the function's name).
+        outputs: The names of what it returns (default `["result"]`).
+        max_concurrency: Nodes at a time (default 4; a run's own `max_concurrency=` wins).
+
+    Raises:
+        ConfigError: A bad name, output list or cap.
+        ConfigTypeError: The decorated object is not an `async def`.
     """
     out_names = ("result",) if outputs is None else check_names(outputs, "outputs")
     cap = None if max_concurrency is None else check_max_concurrency(max_concurrency)
-    if name is not None and (not isinstance(name, str) or not name):
-        raise ConfigError(f"name must be a non-empty string, got {name!r}")
+    check_name(name, "@trioflow.graph_fn")
 
     def decorate(fn: Callable[..., Awaitable[Any]]) -> GraphFn:
         check_function(fn, "@trioflow.graph_fn")
@@ -143,8 +157,16 @@ def _as_call(item: object) -> ToolCall | Callable[[], Awaitable[Any]]:
 async def gather(*calls: Any) -> list[Any]:
     """Run calls concurrently and return their results in order.
 
-    Takes tool calls, nested graph calls, awaitables or zero-argument async callables. The first
-    failure cancels the rest and propagates (under the run's `fail_fast` policy).
+    Tool calls run on at most `max_concurrency` workers (capacity is taken before a call
+    starts); nested graph calls, awaitables and zero-argument async callables run beside them.
+
+    Returns:
+        The results in call order (a tool's output dict for each tool call).
+
+    Raises:
+        NodeFailed: Under `fail_fast`, the first failure, after the rest were cancelled;
+            otherwise one failure bare, several as an `ExceptionGroup`.
+        ConfigTypeError: An argument that is none of the above.
     """
     items = [_as_call(c) for c in calls]
     frame = FRAME.get()
@@ -227,16 +249,27 @@ class MapCall:
 def map(tool: Tool, items: Any, *, param: str | None = None, **fixed: Any) -> Any:
     """Fan a tool out over items: each item is passed as the tool's one free input.
 
-    In a `graph_fn`, `await trioflow.map(...)` returns the output dicts in item order, taking
-    capacity before each task is spawned (streaming: items may be a generator). In a
-    `graphify`, it returns a ref whose outputs are lists in item order.
+    In a `graph_fn`, `await trioflow.map(...)` returns the output dicts in item order; items
+    are pulled as capacity frees up, so a generator of a million items is never held at once.
+    In a `graphify`, it returns a ref whose outputs are lists in item order.
+
+    Args:
+        tool: A `@trioflow.tool`.
+        items: An iterable (graph_fn) or a ref to a list (graphify).
+        param: The input each item is passed as, when more than one is free.
+        **fixed: Inputs passed unchanged to every call.
+
+    Raises:
+        ConfigError: No single free input, or `param` names none.
+        ConfigTypeError: `tool` is not a tool, or `fixed` names unknown inputs.
+        ContextError: Awaited outside any run.
     """
     if not isinstance(tool, Tool):
         raise ConfigTypeError(f"map() takes a @trioflow.tool as its first argument, got {tool!r}")
     name = map_param(tool, param, fixed)
     tracer = TRACER.get()
     if tracer is not None:
-        return tracer.map(tool, items, name, fixed)  # type: ignore[attr-defined]
+        return tracer.map(tool, items, name, fixed)
     if FRAME.get() is None:
         raise ContextError(
             "trioflow.map() runs inside a run: call it from a @graph_fn body or a tool, "

@@ -12,7 +12,13 @@ from typing import Any, overload
 
 import attrs
 
-from ._checks import adopt_metadata, check_function, check_max_concurrency, check_names
+from ._checks import (
+    adopt_metadata,
+    check_function,
+    check_max_concurrency,
+    check_name,
+    check_names,
+)
 from ._compile import trace
 from ._context import Frame
 from ._dispatch import call_graph_target
@@ -75,7 +81,12 @@ class Graphify:
     def trace(self, values: Mapping[str, Any] | None) -> TaskGraph:
         """Trace the body into a `TaskGraph` (with input values where they are known)."""
         return trace(
-            self.fn, name=self.name, inputs=self.inputs, outputs=self.outputs, values=values
+            self.fn,
+            name=self.name,
+            inputs=self.inputs,
+            outputs=self.outputs,
+            values=values,
+            defaults=self.defaults,
         )
 
     async def run_body(self, run: RunState, inputs: dict[str, Any], frame: Frame) -> Any:
@@ -108,14 +119,25 @@ def graphify(
 ) -> Graphify | Callable[[Callable[..., Any]], Graphify]:
     """Declare a plain function as a static graph, traced into a `TaskGraph`.
 
-    Inside the body, tool calls return refs (`ref.out` is an output); `inputs` names the
-    graph's inputs (default: the function's parameters) and `outputs` what it returns.
+    Inside the body, tool calls return refs (`ref.out` is an output). A body whose shape
+    depends on an input's value is traced again with the values of each run.
+
+    Args:
+        name: The graph's name (default: the function's name).
+        inputs: The graph's inputs (default: the function's parameters; must match them).
+        outputs: The names of what it returns (default `["result"]`).
+        max_concurrency: Nodes at a time (default 4; a run's own `max_concurrency=` wins).
+
+    Raises:
+        ConfigError: Bad names, inputs that do not match the parameters, a bad cap.
+        ConfigTypeError: The decorated object is not a plain `def`.
+        GraphBuildError: Later, when the body is traced (`compile()` or a run) and does
+            something that cannot become a graph.
     """
     out_names = ("result",) if outputs is None else check_names(outputs, "outputs")
     in_names = None if inputs is None else check_names(inputs, "inputs")
     cap = None if max_concurrency is None else check_max_concurrency(max_concurrency)
-    if name is not None and (not isinstance(name, str) or not name):
-        raise ConfigError(f"name must be a non-empty string, got {name!r}")
+    check_name(name, "@trioflow.graphify")
 
     def decorate(fn: Callable[..., Any]) -> Graphify:
         check_function(fn, "@trioflow.graphify")

@@ -63,6 +63,9 @@ class NodeMemo(Protocol):
         self, node_id: str, tool: Tool, inputs: Mapping[str, Any]
     ) -> tuple[dict[str, Any], bool] | None: ...
 
+    def accept(self, node_id: str, tool: Tool, outputs: Mapping[str, Any]) -> None:
+        """A tool node's new outputs, before it is DONE; raising fails the node."""
+
 
 @attrs.define(eq=False)
 class RunState:
@@ -129,12 +132,17 @@ class RunState:
         limiters = self.limiters_for(tool.limits)
         if id(tool) not in self._checked:
             self.executors.check(tool.executor_key, f"tool {tool.name!r}")
+            if tool.cache is not None and self.memo is None:
+                raise ConfigError(
+                    f"tool {tool.name!r} is cached (cache=...), and caching needs a run store: "
+                    "pass store=trioflow.SQLiteStore(path) to the run or to open_runtime()"
+                )
             if tool.rate_limit is not None:
                 if self.rates is None:
                     raise ConfigError(
                         f"tool {tool.name!r} names rate limit {tool.rate_limit!r}, but no rate "
                         f"limits are defined; pass rate_limits={{{tool.rate_limit!r}: "
-                        "trioflow.RateLimit(...)}} to trioflow.run() or open_runtime()"
+                        "trioflow.RateLimit(...)} to trioflow.run() or open_runtime()"
                     )
                 self.rates.check(tool.rate_limit)
             self._checked.add(id(tool))

@@ -20,7 +20,7 @@ import trio
 
 from ._attempt import execute_node, node_failed
 from ._context import FRAME, Frame
-from ._errors import ConfigError, DependencyFailed, GraphBuildError, NodeFailed, is_run_failure
+from ._errors import DependencyFailed, GraphBuildError, NodeFailed, is_run_failure
 from ._graph import InputRef, NodeSpec, OutputRef, TaskGraph, resolve
 from ._pace import Pacer
 from ._reactive import FanOut
@@ -523,15 +523,7 @@ class CompiledGraph:
         return tuple(self.graph.outputs)
 
     def check_inputs(self, inputs: Mapping[str, Any] | None) -> dict[str, Any]:
-        given = dict(inputs or {})
-        unknown = sorted(set(given) - set(self.graph.inputs))
-        missing = sorted(set(self.graph.inputs) - set(given))
-        if unknown or missing:
-            raise ConfigError(
-                f"graph {self.name!r} takes inputs {list(self.graph.inputs)}; "
-                f"unknown {unknown}, missing {missing}"
-            )
-        return given
+        return self.graph.check_inputs(inputs)  # defaults filled in
 
     async def run_body(self, run: RunState, inputs: dict[str, Any], frame: Frame) -> Any:
         return await run_plan(run, self.plan, inputs, frame)

@@ -4,15 +4,26 @@
 `run_blocking`. The registry maps names to instances; a runtime starts the registered services
 (in registration order) and closes them in reverse. Locks are created inside the Trio run that
 uses them, never at import or in `__init__`, so one instance works across sequential `trio.run`s.
+
+One instance may serve several runtimes at once (two `run_async` calls without an enclosing
+runtime, two threads each calling `run()`): its starts and closes are reference-counted per
+instance, process-wide, so it is started by its first user and closed by its last, never under
+a run that still uses it. One teardown rule serves registered services and SERVICE_TASK
+instances alike: `aclose()`, else `close()`, else `shutdown()`; a plain `def` hook (start or
+teardown) runs in a worker thread, which is waited for (a thread cannot be interrupted).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import inspect
+import threading
 import weakref
-from collections.abc import Awaitable, Callable
-from typing import Any, ParamSpec, TypeVar
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import Any, Literal, ParamSpec, TypeVar
 
+import attrs
 import trio
 
 from ._context import NodeContext, current_context
@@ -20,12 +31,20 @@ from ._errors import ConfigError, ServiceError
 
 __all__ = [
     "BUILTIN_NAMES",
+    "DEFAULT_CLOSE_TIMEOUT",
     "check_service_name",
     "Service",
     "ServiceAccessor",
+    "acquire_service",
+    "call_hook",
+    "close_timeout_of",
     "critical",
+    "isolated_services",
     "register_context_service",
     "registered_services",
+    "release_service",
+    "service_closed",
+    "teardown",
     "unregister_context_service",
 ]
 
@@ -36,6 +55,9 @@ BUILTIN_NAMES = frozenset({"channel", "memory", "artifacts", "logger", "kv"})
 _RESERVED = BUILTIN_NAMES | {"run_id", "graph_id", "node_id", "attempt"}
 
 _registry: dict[str, Any] = {}
+
+DEFAULT_CLOSE_TIMEOUT = 10.0
+"""Seconds one teardown may take before it is cut short and reported (per service)."""
 
 
 def check_service_name(name: object) -> str:
@@ -71,6 +93,145 @@ def unregister_context_service(name: str) -> None:
 def registered_services() -> dict[str, Any]:
     """A copy of the process-wide registry, in registration order."""
     return dict(_registry)
+
+
+@contextlib.contextmanager
+def isolated_services(services: Mapping[str, object] | None = None) -> Iterator[None]:
+    """A fresh, empty service registry for the block, optionally filled with `services`.
+
+    The registry as it was comes back when the block ends, whatever was (un)registered inside:
+    `with trioflow.isolated_services({"db": FakeDb()}): ...`. The registry is process-wide, so
+    do not isolate it from two threads at once.
+    """
+    saved = dict(_registry)
+    _registry.clear()
+    try:
+        for name, instance in (services or {}).items():
+            register_context_service(name, instance)
+        yield
+    finally:
+        _registry.clear()
+        _registry.update(saved)
+
+
+isolated_services.__module__ = "trioflow"
+
+
+# -- one rule for starting and closing ----------------------------------------------------------
+
+
+async def call_hook(method: Callable[[], Any]) -> None:
+    """Call a start/teardown hook: awaited if async, else run in a worker thread (waited for)."""
+    if inspect.iscoroutinefunction(method):
+        await method()
+        return
+    result = await trio.to_thread.run_sync(method)
+    if inspect.isawaitable(result):  # a plain def that hands back an awaitable
+        await result
+
+
+async def teardown(instance: object) -> None:
+    """Close an instance: its `aclose()`, else `close()`, else `shutdown()` (sync or async)."""
+    for name in ("aclose", "close", "shutdown"):
+        method = getattr(instance, name, None)
+        if callable(method):
+            await call_hook(method)
+            return
+
+
+def close_timeout_of(instance: object) -> float:
+    """The teardown bound of a registered service: its `close_timeout`, else the default."""
+    value = getattr(instance, "close_timeout", None)
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    return DEFAULT_CLOSE_TIMEOUT
+
+
+# -- sharing one instance between runtimes: reference-counted starts and closes -----------------
+
+
+@attrs.define(eq=False)
+class _Lease:
+    """Who uses one service instance right now, process-wide."""
+
+    instance: object
+    users: int = 0
+    phase: Literal["idle", "starting", "up", "closing"] = "idle"
+    waiters: list[tuple[trio.lowlevel.TrioToken, trio.Event]] = attrs.field(factory=list)
+
+    def wake(self) -> None:
+        # Waiters may sit in other threads' Trio runs: wake each through its own run's token.
+        for token, event in self.waiters:
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(event.set)
+        self.waiters.clear()
+
+
+_leases: dict[int, _Lease] = {}  # id(instance) -> lease; the lease keeps the instance alive
+_leases_lock = threading.Lock()
+
+
+async def acquire_service(name: str, instance: object) -> None:
+    """Count one more user of `instance`, starting it (its `start()`) if it had none.
+
+    While another runtime (in this Trio run or another thread's) is starting or closing the
+    same instance, wait for it; a failed start raises `ServiceError` from the original error.
+    """
+    while True:
+        with _leases_lock:
+            lease = _leases.get(id(instance))
+            if lease is None:
+                lease = _leases[id(instance)] = _Lease(instance)
+            if lease.phase == "up":
+                lease.users += 1
+                return
+            if lease.phase == "idle":
+                lease.phase = "starting"
+                break
+            event = trio.Event()
+            lease.waiters.append((trio.lowlevel.current_trio_token(), event))
+        await event.wait()
+    started = False
+    try:
+        start = getattr(instance, "start", None)
+        if callable(start):
+            try:
+                await call_hook(start)
+            except Exception as exc:
+                raise ServiceError(f"service {name!r} failed to start: {exc!r}") from exc
+        started = True
+    finally:
+        with _leases_lock:
+            if started:
+                lease.phase = "up"
+                lease.users += 1
+            else:
+                lease.phase = "idle"
+                if lease.users == 0:
+                    del _leases[id(instance)]
+            lease.wake()
+
+
+def release_service(instance: object) -> bool:
+    """Count one user fewer; True when that was the last, and the caller must close it now
+    (then call `service_closed`)."""
+    with _leases_lock:
+        lease = _leases[id(instance)]
+        lease.users -= 1
+        if lease.users > 0:
+            return False
+        lease.phase = "closing"
+        return True
+
+
+def service_closed(instance: object) -> None:
+    """The last user finished closing `instance`: the next user starts it again."""
+    with _leases_lock:
+        lease = _leases[id(instance)]
+        lease.phase = "idle"
+        if lease.users == 0:
+            del _leases[id(instance)]
+        lease.wake()
 
 
 class ServiceAccessor:
@@ -165,14 +326,18 @@ def critical(fn: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
 class Service:
     """Base class for context services; every method is optional to override.
 
-    `start()` and `close()` are awaited by the runtime. `ctx()` is the calling node's context.
+    `start()` and `close()` are awaited by the runtime (a plain `def` override runs in a worker
+    thread). `close()` gets `close_timeout` seconds before it is cut short and reported.
+    `ctx()` is the calling node's context.
     """
 
+    close_timeout: float = DEFAULT_CLOSE_TIMEOUT
+
     async def start(self) -> None:
-        """Called once when the runtime starts (in registration order)."""
+        """Called once before the first runtime using this instance starts its body."""
 
     async def close(self) -> None:
-        """Called once when the runtime closes (in reverse order)."""
+        """Called once when the last runtime using this instance closes (in reverse order)."""
 
     def ctx(self) -> NodeContext:
         """The `NodeContext` of the node calling this service right now."""

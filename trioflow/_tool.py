@@ -11,15 +11,24 @@ import inspect
 import math
 import warnings
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from contextvars import ContextVar
-from typing import Any, Protocol, overload
+from typing import Any, overload
 
 import attrs
 
 from ._cache import Cache
-from ._checks import adopt_metadata, check_function, check_names, check_seconds
+from ._checks import (
+    adopt_metadata,
+    check_function,
+    check_name,
+    check_names,
+    check_seconds,
+    closest,
+    outputs_dict,
+)
 from ._context import FRAME, NodeContext
 from ._errors import ConfigError, ConfigTypeError, ContextError
+from ._ratelimit import check_rate_key
+from ._trace import TRACER
 
 __all__ = [
     "InputSpec",
@@ -29,15 +38,6 @@ __all__ = [
     "normalize_outputs",
     "tool",
 ]
-
-
-class Tracer(Protocol):
-    """What a `@graphify` trace does with a tool call (see `_compile`)."""
-
-    def call(self, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any: ...
-
-
-TRACER: ContextVar[Tracer | None] = ContextVar("trioflow.tracer", default=None)
 
 
 def _check_attempts(_: object, __: object, value: object) -> None:
@@ -145,6 +145,8 @@ class InputSpec:
             keys = kwargs.keys()
             if keys <= self.params and self.required <= keys:
                 return kwargs
+        if self.simple:
+            self._check_names(kwargs)
         try:
             bound = self.signature.bind(*args, **kwargs)
         except TypeError as exc:
@@ -157,6 +159,21 @@ class InputSpec:
                 "which cannot be scheduled as named inputs; give it named parameters"
             )
         return dict(bound.arguments)
+
+    def _check_names(self, kwargs: Mapping[str, Any]) -> None:
+        """A keyword that is not an input is reported by name, with the input it misspells."""
+        unknown = [k for k in kwargs if k not in self.params]
+        if not unknown:
+            return
+        free = self.params - kwargs.keys()
+        named = []
+        for key in unknown:
+            guess = closest(key, free)
+            named.append(f"{key!r} (did you mean {guess!r}?)" if guess else repr(key))
+        raise ConfigTypeError(
+            f"bad call to {self.owner}: no input named {', '.join(named)}; "
+            f"its inputs are {self.signature}"
+        )
 
     def check(self, inputs: Mapping[str, Any] | None, argument: str = "inputs") -> dict[str, Any]:
         """Validate a run's `inputs=` mapping: no unknown names, every required one given."""
@@ -281,31 +298,8 @@ class Tool:
 
 
 def normalize_outputs(owner: str, outputs: tuple[str, ...], result: Any) -> dict[str, Any]:
-    """The outputs dict for a return value: a dict with exactly `outputs`, or a bare value
-    when there is one output. Anything else raises, naming the missing/unexpected keys."""
-    if len(outputs) == 1:
-        (out,) = outputs
-        if isinstance(result, dict) and out in result:
-            if len(result) == 1:
-                return result
-        else:
-            return {out: result}
-    elif result is None and not outputs:
-        return {}
-    elif not isinstance(result, dict):
-        raise TypeError(
-            f"{owner} must return a dict with outputs {list(outputs)}, got {type(result).__name__}"
-        )
-    if len(result) == len(outputs) and all(k in result for k in outputs):
-        return result
-    missing = [k for k in outputs if k not in result]
-    unexpected = [k for k in result if k not in outputs]
-    parts = []
-    if missing:
-        parts.append(f"missing outputs {missing}")
-    if unexpected:
-        parts.append(f"unexpected outputs {unexpected}")
-    raise ValueError(f"{owner} returned {', '.join(parts)}; it declares outputs={list(outputs)}")
+    """The outputs dict for a return value, by the one rule of `_checks.outputs_dict`."""
+    return outputs_dict(owner, outputs, result)
 
 
 class ToolCall:
@@ -377,20 +371,32 @@ def tool(
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
     """Declare a function (async, or sync to run in a worker thread) as a trioflow tool.
 
-    `outputs` names what it returns (default `["result"]`); a single output may be returned
-    bare. `timeout` bounds each attempt; `retry` is a `Retry`; `limits` names runtime resource
-    limiters the node must hold (`open_runtime(limits={"gpu": 1})`). `executor` names where
-    attempts run (`"loop"`, `"thread"`, `"process"`, `"ray"` or a key of the runtime's
-    `executors=`). `rate_limit` names a `trioflow.RateLimit` of the runtime, `rate_key(**inputs)`
-    picks its bucket. `cache=True` (or a `trioflow.Cache`) reuses stored outputs across runs.
+    Outside a run the tool is still the plain function; inside a run, calling it returns an
+    awaitable call that runs it as a scheduled node.
+
+    Args:
+        outputs: The names of what it returns (default `["result"]`); a single output may be
+            returned bare.
+        name: The node name (default: the function's name).
+        timeout: Seconds per attempt; an expiry is retried like an error.
+        retry: A `trioflow.Retry`.
+        limits: Runtime resource limiters the node must hold (`open_runtime(limits=...)`).
+        executor: Where attempts run: `"loop"` (async default), `"thread"` (sync default),
+            `"process"`, `"ray"` or a key of the runtime's or run's `executors=`.
+        rate_limit: The name of a `trioflow.RateLimit` whose turn each attempt takes.
+        rate_key: Called with the tool's inputs once per call; picks the rate bucket.
+        cache: `True` or a `trioflow.Cache`: reuse stored outputs across runs (needs a store).
+
+    Raises:
+        ConfigError: A bad value (names, timeout, executor key, rate options).
+        ConfigTypeError: A wrong type, or a decorated object that is not a function.
     """
     out_names = ("result",) if outputs is None else check_names(outputs, "outputs")
     seconds = check_seconds(timeout, "timeout")
     if retry is not None and not isinstance(retry, Retry):
         raise ConfigTypeError(f"retry must be a trioflow.Retry, got {retry!r}")
     limit_keys = check_names(limits, "limits")
-    if name is not None and (not isinstance(name, str) or not name):
-        raise ConfigError(f"name must be a non-empty string, got {name!r}")
+    check_name(name, "@trioflow.tool")
     if executor is not None and (not isinstance(executor, str) or not executor):
         raise ConfigError(
             f"executor must be a key like 'process' or 'ray' (a non-empty string), got {executor!r}"
@@ -399,9 +405,7 @@ def tool(
         raise ConfigError(f"rate_limit must name a rate limit (a string), got {rate_limit!r}")
     if rate_key is not None:
         if not callable(rate_key):
-            raise ConfigTypeError(
-                f"rate_key must be a callable (**inputs -> key), got {rate_key!r}"
-            )
+            raise ConfigError(f"rate_key must be a callable (**inputs -> key), got {rate_key!r}")
         if rate_limit is None:
             raise ConfigError("rate_key= needs rate_limit=: name the rate limit it keys")
     if cache is True:
@@ -421,7 +425,7 @@ def tool(
                 f"tool {fn.__name__!r} is an async def: it cannot run on executor 'thread'; "
                 "make it a plain def, or drop executor="
             )
-        return Tool.build(
+        made = Tool.build(
             fn,
             name=name or fn.__name__,
             outputs=out_names,
@@ -433,5 +437,8 @@ def tool(
             rate_key=rate_key,
             cache=cache_spec,
         )
+        if rate_key is not None:
+            check_rate_key(made.name, rate_key, made.spec)
+        return made
 
     return decorate if fn is None else decorate(fn)

@@ -1,5 +1,7 @@
 """The three error policies on one graph: a failing node, its dependents, an independent branch."""
 
+from typing import Any
+
 import trio
 import trio.testing
 
@@ -22,7 +24,7 @@ async def parse(text: str) -> int:
 
 
 @trioflow.graphify(name="report", outputs=["good", "bad"])
-def report():
+def report() -> dict[str, Any]:
     good = parse(text=fetch(source="ok").out)  # an independent branch
     bad = parse(text=fetch(source="broken").out)  # parse_2 depends on the failing fetch_2
     return {"good": good.out, "bad": bad.out}
@@ -35,12 +37,14 @@ async def main() -> None:
             await trioflow.run_async(report)
         except trioflow.NodeFailed as exc:
             print("fail_fast:", exc.node_id, repr(exc.__cause__))
+            assert exc.record is not None
             assert exc.record.nodes["parse_2"].state is NodeState.SKIPPED
 
         # skip_dependents: independent work finishes, dependents are SKIPPED, then it raises.
         try:
             await trioflow.run_async(report, on_error="skip_dependents")
         except trioflow.NodeFailed as exc:
+            assert exc.record is not None
             states = exc.record.states()
             print("skip_dependents:", {k: v.value for k, v in states.items()})
             assert states["parse_1"] is NodeState.DONE

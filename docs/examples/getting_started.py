@@ -6,7 +6,7 @@ import trioflow
 
 
 @trioflow.tool(outputs=["y"])
-async def shout(x: str) -> dict:
+async def shout(x: str) -> dict[str, str]:
     await trio.sleep(0.01)  # stands for real I/O
     return {"y": x.upper()}
 
@@ -17,7 +17,7 @@ def count(ys: list[str]) -> int:  # a sync tool runs in a worker thread
 
 
 @trioflow.graph_fn(name="batch", outputs=["ys", "n"], max_concurrency=4)
-async def batch(items: list[str], *, context: trioflow.NodeContext) -> dict:
+async def batch(items: list[str], *, context: trioflow.NodeContext) -> dict[str, object]:
     results = await trioflow.gather(*(shout(x=v) for v in items))  # fan-out / fan-in
     ys = [r["y"] for r in results]
     total = await count(ys=ys)

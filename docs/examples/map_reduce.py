@@ -1,5 +1,7 @@
 """graphify: the seed's map_reduce, then the same graph with projections and trioflow.map."""
 
+from typing import Any
+
 import trioflow
 
 
@@ -21,7 +23,7 @@ async def reduce_sum(xs: list[int]) -> int:
 # The seed example, as written: its shape depends on len(vals), so trioflow builds the graph
 # when the inputs are known (the reference system silently returned 12 here).
 @trioflow.graphify(name="map_reduce", inputs=["vals"], outputs=["sum"])
-def map_reduce(vals):
+def map_reduce(vals: Any) -> Any:
     results = [pick(items=vals, index=i) for i in range(len(vals))]
     outs = [work(x=v.result) for v in results]  # fan-out
     total = reduce_sum(xs=[o.out for o in outs])  # fan-in
@@ -30,7 +32,7 @@ def map_reduce(vals):
 
 # Projections instead of `pick`: vals[i] is resolved at run time.
 @trioflow.graphify(name="map_reduce_projected", outputs=["sum"])
-def map_reduce_projected(vals):
+def map_reduce_projected(vals: Any) -> Any:
     outs = [work(x=vals[i]) for i in range(len(vals))]
     return reduce_sum(xs=[o.out for o in outs]).sum
 
@@ -38,7 +40,7 @@ def map_reduce_projected(vals):
 # trioflow.map: one node that fans out over a list known only at run time, so the graph's
 # shape no longer depends on the input and it compiles once, without inputs.
 @trioflow.graphify(name="map_reduce_mapped", outputs=["sum"])
-def map_reduce_mapped(vals):
+def map_reduce_mapped(vals: Any) -> Any:
     doubled = trioflow.map(work, vals)  # doubled.out is the list of outputs, in item order
     return reduce_sum(xs=doubled.out).sum
 

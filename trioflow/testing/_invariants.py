@@ -7,6 +7,7 @@ graphs, and of schedulers (trioflow's own tests plant scheduler bugs and watch t
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import trio
 
@@ -14,9 +15,11 @@ from .._graph import TaskGraph
 from .._records import NodeState, RunRecord
 
 __all__ = [
+    "assert_all_finished",
     "assert_cap_respected",
     "assert_dependencies_respected",
     "assert_failures_contained",
+    "assert_failures_surfaced",
     "assert_makespan_bounds",
     "assert_no_leftover_tokens",
     "assert_ran_at_most_once",
@@ -193,8 +196,73 @@ def assert_makespan_bounds(
         )
 
 
-def assert_no_leftover_tokens(limiter: trio.CapacityLimiter | int) -> None:
-    """Nothing is still borrowed from the limiter after the run."""
-    borrowed = limiter if isinstance(limiter, int) else limiter.borrowed_tokens
-    if borrowed:
-        raise AssertionError(f"{borrowed} limiter tokens are still borrowed after the run")
+def assert_all_finished(record: RunRecord) -> None:
+    """No node is left RUNNING or PENDING once the run has returned or raised."""
+    bad = [
+        f"{k} is {r.state.value}"
+        for k, r in record.nodes.items()
+        if r.state in (NodeState.RUNNING, NodeState.PENDING)
+    ]
+    if bad:
+        raise AssertionError("nodes left unfinished after the run: " + ", ".join(bad))
+
+
+def assert_failures_surfaced(
+    record: RunRecord,
+    error: BaseException | None,
+    failing: Iterable[str],
+    *,
+    collect: bool = False,
+) -> None:
+    """Every injected failure that happened is raised or reported, never lost.
+
+    `failing` are the nodes set to fail. Each one whose body ran and was not cancelled must be
+    FAILED with an error in the record; and unless the run's policy is `collect` (which
+    reports instead of raising), the run must have raised.
+    """
+    bad = []
+    happened = []
+    for node in sorted(failing):
+        rec = record.nodes.get(node)
+        if rec is None or rec.started_at is None or rec.state is NodeState.CANCELLED:
+            continue
+        happened.append(node)
+        if rec.state is not NodeState.FAILED:
+            bad.append(f"{node} failed but is recorded {rec.state.value}")
+        elif rec.error is None:
+            bad.append(f"{node} is FAILED with no error recorded")
+    if happened and error is None and not collect:
+        bad.append(f"the run returned normally although {', '.join(happened)} failed")
+    if bad:
+        raise AssertionError("a failure was swallowed: " + "; ".join(bad))
+
+
+def assert_no_leftover_tokens(tokens: Any) -> None:
+    """Nothing is still borrowed after the run, and nothing was released twice.
+
+    Takes a `TokenTracker` (names the nodes and any double release), a
+    `trio.CapacityLimiter` (names its borrowers), an `Outcome` (names the nodes where
+    `run_virtual` could tell), or a count (negative: more releases than acquires).
+    """
+    problems: list[str] = list(getattr(tokens, "problems", ()))
+    holders: list[str] = []
+    if hasattr(tokens, "holders"):
+        holders = tokens.holders()
+    elif isinstance(tokens, trio.CapacityLimiter):
+        holders = sorted(repr(b) for b in tokens.statistics().borrowers)
+    elif hasattr(tokens, "leftover_tokens"):
+        count = tokens.leftover_tokens
+        holders = list(tokens.leaked_by) or ([f"{count} unnamed borrower(s)"] if count else [])
+    elif isinstance(tokens, int):
+        if tokens < 0:
+            problems.append(
+                f"{-tokens} more token releases than acquires: a double release somewhere"
+            )
+        elif tokens:
+            holders = [f"{tokens} unnamed borrower(s)"]
+    else:
+        raise TypeError(f"assert_no_leftover_tokens cannot read tokens from {tokens!r}")
+    if holders:
+        problems.append("tokens still held after the run by " + ", ".join(holders))
+    if problems:
+        raise AssertionError("; ".join(problems))

@@ -1,0 +1,575 @@
+"""A durable run: the store listener, the memo for resume/replay/caching, and the one writer.
+
+`durable_run()` claims the run id in the store, checks a resumed run against the stored one,
+and opens a nursery holding the run's one writer: a task woken through a memory channel when
+rows are queued, which takes every row queued since its last batch (a list swap, cheaper than
+a channel item per row) and commits them in one transaction in a worker thread. The `Durable`
+object it yields is both the run's event listener (it turns events into rows, synchronously
+and cheaply) and its memo (it answers "is this call already done?" from the stored run and the
+cache, and encodes new outputs before their node is DONE).
+
+On exit, normal or not, the writer drains what was queued — shielded, but bounded — so a
+cancelled or interrupted run still commits every completion that happened before it stopped.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import functools
+import json
+import time
+import weakref
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import attrs
+import trio
+
+from ._cache import Cache, cache_key, tool_version, unkeyable
+from ._errors import ConfigError, ConfigTypeError, ResumeMismatch
+from ._events import combine_listeners
+from ._records import ErrorInfo, NodeState
+from ._serialize import Serializer, Unserialisable, describe
+from ._store import Blob, NodeRow, Op, RunRow, RunStore, StoredRun, check_store
+
+__all__ = ["Durable", "check_durable", "durable_run", "run_durable", "run_row"]
+
+T = TypeVar("T")
+_BATCH_WINDOW = 0.02  # seconds a batch stays open: completions commit within ~50 ms
+_PREFETCH = 100_000  # a run reads up to this many cache rows of a tool at once
+_UNREAD = object()
+_DONE = NodeState.DONE
+_RUNNING = NodeState.RUNNING.value
+
+
+def _wall_now() -> float:
+    """POSIX seconds: cache entries expire on the wall clock (tests replace this)."""
+    return time.time()
+
+
+def run_row(
+    run_id: str,
+    graph: str,
+    content_hash: str | None,
+    inputs: Mapping[str, Any],
+    serializer: Serializer,
+    started_at: float,
+) -> RunRow:
+    """The stored row of a run starting now; unstorable inputs are a `ConfigError`."""
+    try:
+        blob = serializer.dumps(inputs, "input")
+        digest = serializer.digest(inputs)
+    except Unserialisable as exc:
+        raise ConfigError(
+            f"the inputs of run {run_id!r} cannot be stored: {describe(exc)}"
+        ) from None
+    return (
+        run_id,
+        graph,
+        _RUNNING,
+        content_hash,
+        blob,
+        digest,
+        started_at,
+        None,
+        _wall_now(),
+        None,
+    )
+
+
+@attrs.define(eq=False)
+class _Note:
+    """What the memo learnt about a node before it ran, for the listener to write."""
+
+    digest: str | None = None
+    raw: Blob | None = None  # stored outputs reused as they are
+    skip: bool = False  # reused from the same stored row: nothing to write
+    cached: bool = False
+    key: str | None = None  # a cache miss: store the outputs under this key
+    version: str = ""
+
+
+# A node started but not finished: (seq, started_at, tool, attempt).
+_Started = tuple[int, float, str, int]
+
+
+@attrs.define(eq=False)
+class Durable:
+    """One run's persistence: the event listener and the memo."""
+
+    store: RunStore
+    row: RunRow
+    replay: bool  # True for a graph_fn: calls are matched by tool, arguments and occurrence
+    stored: StoredRun | None = None
+    _pending: list[Op] = attrs.field(factory=list)
+    _wake: trio.MemorySendChannel[None] | None = None
+    _seq: int = 0
+    _notes: dict[str, _Note] = attrs.field(factory=dict)
+    _encoded: dict[str, Blob] = attrs.field(factory=dict)
+    _running: dict[str, _Started] = attrs.field(factory=dict)
+    _announced: set[str] = attrs.field(factory=set)
+    _by_id: dict[str, NodeRow] = attrs.field(factory=dict)
+    _by_call: dict[tuple[str, str], collections.deque[NodeRow]] = attrs.field(factory=dict)
+    _used: set[str] = attrs.field(factory=set)
+    _fresh_cache: dict[str, tuple[Blob, float]] = attrs.field(factory=dict)
+    _executors: dict[str, str] = attrs.field(factory=dict)  # tool nodes not on "loop"
+    _tool_caches: dict[tuple[str, str], Any] = attrs.field(factory=dict)
+    serializer: Serializer = attrs.field(init=False)
+    # Wall clock = _epoch + (Trio clock - _at0): POSIX seconds without a datetime per row.
+    _epoch: float = attrs.field(init=False)
+    _at0: float = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.serializer = self.store.serializer
+        self._at0, self._epoch = self.row[6] or 0.0, self.row[8] or _wall_now()
+        stored = self.stored
+        if stored is None:
+            return
+        self._seq = max((n[2] for n in stored.nodes), default=-1) + 1
+        for node in stored.nodes:
+            if node[4] != "DONE" or node[15] is None:
+                continue
+            self._by_id[node[1]] = node
+            if node[14] is not None:
+                self._by_call.setdefault((node[3], node[14]), collections.deque()).append(node)
+
+    @property
+    def run_id(self) -> str:
+        return self.row[0]
+
+    def _wall(self, at: float) -> float:
+        return self._epoch + (at - self._at0)
+
+    # -- the writer's queue ------------------------------------------------------------------
+
+    def _put(self, op: Op) -> None:
+        self._pending.append(op)
+        if len(self._pending) == 1 and self._wake is not None:
+            # WouldBlock: the writer is due to look anyway; Broken: it failed, and its error
+            # is what the run raises.
+            with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
+                self._wake.send_nowait(None)
+
+    @trio.lowlevel.enable_ki_protection
+    def take(self) -> list[Op]:
+        """Everything queued, plus a RUNNING row for each node that started since the last
+        batch and is still running (a node that finishes within a batch is written once)."""
+        batch, self._pending = self._pending, []
+        announced = self._announced
+        for node_id, started in self._running.items():
+            if node_id not in announced:
+                announced.add(node_id)
+                batch.append(("node", self._running_row(node_id, started)))
+        return batch
+
+    # -- the memo ---------------------------------------------------------------------------
+
+    def lookup(
+        self, node_id: str, tool: Any, inputs: Mapping[str, Any]
+    ) -> tuple[dict[str, Any], bool] | None:
+        """Stored outputs for a call that need not run again, and whether they were cached."""
+        if tool.executor_key != "loop":
+            self._executors[node_id] = tool.executor_key
+        cache: Cache | None = tool.cache
+        replay = self.replay
+        if cache is None and not replay and self.stored is None:
+            return None  # a fresh run of a static graph: nothing to look up
+        note = _Note()
+        if replay or cache is not None:
+            try:
+                note.digest = self.serializer.digest(inputs)
+            except Unserialisable as exc:
+                if cache is not None:
+                    raise ConfigError(unkeyable(tool.name, exc)) from None
+                # Such a call is never replayed: it runs again on resume.
+        if self.stored is not None:
+            row = self._reuse(node_id, tool.name, note.digest)
+            if row is not None:
+                assert row[15] is not None
+                note.raw = row[15]
+                note.skip = row[1] == node_id
+                self._notes[node_id] = note
+                return self.serializer.loads(row[15]), False
+        if cache is not None:
+            assert note.digest is not None
+            version = tool_version(tool)
+            key = cache_key(tool, inputs, self.serializer, digest=note.digest)
+            hit = self._fresh_cache.get(key) or self._cached(tool.name, version, key)
+            if hit is not None and (cache.expire is None or _wall_now() - hit[1] <= cache.expire):
+                note.raw, note.cached = hit[0], True
+                self._notes[node_id] = note
+                return self.serializer.loads(hit[0]), True
+            note.key, note.version = key, version
+        if note.digest is not None:
+            self._notes[node_id] = note
+        return None
+
+    def _cached(self, tool: str, version: str, key: str) -> tuple[Blob, float] | None:
+        """The store's cache row for `key`: from the tool's rows read once per run (when there
+        are not too many), else one read."""
+        table = self._tool_caches.get((tool, version), _UNREAD)
+        if table is _UNREAD:
+            table = self._tool_caches[(tool, version)] = self.store.cache_of(
+                tool, version, _PREFETCH
+            )
+        if table is None:
+            return self.store.cache_get(key)
+        assert isinstance(table, dict)
+        return table.get(key)
+
+    def _reuse(self, node_id: str, tool: str, digest: str | None) -> NodeRow | None:
+        used = self._used
+        if not self.replay:
+            row = self._by_id.get(node_id)
+            if (
+                row is not None
+                and row[3] == tool
+                and node_id not in used
+                and (digest is None or row[14] is None or row[14] == digest)
+            ):
+                used.add(node_id)
+                return row
+        if digest is None:
+            return None
+        queue = self._by_call.get((tool, digest))
+        while queue:
+            row = queue.popleft()
+            if row[1] not in used:
+                used.add(row[1])
+                return row
+        return None
+
+    def accept(self, node_id: str, tool: Any, outputs: Mapping[str, Any]) -> None:
+        """A tool node's new outputs, before it is DONE: encoded now, so that outputs the store
+        cannot hold fail this node (a `ConfigError` naming it and the value's type)."""
+        self._encoded[node_id] = self.encode(node_id, outputs)
+
+    def encode(self, node_id: str, outputs: Mapping[str, Any]) -> Blob:
+        """A node's outputs as stored; an unstorable value is a `ConfigError` naming the node."""
+        try:
+            return self.serializer.dumps(outputs, "output")
+        except Unserialisable as exc:
+            raise ConfigError(
+                f"node {node_id!r} returned outputs that cannot be stored: {describe(exc)}"
+            ) from None
+
+    # -- the listener -----------------------------------------------------------------------
+
+    @trio.lowlevel.enable_ki_protection  # a row is queued whole, or not at all
+    def __call__(self, event: Any) -> None:
+        kind = event.kind
+        if kind == "node_finished":
+            self._finished(event)
+        elif kind == "node_started":
+            seq = self._seq
+            self._seq = seq + 1
+            # No row yet: `take` writes one if the node is still running at the next batch.
+            self._running[event.node_id] = (seq, event.at, event.tool, event.attempt)
+        elif kind == "run_finished":
+            row = self.row
+            state = event.state.value if event.state is not None else "CANCELLED"
+            self.row = (*row[:2], state, *row[3:7], event.at, row[8], self._wall(event.at))
+            self._put(("run", self.row))
+        elif kind == "run_started" and self.stored is not None:
+            self._put(("run", self.row))
+
+    def _running_row(self, node_id: str, started: _Started) -> NodeRow:
+        if node_id in self._by_id:  # never cover a stored DONE row with a RUNNING one
+            return self._by_id[node_id]
+        seq, at, tool, attempt = started
+        run_id = self.row[0]
+        wall = self._wall(at)
+        executor = self._executors.get(node_id, "loop")
+        return (run_id, node_id, seq, tool, _RUNNING, at, None, wall, None, attempt, executor, 0,
+                0.0, None, None, None)  # fmt: skip
+
+    def _finished(self, event: Any) -> None:
+        node_id = event.node_id
+        started = self._running.pop(node_id, None)
+        self._announced.discard(node_id)
+        note = self._notes.pop(node_id, None) if self._notes else None
+        encoded = self._encoded.pop(node_id, None)
+        state = event.state
+        outputs: Blob | None = None
+        if state is _DONE:
+            if encoded is not None:
+                outputs = encoded
+                if note is not None and note.key is not None:
+                    now = _wall_now()
+                    self._fresh_cache[note.key] = (outputs, now)
+                    self._put(("cache", (note.key, event.tool, note.version, outputs, now)))
+            elif note is not None and note.raw is not None:
+                if note.skip:
+                    return  # the stored row is this node's, DONE with these outputs
+                outputs = note.raw
+            # else: a nested graph or a map, whose outputs are its inner nodes'
+        if started is None:  # skipped, or cancelled before it started
+            seq = self._seq
+            self._seq = seq + 1
+            at, wall = None, None
+        else:
+            seq, at = started[0], started[1]
+            wall = self._epoch + (at - self._at0)
+        error = event.error
+        self._put(
+            (
+                "node",
+                (
+                    self.row[0],
+                    node_id,
+                    seq,
+                    event.tool,
+                    state.value,
+                    at,
+                    event.at,
+                    wall,
+                    self._epoch + (event.at - self._at0),
+                    event.attempt,
+                    self._executors.pop(node_id, "loop") if self._executors else "loop",
+                    int(note is not None and note.cached),
+                    0.0,
+                    None if error is None else json.dumps(_error_dict(error)),
+                    None if note is None else note.digest,
+                    outputs,
+                ),
+            )
+        )
+
+
+def _error_dict(error: ErrorInfo | BaseException) -> dict[str, str]:
+    if isinstance(error, BaseException):
+        error = ErrorInfo.from_exception(error)
+    return {"type": error.type, "message": error.message, "traceback": error.traceback}
+
+
+def check_resume(stored: StoredRun, row: RunRow, serializer: Serializer) -> None:
+    """Raise `ResumeMismatch` saying what differs between the stored run and this one."""
+    run_id, graph, content_hash = row[0], row[1], row[3]
+    if stored.graph != graph:
+        raise ResumeMismatch(
+            f"run {run_id!r} in the store ran graph {stored.graph!r}, not {graph!r}; "
+            "resume it with the same graph, or choose a new run_id"
+        )
+    if stored.inputs_digest != row[5]:
+        raise ResumeMismatch(
+            f"the inputs of run {run_id!r} differ from the stored run's: "
+            f"{_input_diff(stored.inputs, row[4], serializer)}; nothing was reused: resume with "
+            "the same inputs, or choose a new run_id"
+        )
+    if stored.content_hash != content_hash:
+        raise ResumeMismatch(
+            f"graph {graph!r} changed since run {run_id!r} was stored: its content_hash was "
+            f"{str(stored.content_hash)[:12]}, now {str(content_hash)[:12]} (its structure or "
+            "constant arguments differ); nothing was reused: choose a new run_id to start afresh"
+        )
+
+
+def _input_diff(old: Blob, new: Blob, serializer: Serializer) -> str:
+    try:
+        before, after = serializer.loads(old), serializer.loads(new)
+    except Exception:
+        return "the stored inputs cannot be read with this serializer"
+    parts = []
+    for name in sorted(before.keys() | after.keys()):
+        if name not in after:
+            parts.append(f"{name!r} was given before, not now")
+        elif name not in before:
+            parts.append(f"{name!r} is new")
+        elif serializer.digest({name: before[name]}) != serializer.digest({name: after[name]}):
+            parts.append(f"{name!r} was {_short(before[name])}, now {_short(after[name])}")
+    return "; ".join(parts) or "their encodings differ"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+@trio.lowlevel.enable_ki_protection  # Ctrl-C goes to the main task, which closes the run:
+async def _writer(  # the writer itself is never interrupted half-way through a batch
+    store: RunStore,
+    durable: Durable,
+    wake: trio.MemoryReceiveChannel[None],
+    closing: trio.Event,
+) -> None:
+    """Commit what the listener queued, one batch per transaction, until the run closes it."""
+    async with wake:
+        closed = False
+        while not closed:
+            try:
+                await wake.receive()
+            except trio.EndOfChannel:
+                closed = True
+            else:
+                # Let the batch fill (fewer, larger commits), unless the run is ending.
+                with trio.move_on_after(_BATCH_WINDOW):
+                    await closing.wait()
+            batch = durable.take()
+            if batch:
+                await _off_loop(store, functools.partial(store.write, _coalesce(batch)))
+
+
+async def _off_loop(store: RunStore, fn: Callable[[], T]) -> T:
+    """Call `fn` in a worker thread, or inline for a store that never blocks (`MemoryStore`:
+    so that runs with it stay exact in virtual time)."""
+    if getattr(store, "blocking", True):
+        return await trio.to_thread.run_sync(fn)
+    await trio.lowlevel.checkpoint()
+    return fn()
+
+
+def _coalesce(batch: list[Op]) -> list[Op]:
+    """Keep the last row per node (a start and its finish in one batch write once)."""
+    last: dict[tuple[str, Any, Any], Op] = {}
+    for op in batch:
+        kind, row = op
+        last.pop((kind, row[0], row[1] if kind == "node" else None), None)
+        last[(kind, row[0], row[1] if kind == "node" else None)] = op
+    return list(last.values())
+
+
+@asynccontextmanager
+async def durable_run(
+    store: RunStore,
+    *,
+    run_id: str,
+    graph: str,
+    content_hash: str | None,
+    inputs: Mapping[str, Any],
+    replay: bool,
+    resume: bool,
+) -> AsyncIterator[Durable]:
+    """Claim `run_id` in `store`, check a resumed run, and run the writer around the body.
+
+    The writer's failure (a `StoreError`) cancels the body and is raised; otherwise the body's
+    own exception comes out as itself, not wrapped in the writer's nursery's group.
+    """
+    serializer = store.serializer
+    row = run_row(run_id, graph, content_hash, inputs, serializer, trio.current_time())
+    stored = await _off_loop(store, lambda: store.begin(row, resume=resume))
+    if stored is not None:
+        check_resume(stored, row, serializer)
+    durable = await _off_loop(
+        store, lambda: Durable(store=store, row=row, replay=replay, stored=stored)
+    )
+    send, receive = trio.open_memory_channel[None](1)
+    durable._wake = send
+    closing = trio.Event()
+    body_error: BaseException | None = None
+    writer_error: Exception | None = None
+    leftover: BaseException | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+
+            async def write() -> None:
+                nonlocal writer_error
+                # Shielded: a cancelled run still commits what it queued. Bounded: once the
+                # run closes the channel, one last transaction is written (its wait for another
+                # process's lock is bounded by the store's busy timeout) and the writer returns.
+                with trio.CancelScope(shield=True):
+                    try:
+                        await _writer(store, durable, receive, closing)
+                    except Exception as exc:
+                        writer_error = exc
+                        nursery.cancel_scope.cancel(reason="the run store failed")
+
+            nursery.start_soon(write)
+            try:
+                yield durable
+            except BaseException as exc:
+                body_error = exc  # raised below, as itself
+            finally:
+                closing.set()
+                send.close()
+    except BaseExceptionGroup as group:  # only Cancelled can land here (an outer cancel)
+        leftover = group
+    if writer_error is not None and (body_error is None or _cancelled(body_error)):
+        raise writer_error
+    if body_error is not None:
+        if writer_error is not None:  # never lost: the run's own error says it too
+            body_error.add_note(f"the run store failed as well: {writer_error!r}")
+        raise body_error
+    if leftover is not None:
+        raise leftover
+
+
+def _cancelled(exc: BaseException) -> bool:
+    return isinstance(exc, trio.Cancelled)
+
+
+def check_durable(
+    store: object, resume: object, options: Any, runtime_store: RunStore | None
+) -> RunStore | None:
+    """The store a run persists to (its own, else its runtime's); bad combinations raise
+    `ConfigError` before anything starts."""
+    own = check_store(store)
+    if not isinstance(resume, bool):
+        raise ConfigTypeError(f"resume must be True or False, got {resume!r}")
+    chosen = own if own is not None else runtime_store
+    if resume:
+        if chosen is None:
+            raise ConfigError(
+                "resume=True needs a run store: pass store=trioflow.SQLiteStore(path) (the one "
+                "the run was stored in) and its run_id="
+            )
+        if not options.run_id_given:
+            raise ConfigError(
+                "resume=True needs the run_id= of the stored run to finish; list stored runs "
+                "with store.runs()"
+            )
+    return chosen
+
+
+def _static_plan(graph: Any, inputs: Mapping[str, Any]) -> Any:
+    """The lowered plan of a static target (graphify or compiled graph), else None."""
+    from ._schedule import CompiledGraph, plan_for
+
+    if isinstance(graph, CompiledGraph):
+        return graph.plan
+    if hasattr(graph, "plans") and hasattr(graph, "trace"):
+        return plan_for(graph, inputs)
+    return None
+
+
+_hashes: dict[int, tuple[Any, str]] = {}
+
+
+def _content_hash(task_graph: Any) -> str:
+    """`TaskGraph.content_hash`, once per graph object (a large graph takes a while)."""
+    found = _hashes.get(id(task_graph))
+    if found is not None and found[0]() is task_graph:
+        return found[1]
+    value: str = task_graph.content_hash
+    key = id(task_graph)
+    _hashes[key] = (weakref.ref(task_graph, lambda _: _hashes.pop(key, None)), value)
+    return value
+
+
+async def run_durable(
+    runtime: Any, graph: Any, options: Any, seams: Any, store: RunStore, resume: bool
+) -> Any:
+    """Run `graph` persisting to `store` (and resuming from it): see `trioflow.run_async`."""
+    from ._run import execute_run
+    from ._schedule import CompiledGraph
+
+    plan = _static_plan(graph, options.inputs)
+    content_hash = None
+    if plan is not None:
+        # Run the very plan that was hashed (a graph whose shape depends on its inputs is
+        # traced once, not again by the run).
+        content_hash = _content_hash(plan.graph)
+        graph = CompiledGraph(plan.graph, plan, max_concurrency=graph.max_concurrency)
+    async with durable_run(
+        store,
+        run_id=options.run_id,
+        graph=graph.name,
+        content_hash=content_hash,
+        inputs=options.inputs,
+        replay=plan is None,
+        resume=resume,
+    ) as durable:
+        listener = combine_listeners([durable, seams.listener])
+        seams = attrs.evolve(seams, listener=listener, memo=durable)
+        return await execute_run(runtime, graph, options, seams)

@@ -1,0 +1,320 @@
+"""`SQLiteStore`: the run store in one SQLite file (the standard library's `sqlite3`).
+
+The file is in WAL mode with a busy timeout, so several processes may share it: readers never
+block the writer, and writers queue for the file's lock. Each process writes through one
+connection, one batched transaction at a time; reads use a connection per thread. A `meta`
+table holds the schema version: a file written by another version, a file that is not a
+trioflow store, and a truncated or corrupted file are each a `StoreError` saying so, never a
+traceback from sqlite.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ._errors import ConfigTypeError, StoreError
+from ._records import RunRecord
+from ._serialize import Serializer, check_serializer
+from ._store import (
+    NODE_COLUMNS,
+    RUN_COLUMNS,
+    Blob,
+    NodeRow,
+    Op,
+    RunInfo,
+    RunRow,
+    StoredRun,
+    run_exists_error,
+    run_info,
+    run_record,
+)
+
+__all__ = ["SCHEMA_VERSION", "SQLiteStore"]
+
+SCHEMA_VERSION = 1
+_APP = "trioflow"
+T = TypeVar("T")
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY, graph TEXT NOT NULL, state TEXT NOT NULL, content_hash TEXT,
+    inputs BLOB, inputs_digest TEXT NOT NULL, started_at REAL, finished_at REAL,
+    started_wall REAL, finished_wall REAL
+);
+CREATE TABLE IF NOT EXISTS nodes (
+    run_id TEXT NOT NULL, node_id TEXT NOT NULL, seq INTEGER NOT NULL, tool TEXT NOT NULL,
+    state TEXT NOT NULL, started_at REAL, finished_at REAL, started_wall REAL,
+    finished_wall REAL, attempts INTEGER NOT NULL, executor TEXT NOT NULL,
+    cached INTEGER NOT NULL, waited REAL NOT NULL, error TEXT, args_digest TEXT, outputs BLOB,
+    PRIMARY KEY (run_id, node_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS cache (
+    key TEXT PRIMARY KEY, tool TEXT NOT NULL, version TEXT NOT NULL, outputs BLOB NOT NULL,
+    stored_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS cache_by_tool ON cache (tool, version);
+INSERT OR IGNORE INTO meta VALUES ('app', '{_APP}'), ('schema_version', '{SCHEMA_VERSION}');
+"""
+_PUT_NODE = f"INSERT OR REPLACE INTO nodes ({NODE_COLUMNS}) VALUES ({', '.join('?' * 16)})"
+_PUT_RUN = f"INSERT OR REPLACE INTO runs ({RUN_COLUMNS}) VALUES ({', '.join('?' * 10)})"
+_PUT_CACHE = "INSERT OR REPLACE INTO cache VALUES (?, ?, ?, ?, ?)"
+_NODES_OF = f"SELECT {NODE_COLUMNS} FROM nodes WHERE run_id = ? ORDER BY seq"
+_RUN = f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?"
+
+
+def _header_problem(path: Path) -> str | None:
+    """What is wrong with the file's SQLite header, if anything (a cheap truncation check)."""
+    size = path.stat().st_size
+    if size == 0:
+        return None  # a new, empty file
+    with path.open("rb") as f:
+        header = f.read(100)
+    if len(header) < 100 or not header.startswith(b"SQLite format 3\x00"):
+        return "it is not an SQLite database"
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big")
+    # The in-header size is valid when the change counter matches "version-valid-for".
+    if header[24:28] == header[92:96] and pages * page_size > size:
+        return f"it is truncated ({size} bytes of {pages * page_size})"
+    return None
+
+
+class SQLiteStore:
+    """A run store in one SQLite file; several processes may share it.
+
+    `serializer="json"` (default) stores outputs as tagged JSON; `"pickle"` stores any
+    picklable object — read it back only from a file you trust, since unpickling runs code.
+    `timeout` is how many seconds a write waits for another process holding the file's lock.
+    """
+
+    blocking = True  # file I/O: the run calls `begin` and `write` from a worker thread
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, serializer: str = "json", timeout: float = 30.0
+    ) -> None:
+        if not isinstance(path, str | os.PathLike) or str(path) in ("", ":memory:"):
+            raise ConfigTypeError(
+                f"SQLiteStore(path) takes a file path, got {path!r}; "
+                "use trioflow.MemoryStore() for a store in memory"
+            )
+        self.path = Path(path)
+        self._serializer = check_serializer(serializer)
+        self._timeout = float(timeout)
+        self._local = threading.local()
+        self._write_lock = threading.Lock()
+        self._writer: sqlite3.Connection | None = None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._guard(self._open_schema)
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({str(self.path)!r})"
+
+    @property
+    def serializer(self) -> Serializer:
+        return self._serializer
+
+    # -- connections and errors ------------------------------------------------------------
+
+    def _guard(self, fn: Callable[[], T]) -> T:
+        """Run `fn`, turning sqlite's errors about the file into a `StoreError`."""
+        try:
+            return fn()
+        except sqlite3.DatabaseError as exc:
+            text = str(exc)
+            if isinstance(exc, sqlite3.OperationalError) and "locked" in text:
+                raise StoreError(
+                    f"store {str(self.path)!r} stayed locked by another process for "
+                    f"{self._timeout}s ({text}); pass SQLiteStore(..., timeout=...) to wait longer"
+                ) from None
+            raise StoreError(
+                f"store {str(self.path)!r} cannot be used: {text}; the file is corrupted, "
+                "truncated or not a trioflow store — move it aside (a new store is created) "
+                "or restore it from a backup"
+            ) from None
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path, timeout=self._timeout, isolation_level=None, check_same_thread=False
+        )
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._connect()
+        return conn
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._write_lock:
+            if self._writer is None:
+                self._writer = self._connect()
+            conn = self._writer
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _open_schema(self) -> None:
+        problem = _header_problem(self.path) if self.path.exists() else None
+        if problem is not None:
+            raise StoreError(
+                f"store {str(self.path)!r} cannot be used: {problem}; move it aside (a new "
+                "store is created) or restore it from a backup"
+            )
+        conn = self._reader()
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if tables and "meta" not in tables:
+            raise StoreError(
+                f"{str(self.path)!r} is an SQLite database but not a trioflow store "
+                f"(its tables are {sorted(tables)}); give SQLiteStore another path"
+            )
+        if "meta" in tables:
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+            self._check_meta(meta)
+            conn.execute("PRAGMA quick_check(1)").fetchall()
+            return
+        with self._write_lock:  # idempotent, so racing processes both succeed
+            conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
+
+    def _check_meta(self, meta: dict[str, str]) -> None:
+        if meta.get("app") != _APP or "schema_version" not in meta:
+            raise StoreError(f"{str(self.path)!r} is not a trioflow store (its meta is {meta})")
+        version = meta["schema_version"]
+        if version != str(SCHEMA_VERSION):
+            newer = version.isdigit() and int(version) > SCHEMA_VERSION
+            raise StoreError(
+                f"store {str(self.path)!r} has schema version {version}, this trioflow reads "
+                f"version {SCHEMA_VERSION}; "
+                + (
+                    "it was written by a newer trioflow: upgrade trioflow to read it"
+                    if newer
+                    else "it was written by an older trioflow: export its runs with that "
+                    "version, or start a new store"
+                )
+            )
+
+    def close(self) -> None:
+        """Close this thread's and the writer's connections (others close when their thread
+        ends). The store may still be used afterwards: connections reopen on demand."""
+        with self._write_lock:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def runs(self) -> list[RunInfo]:
+        """Every stored run, oldest first."""
+
+        def read() -> list[RunRow]:
+            query = f"SELECT {RUN_COLUMNS} FROM runs ORDER BY started_wall, rowid"
+            return self._reader().execute(query).fetchall()
+
+        return [run_info(row, self._serializer) for row in self._guard(read)]
+
+    def _run_and_nodes(self, run_id: str) -> tuple[RunRow, list[NodeRow]] | None:
+        def read() -> tuple[RunRow, list[NodeRow]] | None:
+            conn = self._reader()
+            conn.execute("BEGIN")  # one snapshot for both reads
+            try:
+                row = conn.execute(_RUN, (run_id,)).fetchone()
+                if row is None:
+                    return None
+                return row, conn.execute(_NODES_OF, (run_id,)).fetchall()
+            finally:
+                conn.execute("COMMIT")
+
+        return self._guard(read)
+
+    def load(self, run_id: str) -> RunRecord:
+        """The stored `RunRecord` of a run; `KeyError` for an unknown id."""
+        found = self._run_and_nodes(run_id)
+        if found is None:
+            raise KeyError(run_id)
+        return run_record(*found)
+
+    def outputs(self, run_id: str) -> dict[str, dict[str, Any]]:
+        """Node id → outputs, for every node of the run whose outputs are stored."""
+        found = self._run_and_nodes(run_id)
+        if found is None:
+            raise KeyError(run_id)
+        loads = self._serializer.loads
+        return {n[1]: loads(n[15]) for n in found[1] if n[15] is not None}
+
+    def cache_get(self, key: str) -> tuple[Blob, float] | None:
+        def read() -> tuple[Blob, float] | None:
+            query = "SELECT outputs, stored_at FROM cache WHERE key = ?"
+            row: tuple[Blob, float] | None = self._reader().execute(query, (key,)).fetchone()
+            return row
+
+        return self._guard(read)
+
+    def cache_of(self, tool: str, version: str, limit: int) -> dict[str, tuple[Blob, float]] | None:
+        """Every cached call of one tool version, or None when there are more than `limit`."""
+
+        def read() -> dict[str, tuple[Blob, float]] | None:
+            query = "SELECT key, outputs, stored_at FROM cache WHERE tool = ? AND version = ?"
+            rows = self._reader().execute(query + " LIMIT ?", (tool, version, limit + 1))
+            found = {key: (blob, at) for key, blob, at in rows.fetchall()}
+            return found if len(found) <= limit else None
+
+        return self._guard(read)
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def begin(self, row: RunRow, *, resume: bool) -> StoredRun | None:
+        run_id = row[0]
+
+        def claim() -> StoredRun | None:
+            with self._transaction() as conn:
+                found = conn.execute(_RUN, (run_id,)).fetchone()
+                if found is None:
+                    conn.execute(_PUT_RUN, row)
+                    return None
+                if not resume:
+                    raise run_exists_error(run_id, f"store {str(self.path)!r}", found[2])
+                return StoredRun(row=found, nodes=conn.execute(_NODES_OF, (run_id,)).fetchall())
+
+        return self._guard(claim)
+
+    def write(self, ops: Sequence[Op]) -> None:
+        """Apply a batch of rows in one transaction."""
+        nodes = [row for kind, row in ops if kind == "node"]
+        runs = [row for kind, row in ops if kind == "run"]
+        cache = [row for kind, row in ops if kind == "cache"]
+
+        def apply() -> None:
+            with self._transaction() as conn:
+                if runs:
+                    conn.executemany(_PUT_RUN, runs)
+                if nodes:
+                    conn.executemany(_PUT_NODE, nodes)
+                if cache:
+                    conn.executemany(_PUT_CACHE, cache)
+
+        self._guard(apply)
+
+
+SQLiteStore.__module__ = "trioflow"

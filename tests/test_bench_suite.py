@@ -163,6 +163,7 @@ def test_targets_are_read_from_the_summary(workloads):
     got = {t: (m, met) for t, m, met in _report.targets(results)}
     assert got["@graphify ≤ 1.0x the worker-pool floor (W1-W3)"][1] == "**yes**"  # 0.9x
     assert got["@graph_fn gather/map ≤ 1.5x the best Trio floor (W1)"][1] == "**no**"  # 2.0x
-    measured, met = got["≥ 100x faster per node than aethergraph-graphify (W1 N=10k, cap 4)"]
-    # At least 60 s / 10,002 nodes = 6 ms per node against trioflow's slowest 20 us: >= 300x.
-    assert measured.startswith("≥ 300x") and met == "**yes**"
+    name = "≥ 100x faster per node than aethergraph-graphify (W1 N=10k, cap 4; against trioflow graphify)"
+    measured, met = got[name]
+    # At least 60 s / 10,002 nodes = 6 ms per node against graphify's 12 us: >= 500x.
+    assert measured.startswith("≥ 500x") and met == "**yes**"

@@ -19,6 +19,7 @@ PUBLIC = {
     "open_runtime", "run", "run_async", "tool", "ChannelMessage", "MemoryEvent", "Service",
     "ServiceHandle", "ServiceState", "ServiceTask", "critical", "register_context_service",
     "service_task", "unregister_context_service", "isolated_services", "FlowType", "task",
+    "ProcessExecutor", "RayExecutor", "RemoteError",
     "RunEvent", "Executor", "LoopExecutor", "ThreadExecutor", "Cache", "RateLimit",
     "MemoryStore", "ResumeMismatch", "RunInfo", "RunStore", "SQLiteStore", "StoreError",
 }  # fmt: skip

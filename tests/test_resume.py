@@ -394,3 +394,35 @@ async def test_replay_with_other_inputs_is_a_mismatch(autojump_clock: Any) -> No
             await trioflow.run_async(
                 reactive, inputs={"n": 3}, store=store, run_id="r", resume=True
             )
+
+
+@trioflow.tool(outputs=["out"])
+async def last(total: int) -> int:
+    calls["last"] += 1
+    if "last" in broken:
+        raise RuntimeError("last broke")
+    return total + 1
+
+
+@trioflow.graphify(outputs=["out"])
+def mapped(items: list[int]) -> dict[str, Any]:
+    squares_ = trioflow.map(square, items)
+    summary = collect(xs=squares_.out)
+    return {"out": last(total=summary.total).out}
+
+
+async def test_resume_behind_a_map_reuses_its_items_and_dependents(autojump_clock: Any) -> None:
+    store = trioflow.MemoryStore()
+    broken.add("last")
+    with trio.fail_after(60):
+        with pytest.raises(trioflow.NodeFailed):
+            await trioflow.run_async(mapped, {"items": [1, 2, 3]}, store=store, run_id="r")
+        broken.clear()
+        result = await trioflow.run_async(
+            mapped, {"items": [1, 2, 3]}, store=store, run_id="r", resume=True, record=True
+        )
+    assert result.outputs == {"out": 15}
+    assert calls["collect"] == 1 and calls["last"] == 2
+    assert all(calls[f"square:{i}"] == 1 for i in (1, 2, 3))
+    assert result.record.nodes["collect_1"].attempts == 0
+    assert result.record.nodes["last_1"].attempts == 1

@@ -17,6 +17,7 @@ from ._errors import (
     DependencyFailed as DependencyFailed,
     GraphBuildError as GraphBuildError,
     NodeFailed as NodeFailed,
+    RemoteError as RemoteError,
     ResumeMismatch as ResumeMismatch,
     RunCancelled as RunCancelled,
     ServiceError as ServiceError,
@@ -38,7 +39,9 @@ from ._graph import (
 )
 from ._graph_fn import GraphFn as GraphFn, gather as gather, graph_fn as graph_fn, map as map
 from ._graphify import Graphify as Graphify, graphify as graphify
+from ._process import ProcessExecutor as ProcessExecutor
 from ._ratelimit import RateLimit as RateLimit
+from ._ray import RayExecutor as RayExecutor
 from ._records import (
     ErrorInfo as ErrorInfo,
     NodeRecord as NodeRecord,

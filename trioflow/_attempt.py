@@ -7,6 +7,7 @@ needs to run at all is the memo's (`_runstate.NodeMemo`); the ledger records wha
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -64,10 +65,15 @@ async def execute_node(
         fn = tool.fn
         kwargs: Mapping[str, Any] = inputs
         context_param = tool.context_param
+        call = executor.run
+        keep = None
         if getattr(executor, "ships", False):
-            check_shippable(node_id, fn, inputs)
+            check_shippable(node_id, fn, inputs, context_param)
             fn = shippable(fn)
             context_param = None
+            keep = run.remote_outputs.get(idx) if run.remote_outputs else None
+            if keep:  # outputs only remote nodes read stay remote (a Ray object store)
+                call = functools.partial(executor.run_outputs, name, tool.outputs, keep)  # type: ignore[attr-defined]
         local = key == "loop"
         rate_limit = tool.rate_limit
         rate_key = None
@@ -88,11 +94,11 @@ async def execute_node(
                     assert run.rates is not None  # checked before the node started
                     ledger.add_wait(idx, await run.rates.turn(rate_limit, rate_key))
                 if timeout is None:
-                    result = await executor.run(fn, **kwargs)
+                    result = await call(fn, **kwargs)
                 else:
                     deadline = now() + timeout
                     with trio.move_on_at(deadline) as scope:
-                        result = await executor.run(fn, **kwargs)
+                        result = await call(fn, **kwargs)
                     # A thread cannot be interrupted: its deadline may pass while it runs.
                     if scope.cancelled_caught or now() >= deadline:
                         raise _timed_out(node_id, name, attempt, timeout)
@@ -117,7 +123,7 @@ async def execute_node(
                 ledger.retry(idx, attempt)
                 continue
             try:
-                outputs = tool.normalize(result)
+                outputs = tool.normalize(result) if not keep else result
                 if memo is not None:  # the store encodes them: unstorable outputs fail here
                     memo.accept(node_id, tool, outputs)
             except Exception as exc:

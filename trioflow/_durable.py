@@ -31,6 +31,8 @@ from ._cache import Cache, cache_key, tool_version, unkeyable
 from ._errors import ConfigError, ConfigTypeError, ResumeMismatch
 from ._events import combine_listeners
 from ._records import ErrorInfo, NodeState
+from ._run import execute_run
+from ._schedule import CompiledGraph, plan_for
 from ._serialize import Serializer, Unserialisable, describe
 from ._store import Blob, NodeRow, Op, RunRow, RunStore, StoredRun, check_store
 
@@ -166,6 +168,12 @@ class Durable:
 
     # -- the memo ---------------------------------------------------------------------------
 
+    @property
+    def reuses(self) -> bool:
+        """Whether a plain tool's call may be answered from the store: on resume, and in a
+        graph_fn (whose calls are keyed for replay). Cached tools are never plain."""
+        return self.stored is not None or self.replay
+
     def lookup(
         self, node_id: str, tool: Any, inputs: Mapping[str, Any]
     ) -> tuple[dict[str, Any], bool] | None:
@@ -205,6 +213,50 @@ class Durable:
         if note.digest is not None:
             self._notes[node_id] = note
         return None
+
+    def prefill(self, plan_run: Any) -> None:
+        """Resume of a static graph: before its nodes start, every tool node DONE in the stored
+        run whose dependencies are all reused too is made DONE with its stored outputs, in
+        plan (topological) order, without a task or a trip through the scheduler each. What is
+        left is scheduled as usual; `lookup` still answers for the rest (maps' items, nested
+        graphs)."""
+        if self.replay or self.stored is None:
+            return
+        plan = plan_run.plan
+        ledger = plan_run.run.ledger
+        kinds, targets, dependents = plan.kinds, plan.targets, plan.dependents
+        base, node_ids, results, indegree = (
+            plan_run.base,
+            plan_run.node_ids,
+            plan_run.results,
+            plan_run.indegree,
+        )
+        wanted = plan.indegree
+        filled = [0] * len(node_ids)  # reused dependencies per node
+        loads = self.serializer.loads
+        reused = 0
+        for i, node_id in enumerate(node_ids):
+            if kinds[i] != 0 or filled[i] != wanted[i]:  # a tool node whose deps are reused
+                continue
+            row = self._by_id.get(node_id)
+            if row is None or row[3] != targets[i].name or node_id in self._used:
+                continue
+            assert row[15] is not None
+            self._used.add(node_id)
+            outputs = loads(row[15])
+            self._notes[node_id] = _Note(raw=row[15], skip=True)
+            ledger.start(base + i)
+            ledger.reuse(base + i, outputs, False)
+            results[i] = outputs
+            reused += 1
+            for d in dependents[i]:
+                indegree[d] -= 1
+                filled[d] += 1
+        if reused:
+            plan_run.remaining -= reused
+            plan_run.ready = collections.deque(
+                i for i, d in enumerate(indegree) if d == 0 and results[i] is None
+            )
 
     def _cached(self, tool: str, version: str, key: str) -> tuple[Blob, float] | None:
         """The store's cache row for `key`: from the tool's rows read once per run (when there
@@ -524,8 +576,6 @@ def check_durable(
 
 def _static_plan(graph: Any, inputs: Mapping[str, Any]) -> Any:
     """The lowered plan of a static target (graphify or compiled graph), else None."""
-    from ._schedule import CompiledGraph, plan_for
-
     if isinstance(graph, CompiledGraph):
         return graph.plan
     if hasattr(graph, "plans") and hasattr(graph, "trace"):
@@ -551,9 +601,6 @@ async def run_durable(
     runtime: Any, graph: Any, options: Any, seams: Any, store: RunStore, resume: bool
 ) -> Any:
     """Run `graph` persisting to `store` (and resuming from it): see `trioflow.run_async`."""
-    from ._run import execute_run
-    from ._schedule import CompiledGraph
-
     plan = _static_plan(graph, options.inputs)
     content_hash = None
     if plan is not None:

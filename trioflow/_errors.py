@@ -22,6 +22,7 @@ __all__ = [
     "GraphBuildTypeError",
     "GraphBuildValueError",
     "NodeFailed",
+    "RemoteError",
     "RunCancelled",
     "ResumeMismatch",
     "ServiceError",
@@ -156,3 +157,21 @@ class StoreError(TrioflowError):
 class ResumeMismatch(TrioflowError):
     """`resume=True` found a stored run that does not match this one (graph, content hash or
     input values); nothing was reused. The message says what differs."""
+
+
+class RemoteError(TrioflowError):
+    """An exception raised in another process that could not come back as itself.
+
+    It could not be pickled where it was raised, or not unpickled here. `type_name` is the
+    qualified name of its class, `message` its `str()`, `remote_traceback` the formatted
+    traceback from the worker; `str()` is `"TypeName: message"`.
+    """
+
+    def __init__(self, type_name: str, message: str, remote_traceback: str = "") -> None:
+        self.type_name = type_name
+        self.message = message
+        self.remote_traceback = remote_traceback
+        super().__init__(type_name, message, remote_traceback)
+
+    def __str__(self) -> str:
+        return f"{self.type_name}: {self.message}"

@@ -9,17 +9,19 @@ retry loop, with its capacity held: neither scheduler knows where the work goes.
 from __future__ import annotations
 
 import functools
-import importlib
 import inspect
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from typing import Any, Protocol, Self, runtime_checkable
 
 import attrs
 import trio
 
+from . import _shipping
 from ._errors import ConfigError, ConfigTypeError
+from ._graph import OutputRef
+from ._tool import Tool
 
 __all__ = [
     "BUILTIN_KEYS",
@@ -97,6 +99,7 @@ class ThreadExecutor:
 
 
 BUILTIN_KEYS = ("loop", "thread", "process", "ray")
+_SHIPPING_BUILTINS = ("process", "ray")
 
 
 def _builtin(key: str) -> Executor:
@@ -104,12 +107,14 @@ def _builtin(key: str) -> Executor:
         return LoopExecutor()
     if key == "thread":
         return ThreadExecutor()
-    # The optional extras (trio-parallel, Ray) are imported on first use only.
-    module = importlib.import_module("trioflow.executors")
-    factory: Callable[[], Executor] = getattr(
-        module, "ProcessExecutor" if key == "process" else "RayExecutor"
-    )
-    return factory()
+    # The optional extras (trio-parallel, Ray) are imported when the executor is entered.
+    if key == "process":
+        from ._process import ProcessExecutor
+
+        return ProcessExecutor()
+    from ._ray import RayExecutor
+
+    return RayExecutor()
 
 
 def check_executors(executors: object, argument: str = "executors") -> dict[str, Executor]:
@@ -167,6 +172,66 @@ class ExecutorTable:
                 f"pass executors={{{key!r}: ...}} to trioflow.run() or open_runtime()"
             )
 
+    def ships(self, key: str) -> bool:
+        """Whether `key`'s executor ships work to another process (known without entering)."""
+        found = self._entered.get(key) or self.given.get(key)
+        if found is not None:
+            return bool(getattr(found, "ships", False))
+        if self.parent is not None and self.parent.knows(key):
+            return self.parent.ships(key)
+        return key in _SHIPPING_BUILTINS
+
+    def check_call(self, node_id: str, tool: Tool, inputs: Mapping[str, Any]) -> None:
+        """Before a node takes a slot: what a shipped call would send (a `ConfigError`)."""
+        if self.ships(tool.executor_key):
+            check_shippable(node_id, tool.fn, inputs, tool.context_param)
+
+    def check_constants(
+        self, node_ids: Sequence[str], targets: Sequence[Any], consts: Sequence[Mapping[str, Any]]
+    ) -> None:
+        """Before any node of a static graph starts: the functions, context parameters and
+        constant arguments of the nodes whose executor ships (constants inside a structure
+        that also holds refs included; the refs themselves pickle as plain data)."""
+        for node_id, target, const in zip(node_ids, targets, consts, strict=True):
+            if isinstance(target, Tool) and self.ships(target.executor_key):
+                check_shippable(node_id, target.fn, const, target.context_param)
+
+    def keeps_outputs(self, key: str) -> bool:
+        """Whether `key`'s executor can leave outputs where they were made (`run_outputs`)."""
+        found = self._entered.get(key) or self.given.get(key)
+        if found is not None:
+            return callable(getattr(found, "run_outputs", None))
+        if self.parent is not None and self.parent.knows(key):
+            return self.parent.keeps_outputs(key)
+        return key == "ray"
+
+    def remote_outputs(self, plan: Any, base: int) -> dict[int, frozenset[str]]:
+        """For a static graph: the outputs that may stay where they were made (Ray's object
+        store), by ledger index. An output stays remote when its node runs on such an executor
+        and every reader is a node on one too, taking it whole as an argument (or in a list of
+        them); a graph output, a projection or a local reader needs the value here."""
+        targets = plan.targets
+        keeps = [isinstance(t, Tool) and self.keeps_outputs(t.executor_key) for t in targets]
+        if not any(keeps):
+            return {}
+        index = plan.index
+        needed: set[tuple[int, str]] = {
+            (index[r.node], r.output) for r in _refs(plan.graph.outputs)
+        }
+        for j, (_, direct, gathers, trees) in enumerate(plan.args):
+            if not keeps[j]:
+                needed.update((dep, out) for _, dep, out in direct)
+                needed.update(pair for _, pairs in gathers for pair in pairs)
+            for _, tree in trees:
+                needed.update((index[r.node], r.output) for r in _refs(tree))
+        found: dict[int, frozenset[str]] = {}
+        for i, target in enumerate(targets):
+            if keeps[i]:
+                keep = frozenset(o for o in target.outputs if (i, o) not in needed)
+                if keep:
+                    found[base + i] = keep
+        return found
+
     def entered(self, key: str) -> Executor | None:
         """The executor for `key` if it is already entered (the common, cheap case)."""
         found = self._entered.get(key)
@@ -197,13 +262,33 @@ class ExecutorTable:
         await self._stack.aclose()
 
 
-def check_shippable(node_id: str, fn: Callable[..., Any], kwargs: Mapping[str, Any]) -> None:
-    """Raise a `ConfigError` naming `node_id` if the call cannot be shipped to another process.
+def _refs(tree: Any) -> list[OutputRef]:
+    """The output refs anywhere in an argument tree."""
+    if isinstance(tree, OutputRef):
+        return [tree]
+    if isinstance(tree, list | tuple):
+        return [r for item in tree for r in _refs(item)]
+    if isinstance(tree, dict):
+        return [r for item in tree.values() for r in _refs(item)]
+    return []
 
-    The default accepts everything; the process and Ray executors' module replaces the checks.
+
+def check_shippable(
+    node_id: str,
+    fn: Callable[..., Any],
+    kwargs: Mapping[str, Any],
+    context_param: str | None = None,
+) -> None:
+    """Raise a bare `ConfigError` naming `node_id` if the call cannot be shipped to another
+    process: a tool that takes a context, an unpicklable function or argument, a Trio object.
     """
+    if context_param is not None:
+        raise ConfigError(
+            f"node {node_id!r}: its tool takes {context_param!r} (a NodeContext), which lives "
+            "in the run's process and cannot be shipped to another one; run the tool on "
+            "executor='loop' or 'thread', or pass what it needs from the context as arguments"
+        )
+    _shipping.check_shippable(node_id, fn, (), kwargs)
 
 
-def shippable(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """The function to ship for a tool function (an `async def` runs under `trio.run`)."""
-    return fn
+shippable = _shipping.shippable

@@ -66,6 +66,8 @@ async def call_tool(run: RunState, call: ToolCall, parent: Frame) -> dict[str, A
     tool = call.tool
     limiters = run.check_tool(tool)  # before the node takes a slot
     node_id = run.node_id(parent.graph_id, tool.name)
+    if not tool.plain:  # a plain tool runs in the loop: nothing is shipped
+        run.executors.check_call(node_id, tool, call.inputs)
     ledger = run.ledger
     idx = ledger.add(node_id, tool.name, tool.executor_key)
     lent = lend(parent)
@@ -233,6 +235,12 @@ class FanOut:
                 self.refuse(exc)
                 return
             node_id = run.node_id(self.graph_id, tool.name)
+            if not tool.plain:
+                try:
+                    run.executors.check_call(node_id, tool, item.inputs)
+                except Exception as exc:
+                    self.refuse(exc)
+                    return
             idx = ledger.add(node_id, tool.name, tool.executor_key)
             if not spawned:  # one more worker, once this one has work: never more than calls
                 spawned = True

@@ -56,8 +56,15 @@ class NodeMemo(Protocol):
     """The reuse seam: outputs of a node that need not run again (resume, replay, cache).
 
     `lookup` returns `(outputs, cached)` or None; it is consulted before a tool node's first
-    attempt, with the node's capacity held.
+    attempt, with the node's capacity held. A memo whose `reuses` is false never returns a hit
+    for a plain tool, so static graphs keep their fast path (which still calls `accept`).
     """
+
+    @property
+    def reuses(self) -> bool: ...
+
+    def prefill(self, plan_run: Any) -> None:
+        """Before a static graph's nodes start: mark those it can reuse DONE (see `_durable`)."""
 
     def lookup(
         self, node_id: str, tool: Tool, inputs: Mapping[str, Any]
@@ -83,6 +90,8 @@ class RunState:
     executors: ExecutorTable = attrs.field(factory=ExecutorTable)
     rates: RateTurns | None = None
     memo: NodeMemo | None = None
+    # Static-graph outputs that stay in a remote store, by ledger index (see _executor).
+    remote_outputs: dict[int, frozenset[str]] = attrs.field(factory=dict)
     # The clock's own bound method: cheaper than trio.current_time() on the per-node path.
     now: Callable[[], float] = attrs.field(
         factory=lambda: trio.lowlevel.current_clock().current_time, init=False

@@ -1,0 +1,117 @@
+"""`ProcessExecutor`: tools in a pool of local worker processes, on trio-parallel.
+
+The pool is a trio-parallel worker context of its own, opened when the executor is entered
+and closed (every worker joined) when it is exited. A cancelled call kills its worker by
+default (`kill_on_cancel=True`), so the work stops where it is; calls waiting for a free
+worker are simply dropped.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from typing import Any, ClassVar, Self
+
+import attrs
+import trio
+
+from ._errors import ConfigError, ConfigTypeError, TrioflowError
+from ._shipping import Failure, call_and_capture, require, restore, shippable
+
+__all__ = ["ProcessExecutor"]
+
+_NOT_SHIPPED = (
+    "(the call of {} could not travel between this process and the worker: its arguments or "
+    "its result cannot be pickled)"
+)
+
+
+def _check_max_workers(_: object, __: object, value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigTypeError(
+            f"ProcessExecutor(max_workers=...) must be an int or None, got {value!r}"
+        )
+    if value < 1:
+        raise ConfigError(
+            f"ProcessExecutor(max_workers=...) must be >= 1, got {value!r}; "
+            "None means one worker per CPU"
+        )
+
+
+def _check_bool(_: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ConfigTypeError(
+            f"ProcessExecutor({attribute.name}=...) must be a bool, got {value!r}"
+        )
+
+
+@attrs.define(eq=False)
+class ProcessExecutor:
+    """Run tools in local worker processes (`pip install 'trioflow[process]'`).
+
+    `max_workers` bounds the worker processes (default: one per CPU). With `kill_on_cancel`
+    (the default) a cancelled call kills its worker at once; with `False`, cancellation waits
+    for the call to finish. Functions, arguments and results travel with cloudpickle, so
+    closures and lambdas work; scripts need the `if __name__ == "__main__":` guard because
+    workers re-import the main module.
+    """
+
+    max_workers: int | None = attrs.field(default=None, validator=_check_max_workers)
+    kill_on_cancel: bool = attrs.field(default=True, validator=_check_bool, kw_only=True)
+    ships: ClassVar[bool] = True
+
+    _cm: Any = attrs.field(default=None, init=False, repr=False)
+    _context: Any = attrs.field(default=None, init=False, repr=False)
+    _limiter: trio.CapacityLimiter | None = attrs.field(default=None, init=False, repr=False)
+    _broken: type[BaseException] = attrs.field(default=Exception, init=False, repr=False)
+
+    async def __aenter__(self) -> Self:
+        if self._cm is not None:
+            raise TrioflowError("this ProcessExecutor is already entered; use one per runtime")
+        trio_parallel = require("trio_parallel", "process")
+        require("cloudpickle", "process")  # without it closures and lambdas cannot ship
+        workers = self.max_workers or os.cpu_count() or 1
+        cm = trio_parallel.open_worker_context(
+            idle_timeout=math.inf,  # workers live as long as the executor
+            grace_period=10.0,  # bound on joining idle workers at exit (then SIGKILL)
+        )
+        self._context = await cm.__aenter__()
+        self._cm = cm
+        self._limiter = trio.CapacityLimiter(workers)
+        self._broken = trio_parallel.BrokenWorkerError  # a worker died: not about pickling
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        cm, self._cm, self._context, self._limiter = self._cm, None, None, None
+        if cm is not None:
+            await cm.__aexit__(None, None, None)
+
+    async def run(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Run `fn(*args, **kwargs)` in a worker process and return its result."""
+        context, limiter = self._context, self._limiter
+        if context is None or limiter is None:
+            raise TrioflowError(
+                "ProcessExecutor.run() needs the executor entered: `async with executor:`"
+            )
+        try:
+            return await context.run_sync(
+                call_and_capture,
+                shippable(fn),
+                args,
+                kwargs,
+                kill_on_cancel=self.kill_on_cancel,
+                limiter=limiter,
+            )
+        except Failure as failure:
+            raise restore(failure) from None
+        except Exception as exc:
+            if not isinstance(exc, self._broken):
+                # Not the call's own exception: its arguments or its result failed to pickle.
+                exc.add_note(_NOT_SHIPPED.format(getattr(fn, "__qualname__", fn)))
+            raise
+
+
+ProcessExecutor.__module__ = "trioflow"

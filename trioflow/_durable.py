@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import attrs
 import trio
 
-from ._cache import Cache, cache_key, tool_version, unkeyable
+from ._cache import Cache, cache_keyer, unkeyable
 from ._errors import ConfigError, ConfigTypeError, ResumeMismatch
 from ._events import combine_listeners
 from ._records import ErrorInfo, NodeState
@@ -116,6 +116,7 @@ class Durable:
     _fresh_cache: dict[str, tuple[Blob, float]] = attrs.field(factory=dict)
     _executors: dict[str, str] = attrs.field(factory=dict)  # tool nodes not on "loop"
     _tool_caches: dict[tuple[str, str], Any] = attrs.field(factory=dict)
+    _keyers: dict[Any, tuple[str, Callable[[str], str]]] = attrs.field(factory=dict)
     serializer: Serializer = attrs.field(init=False)
     # Wall clock = _epoch + (Trio clock - _at0): POSIX seconds without a datetime per row.
     _epoch: float = attrs.field(init=False)
@@ -200,8 +201,10 @@ class Durable:
                 return self.serializer.loads(row[15]), False
         if cache is not None:
             assert note.digest is not None
-            version = tool_version(tool)
-            key = cache_key(tool, inputs, self.serializer, digest=note.digest)
+            keyer = self._keyers.get(tool)
+            if keyer is None:
+                keyer = self._keyers[tool] = cache_keyer(tool)
+            version, key = keyer[0], keyer[1](note.digest)
             hit = self._fresh_cache.get(key) or self._cached(tool.name, version, key)
             if hit is not None and (cache.expire is None or _wall_now() - hit[1] <= cache.expire):
                 note.raw, note.cached = hit[0], True

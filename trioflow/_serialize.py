@@ -292,6 +292,8 @@ class Serializer:
             result: dict[str, Any] = pickle.loads(data)
             return result
         tree = json.loads(data)
+        if all(type(v) in _SCALARS for v in tree.values()):
+            return tree  # type: ignore[no-any-return]  # decode returns scalars as they are
         return {k: decode(v) for k, v in tree.items()}
 
     def loads_many(self, blobs: list[str | bytes]) -> list[dict[str, Any]]:

@@ -494,20 +494,27 @@ _str = json.encoder.encode_basestring_ascii
 
 def _canonical_json(graph: TaskGraph) -> str:
     pieces: list[tuple[str, str]] = []
+    tails: dict[tuple[Any, ...], str] = {}  # the fields after "id", shared by a tool's nodes
     for node_id, node in graph.nodes.items():
         args = node.args
-        text = ",".join(f"{_str(k)}:{_value_json(args[k])}" for k in sorted(args))
-        deps = ",".join(map(_str, node.deps))
-        outputs = ",".join(map(_str, node.outputs))
-        map_param = "null" if node.map_param is None else _str(node.map_param)
-        pieces.append(
-            (
-                node_id,
-                f'{_str(node_id)}:{{"args":{{{text}}},"deps":[{deps}],"id":{_str(node.id)},'
+        if len(args) == 1:
+            [(name, value)] = args.items()
+            text = f"{_str(name)}:{_value_json(value)}"
+        else:
+            text = ",".join(f"{_str(k)}:{_value_json(args[k])}" for k in sorted(args))
+        deps = ",".join(map(_str, node.deps)) if node.deps else ""
+        shape = (node.kind, node.map_param, node.outputs, node.target, node.tool)
+        tail = tails.get(shape)
+        if tail is None:
+            map_param = "null" if node.map_param is None else _str(node.map_param)
+            outputs = ",".join(map(_str, node.outputs))
+            tail = tails[shape] = (
                 f'"kind":{_str(node.kind)},"map_param":{map_param},"outputs":[{outputs}],'
-                f'"target":{_str(node.target)},"tool":{_str(node.tool)}}}',
+                f'"target":{_str(node.target)},"tool":{_str(node.tool)}}}'
             )
-        )
+        key = _str(node_id)
+        ident = key if node.id == node_id else _str(node.id)
+        pieces.append((node_id, f'{key}:{{"args":{{{text}}},"deps":[{deps}],"id":{ident},{tail}'))
     pieces.sort(key=lambda piece: piece[0])
     head = f'"defaults":{_dumps(_unstructure_tree(graph.defaults))},' if graph.defaults else ""
     return (

@@ -493,7 +493,7 @@ _str = json.encoder.encode_basestring_ascii
 
 
 def _canonical_json(graph: TaskGraph) -> str:
-    pieces: list[tuple[str, str]] = []
+    pieces: list[str] = []  # in insertion order; strings only (no tuples for the GC to track)
     tails: dict[tuple[Any, ...], str] = {}  # the fields after "id", shared by a tool's nodes
     for node_id, node in graph.nodes.items():
         args = node.args
@@ -514,12 +514,13 @@ def _canonical_json(graph: TaskGraph) -> str:
             )
         key = _str(node_id)
         ident = key if node.id == node_id else _str(node.id)
-        pieces.append((node_id, f'{key}:{{"args":{{{text}}},"deps":[{deps}],"id":{ident},{tail}'))
-    pieces.sort(key=lambda piece: piece[0])
+        pieces.append(f'{key}:{{"args":{{{text}}},"deps":[{deps}],"id":{ident},{tail}')
+    ids = list(graph.nodes)
+    order = sorted(range(len(ids)), key=ids.__getitem__)
     head = f'"defaults":{_dumps(_unstructure_tree(graph.defaults))},' if graph.defaults else ""
     return (
         f'{{{head}"inputs":{_dumps(list(graph.inputs))},"name":{_str(graph.name)},"nodes":{{'
-        + ",".join(piece for _, piece in pieces)
+        + ",".join([pieces[i] for i in order])
         + f'}},"outputs":{_dumps(_unstructure_tree(graph.outputs))}}}'
     )
 

@@ -31,6 +31,8 @@ from ._cache import Cache, cache_keyer, unkeyable
 from ._errors import ConfigError, ConfigTypeError, ResumeMismatch
 from ._events import combine_listeners
 from ._records import ErrorInfo, NodeState
+from ._run import execute_run
+from ._schedule import CompiledGraph, plan_for
 from ._serialize import Serializer, Unserialisable, describe
 from ._store import Blob, NodeRow, Op, RunRow, RunStore, StoredRun, check_store
 
@@ -594,8 +596,6 @@ def check_durable(
 
 def _static_plan(graph: Any, inputs: Mapping[str, Any]) -> Any:
     """The lowered plan of a static target (graphify or compiled graph), else None."""
-    from ._schedule import CompiledGraph, plan_for
-
     if isinstance(graph, CompiledGraph):
         return graph.plan
     if hasattr(graph, "plans") and hasattr(graph, "trace"):
@@ -621,9 +621,6 @@ async def run_durable(
     runtime: Any, graph: Any, options: Any, seams: Any, store: RunStore, resume: bool
 ) -> Any:
     """Run `graph` persisting to `store` (and resuming from it): see `trioflow.run_async`."""
-    from ._run import execute_run
-    from ._schedule import CompiledGraph
-
     plan = _static_plan(graph, options.inputs)
     content_hash = None
     if plan is not None:

@@ -13,7 +13,7 @@ import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
-from typing import TYPE_CHECKING, Any, Protocol, Self, runtime_checkable
+from typing import Any, Protocol, Self, runtime_checkable
 
 import attrs
 import trio
@@ -21,9 +21,7 @@ import trio
 from . import _shipping
 from ._errors import ConfigError, ConfigTypeError
 from ._graph import OutputRef
-
-if TYPE_CHECKING:
-    from ._tool import Tool
+from ._tool import Tool
 
 __all__ = [
     "BUILTIN_KEYS",
@@ -194,8 +192,6 @@ class ExecutorTable:
         """Before any node of a static graph starts: the functions, context parameters and
         constant arguments of the nodes whose executor ships (constants inside a structure
         that also holds refs included; the refs themselves pickle as plain data)."""
-        from ._tool import Tool
-
         for node_id, target, const in zip(node_ids, targets, consts, strict=True):
             if isinstance(target, Tool) and self.ships(target.executor_key):
                 check_shippable(node_id, target.fn, const, target.context_param)
@@ -214,8 +210,6 @@ class ExecutorTable:
         store), by ledger index. An output stays remote when its node runs on such an executor
         and every reader is a node on one too, taking it whole as an argument (or in a list of
         them); a graph output, a projection or a local reader needs the value here."""
-        from ._tool import Tool
-
         targets = plan.targets
         keeps = [isinstance(t, Tool) and self.keeps_outputs(t.executor_key) for t in targets]
         if not any(keeps):

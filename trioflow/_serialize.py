@@ -276,7 +276,7 @@ class Serializer:
                 return pickle.dumps(dict(value), protocol=5)
             except Exception as exc:
                 raise Unserialisable(_first_unpicklable(value), where, repr(exc)) from None
-        out = dict(value)
+        out = value if type(value) is dict else dict(value)
         if all(type(v) in _SCALARS for v in out.values()):
             return _dumps(out)  # the common case: scalars only
         return _dumps({k: encode(v, f"{where} {k!r}") for k, v in out.items()})

@@ -3,7 +3,8 @@
 import functools
 import threading
 import time
-from typing import Self
+from collections.abc import Callable
+from typing import Any, Self
 
 import trio
 
@@ -25,7 +26,7 @@ class FewThreads:
     async def __aexit__(self, *exc_info: object) -> None:  # at runtime exit
         return None
 
-    async def run(self, fn, /, *args, **kwargs):
+    async def run(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         call = functools.partial(fn, *args, **kwargs)
         return await trio.to_thread.run_sync(call, limiter=self.limiter)
 

@@ -2,6 +2,7 @@
 
 import hashlib
 import time
+from typing import Any
 
 import trioflow
 
@@ -20,7 +21,7 @@ async def summarize(digests: list[str]) -> str:
 
 
 @trioflow.graphify(name="crunch_all", outputs=["report"])
-def crunch_all(seeds):
+def crunch_all(seeds: Any) -> Any:
     digests = trioflow.map(crunch, seeds, rounds=20_000)  # one node per seed
     return summarize(digests=digests.digest).report
 

@@ -1,6 +1,7 @@
 """The same kind of graph on Ray: one changed line sends every "process" tool to a cluster."""
 
 import hashlib
+from typing import Any
 
 import trioflow
 
@@ -14,7 +15,7 @@ def crunch(seed: int, rounds: int) -> str:
 
 
 @trioflow.graphify(name="crunch_all", outputs=["digests"])
-def crunch_all(seeds):
+def crunch_all(seeds: Any) -> Any:
     return trioflow.map(crunch, seeds, rounds=20_000).digest
 
 

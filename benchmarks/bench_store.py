@@ -18,6 +18,8 @@ import argparse
 import functools
 import itertools
 import os
+import pathlib
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -25,6 +27,9 @@ from typing import Any
 
 import trio
 from _harness import header, report, timed
+
+# Measure this checkout's trioflow (a worktree's), not whichever one the venv has installed.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 import trioflow
 
@@ -176,6 +181,7 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="small sizes, for CI")
     args = parser.parse_args()
     header("bench_store: durable runs")
+    print(f"trioflow: {os.path.dirname(trioflow.__file__)}; load: {os.getloadavg()[0]:.2f}")
     n, k, r = (1_000, 1_000, 5_000) if args.smoke else (10_000, 10_000, 100_000)
     with tempfile.TemporaryDirectory() as directory:
         store_overhead(n, directory)

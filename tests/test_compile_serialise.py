@@ -9,6 +9,7 @@ Regenerate it only on purpose (the import paths name this module, so import it):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pathlib
 from typing import Any
@@ -170,3 +171,6 @@ def test_any_graph_round_trips_through_json(
     assert again == graph
     assert json.dumps(again.to_dict()) == text
     assert ("defaults" in json.loads(text)) == bool(defaults)  # left out when empty
+    # The content hash is written node by node, but over the very bytes of the sorted dump.
+    canonical = json.dumps(graph.to_dict(), sort_keys=True, separators=(",", ":"), default=repr)
+    assert graph.content_hash == hashlib.sha256(canonical.encode()).hexdigest()

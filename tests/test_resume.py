@@ -300,6 +300,31 @@ async def test_resume_runs_only_what_did_not_finish(autojump_clock: Any) -> None
     assert store.runs()[0].state is NodeState.DONE
 
 
+@pytest.mark.parametrize("serializer", ["json", "pickle"])
+async def test_resumed_nodes_are_heard_by_listeners_with_their_decoded_outputs(
+    autojump_clock: Any, serializer: Any
+) -> None:
+    store = trioflow.MemoryStore(serializer=serializer)
+    with trio.fail_after(60):
+        await trioflow.run_async(squares, inputs={"n": 3}, store=store, run_id="r")
+        heard: list[tuple[str, str | None, Any]] = []
+        result = await trioflow.run_async(
+            squares,
+            inputs={"n": 3},
+            store=store,
+            run_id="r",
+            resume=True,
+            on_event=lambda e: heard.append((e.kind, e.node_id, e.outputs)),
+        )
+    assert result["rows"] == [Row("0", 0), Row("1", 1), Row("2", 4)]  # attrs values, decoded
+    assert calls["collect"] == 1 and calls["square:2"] == 1  # nothing ran again
+    finished = {node: outputs for kind, node, outputs in heard if kind == "node_finished"}
+    assert finished["square_3"] == {"out": 4}
+    assert finished["collect_1"]["rows"][2] == Row("2", 4)
+    started = [node for kind, node, _ in heard if kind == "node_started"]
+    assert sorted(started) == ["collect_1", "square_1", "square_2", "square_3"]
+
+
 async def test_resume_with_other_input_values_is_a_mismatch(autojump_clock: Any) -> None:
     store = trioflow.MemoryStore()
     with trio.fail_after(60):

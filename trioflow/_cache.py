@@ -13,7 +13,7 @@ import inspect
 import marshal
 import math
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -115,8 +115,21 @@ def cache_key(
             digest = (serializer or _JSON).digest(inputs)
         except Unserialisable as exc:
             raise ConfigError(unkeyable(tool.name, exc)) from None
-    text = f"{tool.name}\x00{tool_version(tool)}\x00{digest}"
-    return hashlib.sha256(text.encode()).hexdigest()
+    return cache_keyer(tool)[1](digest)
+
+
+def cache_keyer(tool: Any) -> tuple[str, Callable[[str], str]]:
+    """The tool's cache version, and a function from an argument digest to the store key
+    (sha256 of tool name + version + digest; the shared prefix is hashed once)."""
+    version = tool_version(tool)
+    prefix = hashlib.sha256(f"{tool.name}\x00{version}\x00".encode())
+
+    def key(digest: str) -> str:
+        h = prefix.copy()
+        h.update(digest.encode())
+        return h.hexdigest()
+
+    return version, key
 
 
 _JSON = Serializer("json")

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import attrs
 import trio
 
-from ._cache import Cache, cache_key, tool_version, unkeyable
+from ._cache import Cache, cache_keyer, unkeyable
 from ._errors import ConfigError, ConfigTypeError, ResumeMismatch
 from ._events import combine_listeners
 from ._records import ErrorInfo, NodeState
@@ -118,6 +118,7 @@ class Durable:
     _fresh_cache: dict[str, tuple[Blob, float]] = attrs.field(factory=dict)
     _executors: dict[str, str] = attrs.field(factory=dict)  # tool nodes not on "loop"
     _tool_caches: dict[tuple[str, str], Any] = attrs.field(factory=dict)
+    _keyers: dict[Any, tuple[str, Callable[[str], str]]] = attrs.field(factory=dict)
     serializer: Serializer = attrs.field(init=False)
     # Wall clock = _epoch + (Trio clock - _at0): POSIX seconds without a datetime per row.
     _epoch: float = attrs.field(init=False)
@@ -202,8 +203,10 @@ class Durable:
                 return self.serializer.loads(row[15]), False
         if cache is not None:
             assert note.digest is not None
-            version = tool_version(tool)
-            key = cache_key(tool, inputs, self.serializer, digest=note.digest)
+            keyer = self._keyers.get(tool)
+            if keyer is None:
+                keyer = self._keyers[tool] = cache_keyer(tool)
+            version, key = keyer[0], keyer[1](note.digest)
             hit = self._fresh_cache.get(key) or self._cached(tool.name, version, key)
             if hit is not None and (cache.expire is None or _wall_now() - hit[1] <= cache.expire):
                 note.raw, note.cached = hit[0], True
@@ -233,30 +236,47 @@ class Durable:
         )
         wanted = plan.indegree
         filled = [0] * len(node_ids)  # reused dependencies per node
-        loads = self.serializer.loads
-        reused = 0
+        used = self._used
+        by_id = self._by_id
+        chosen: list[int] = []
+        blobs: list[Blob] = []
         for i, node_id in enumerate(node_ids):
             if kinds[i] != 0 or filled[i] != wanted[i]:  # a tool node whose deps are reused
                 continue
-            row = self._by_id.get(node_id)
-            if row is None or row[3] != targets[i].name or node_id in self._used:
+            row = by_id.get(node_id)
+            if row is None or row[3] != targets[i].name or node_id in used:
                 continue
             assert row[15] is not None
-            self._used.add(node_id)
-            outputs = loads(row[15])
-            self._notes[node_id] = _Note(raw=row[15], skip=True)
-            ledger.start(base + i)
-            ledger.reuse(base + i, outputs, False)
-            results[i] = outputs
-            reused += 1
+            used.add(node_id)
+            chosen.append(i)
+            blobs.append(row[15])
             for d in dependents[i]:
-                indegree[d] -= 1
                 filled[d] += 1
-        if reused:
-            plan_run.remaining -= reused
-            plan_run.ready = collections.deque(
-                i for i, d in enumerate(indegree) if d == 0 and results[i] is None
-            )
+        if not chosen:
+            return
+        decoded = self.serializer.loads_many(blobs)  # one parse for all stored outputs
+        # The store's own events for these nodes would write nothing (their stored rows are
+        # theirs): when nobody else listens, the ledger changes state without emitting them.
+        quiet = ledger.listener is self
+        if quiet:
+            ledger.listener = None
+        try:
+            notes = self._notes
+            for i, raw, outputs in zip(chosen, blobs, decoded, strict=True):
+                if not quiet:
+                    notes[node_ids[i]] = _Note(raw=raw, skip=True)
+                ledger.start(base + i)
+                ledger.reuse(base + i, outputs, False)
+                results[i] = outputs
+                for d in dependents[i]:
+                    indegree[d] -= 1
+        finally:
+            if quiet:
+                ledger.listener = self
+        plan_run.remaining -= len(chosen)
+        plan_run.ready = collections.deque(
+            i for i, d in enumerate(indegree) if d == 0 and results[i] is None
+        )
 
     def _cached(self, tool: str, version: str, key: str) -> tuple[Blob, float] | None:
         """The store's cache row for `key`: from the tool's rows read once per run (when there

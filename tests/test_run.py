@@ -309,3 +309,24 @@ def test_keyboard_interrupt_from_sync_run_is_plain_after_everything_was_cancelle
         trioflow.run(g)
     assert type(info.value) is KeyboardInterrupt
     assert sorted(cancelled) == ["a", "b"]
+
+
+def test_a_final_record_reads_compares_serialises_and_pickles_like_a_dict() -> None:
+    import pickle
+
+    @trioflow.tool(outputs=["out"])
+    async def w(x: int) -> int:
+        return x
+
+    @trioflow.graph_fn(name="g")
+    async def g() -> int:
+        return sum(r["out"] for r in await trioflow.gather(*(w(x=i) for i in range(3))))
+
+    record = trioflow.run(g, record=True).record
+    assert list(record.nodes) == ["w_1", "w_2", "w_3"]
+    assert "w_2" in record.nodes and "w_9" not in record.nodes
+    assert record.nodes["w_2"].state is NodeState.DONE
+    again = trioflow.RunRecord.from_dict(record.to_dict())
+    assert again == record and record == again
+    assert type(again.nodes) is dict
+    assert pickle.loads(pickle.dumps(record)) == record

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from array import array
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -288,14 +288,47 @@ class Ledger:
 
     # -- snapshots ---------------------------------------------------------------------------
 
-    def snapshot(self, started_at: float | None, finished_at: float | None) -> RunRecord:
+    def snapshot(
+        self, started_at: float | None, finished_at: float | None, *, final: bool = False
+    ) -> RunRecord:
         """A frozen `RunRecord` of every row so far.
 
-        The hot loop of `record=True`: one `NodeRecord` per row, built positionally; the wall
+        With `final` (the run has ended, so no row changes again) the node records are built on
+        first read, one by one (`record=True` then costs next to nothing until a node is
+        looked at). Otherwise one `NodeRecord` per row is built now, positionally; the wall
         time of a clock reading is computed once (nodes of a fast run share many readings).
         """
+        if final:
+            shift = self.epoch.__add__
+            return RunRecord(
+                run_id=self.run_id,
+                graph_id=self.graph_id,
+                nodes=_FinalNodes(self),  # type: ignore[arg-type]
+                started_at=started_at,
+                finished_at=finished_at,
+                started_wall=None if started_at is None else shift(timedelta(0, started_at)),
+                finished_wall=None if finished_at is None else shift(timedelta(0, finished_at)),
+            )
         with gc_paused():  # every record made here stays alive with the snapshot
             return self._snapshot(started_at, finished_at)
+
+    def node_record(self, i: int) -> NodeRecord:
+        """Row `i` as a `NodeRecord`."""
+        started, finished = self.started[i], self.finished[i]
+        shift = self.epoch.__add__
+        return NodeRecord(
+            self.tools[i],
+            self.states[i],
+            None if started != started else started,  # NaN: never started
+            None if finished != finished else finished,
+            self.attempts[i],
+            self._error_info(i) if i in self.errors else None,
+            self.executors[i],
+            i in self.cached,
+            self.waited.get(i, 0.0),
+            None if started != started else shift(timedelta(0, started)),
+            None if finished != finished else shift(timedelta(0, finished)),
+        )
 
     def _snapshot(self, started_at: float | None, finished_at: float | None) -> RunRecord:
         errors = {i: self._error_info(i) for i in self.errors}
@@ -355,6 +388,50 @@ class Ledger:
 
 
 _UNSEEN: Any = object()
+
+
+class _FinalNodes(Mapping[str, NodeRecord]):
+    """Node id → `NodeRecord` of a run that has ended, each built from the ledger on first
+    read. Compares, iterates and serialises like the dict it stands for; pickles as one."""
+
+    __slots__ = ("_built", "_index", "_ledger")
+
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+        self._index: dict[str, int] | None = None
+        self._built: dict[str, NodeRecord] = {}
+
+    def __getitem__(self, node_id: str) -> NodeRecord:
+        found = self._built.get(node_id)
+        if found is None:
+            if self._index is None:
+                self._index = {n: i for i, n in enumerate(self._ledger.ids)}
+            found = self._built[node_id] = self._ledger.node_record(self._index[node_id])
+        return found
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ledger.ids)
+
+    def __len__(self) -> int:
+        return len(self._ledger.ids)
+
+    def __contains__(self, node_id: object) -> bool:
+        if self._index is None:
+            self._index = {n: i for i, n in enumerate(self._ledger.ids)}
+        return node_id in self._index
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        return dict(self.items()) == dict(other.items())
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return repr(dict(self.items()))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (dict, (dict(self.items()),))
 
 
 def _nothing() -> None:

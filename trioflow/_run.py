@@ -200,7 +200,7 @@ async def execute_run(
     finished = clock()
 
     def record() -> RunRecord:
-        return ledger.snapshot(started, finished)
+        return ledger.snapshot(started, finished, final=True)
 
     collect = options.on_error == "collect"
     listener_error = ledger.listener_error

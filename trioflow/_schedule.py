@@ -61,7 +61,8 @@ class Plan:
     executors: list[str]
 
     def tools(self) -> list[Tool]:
-        return [t for t in self.targets if isinstance(t, Tool)]
+        """The distinct tools of the graph (each checked once before a run, not per node)."""
+        return list({id(t): t for t in self.targets if isinstance(t, Tool)}.values())
 
 
 def _arg_plan(node: NodeSpec, index: Mapping[str, int]) -> ArgPlan:

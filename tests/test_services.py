@@ -407,3 +407,23 @@ async def test_critical_works_for_services_with_slots(
                 nursery.start_soon(service.incr)
     assert service.value == 5
     assert trio.current_time() == 5
+
+
+def test_run_blocking_threads_follow_the_runtime_cap_not_trios_40() -> None:
+    import threading
+
+    barrier = threading.Barrier(45, timeout=10)  # needs 45 threads at once
+
+    class Pool(trioflow.Service):
+        async def wait(self) -> None:
+            await self.run_blocking(barrier.wait)
+
+    pool = Pool()
+
+    async def main() -> None:
+        async with trioflow.open_runtime():
+            async with trio.open_nursery() as nursery:
+                for _ in range(45):
+                    nursery.start_soon(pool.wait)
+
+    trio.run(main)

@@ -96,6 +96,10 @@ class Runtime:
     nursery: trio.Nursery
     global_limiter: trio.CapacityLimiter | None
     resources: dict[str, trio.CapacityLimiter]
+    # `Service.run_blocking` threads: as many as the runtime's cap allows, not Trio's 40.
+    thread_limiter: trio.CapacityLimiter = attrs.field(
+        factory=lambda: trio.CapacityLimiter(math.inf)
+    )
     artifacts_dir: Path = attrs.field(factory=default_artifacts_dir)
     executor_table: ExecutorTable = attrs.field(factory=ExecutorTable)
     on_event: Listener | None = None
@@ -329,6 +333,7 @@ async def open_runtime(
                 max_concurrency=cap,
                 nursery=root,
                 global_limiter=None if cap == math.inf else trio.CapacityLimiter(cap),
+                thread_limiter=trio.CapacityLimiter(cap),
                 resources={k: trio.CapacityLimiter(v) for k, v in resource_caps.items()},
                 executor_table=ExecutorTable(executor_map),
                 on_event=on_event,

@@ -26,7 +26,7 @@ from typing import Any, Literal, ParamSpec, TypeVar
 import attrs
 import trio
 
-from ._context import NodeContext, current_context
+from ._context import NodeContext, current_context, current_runtime
 from ._errors import ConfigError, ServiceError
 
 __all__ = [
@@ -362,6 +362,12 @@ class Service:
         """Run a blocking callable in a worker thread, keeping the event loop responsive.
 
         The thread is waited for, so none outlives its caller: a cancelled caller is cancelled
-        after the thread returns, unless `abandon_on_cancel=True`.
+        after the thread returns, unless `abandon_on_cancel=True`. Inside a runtime, threads
+        are limited by the runtime's `max_concurrency` (unlimited by default), not by Trio's
+        default of 40.
         """
-        return await trio.to_thread.run_sync(fn, *args, abandon_on_cancel=abandon_on_cancel)
+        runtime = current_runtime()
+        limiter = runtime.thread_limiter if runtime is not None else None
+        return await trio.to_thread.run_sync(
+            fn, *args, abandon_on_cancel=abandon_on_cancel, limiter=limiter
+        )

@@ -12,12 +12,15 @@ import functools
 import inspect
 import keyword
 import math
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
 from ._errors import ConfigError, ConfigTypeError
 
+T = TypeVar("T")
+
 __all__ = [
+    "check_named",
     "adopt_metadata",
     "check_function",
     "check_max_concurrency",
@@ -182,3 +185,20 @@ def outputs_dict(owner: str, outputs: tuple[str, ...], result: Any) -> dict[str,
             f"unexpected outputs {unexpected}" + (f": {', '.join(hints)}" if hints else "")
         )
     raise ValueError(f"{owner} returned {', '.join(parts)}; it declares outputs={list(outputs)}")
+
+
+def check_named(
+    value: object, argument: str, example: str, check: Callable[[str, Any], T]
+) -> dict[str, T]:
+    """Validate a mapping of non-empty string names to values (`limits=`, `executors=`,
+    `rate_limits=`); `check(name, value)` validates and converts one value."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigTypeError(f"{argument} must be a mapping like {example}, got {value!r}")
+    checked: dict[str, T] = {}
+    for name, item in value.items():
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{argument} keys must be non-empty strings, got {name!r}")
+        checked[name] = check(name, item)
+    return checked

@@ -19,6 +19,7 @@ import attrs
 import trio
 
 from . import _shipping
+from ._checks import check_named
 from ._errors import ConfigError, ConfigTypeError
 from ._graph import OutputRef
 from ._tool import Tool
@@ -119,24 +120,16 @@ def _builtin(key: str) -> Executor:
 
 def check_executors(executors: object, argument: str = "executors") -> dict[str, Executor]:
     """Validate an `executors={key: executor}` mapping before anything starts."""
-    if executors is None:
-        return {}
-    if not isinstance(executors, Mapping):
-        raise ConfigTypeError(
-            f"{argument} must be a mapping of key to executor, like "
-            f"{{'process': trioflow.ProcessExecutor()}}, got {executors!r}"
-        )
-    checked: dict[str, Executor] = {}
-    for key, executor in executors.items():
-        if not isinstance(key, str) or not key:
-            raise ConfigError(f"{argument} keys must be non-empty strings, got {key!r}")
+
+    def one(key: str, executor: object) -> Executor:
         if not isinstance(executor, Executor):
             raise ConfigTypeError(
                 f"{argument}[{key!r}] must implement trioflow.Executor (async with, and "
                 f"`async def run(fn, /, *args, **kwargs)`), got {executor!r}"
             )
-        checked[key] = executor
-    return checked
+        return executor
+
+    return check_named(executors, argument, "{'process': trioflow.ProcessExecutor()}", one)
 
 
 @attrs.define(eq=False)

@@ -28,10 +28,10 @@ from ._builtins import (
     NodeMemory,
     RunMemory,
 )
-from ._checks import check_max_concurrency
+from ._checks import check_max_concurrency, check_named
 from ._context import RUNTIME, NodeContext, current_runtime
 from ._durable import check_durable, run_durable
-from ._errors import ConfigError, ConfigTypeError, ContextError, ServiceError
+from ._errors import ConfigTypeError, ContextError, ServiceError
 from ._events import Listener, combine_listeners
 from ._executor import Executor, ExecutorTable, check_executors
 from ._ratelimit import RateLimit, RateLimits
@@ -281,16 +281,9 @@ class RunServices:
 
 
 def _check_limits(limits: object) -> dict[str, float]:
-    if limits is None:
-        return {}
-    if not isinstance(limits, Mapping):
-        raise ConfigTypeError(f"limits must be a mapping like {{'gpu': 1}}, got {limits!r}")
-    checked: dict[str, float] = {}
-    for key, value in limits.items():
-        if not isinstance(key, str) or not key:
-            raise ConfigError(f"limits keys must be non-empty strings, got {key!r}")
-        checked[key] = check_max_concurrency(value, f"limits[{key!r}]")
-    return checked
+    return check_named(
+        limits, "limits", "{'gpu': 1}", lambda key, n: check_max_concurrency(n, f"limits[{key!r}]")
+    )
 
 
 @asynccontextmanager
@@ -433,23 +426,15 @@ def _close_error(errors: list[Exception]) -> ServiceError | None:
 
 def check_rate_limits(rate_limits: object) -> dict[str, RateLimit]:
     """Validate a `rate_limits={name: RateLimit(...)}` mapping before anything starts."""
-    if rate_limits is None:
-        return {}
-    if not isinstance(rate_limits, Mapping):
-        raise ConfigTypeError(
-            f"rate_limits must be a mapping like {{'api': trioflow.RateLimit(10)}}, "
-            f"got {rate_limits!r}"
-        )
-    checked: dict[str, RateLimit] = {}
-    for name, limit in rate_limits.items():
-        if not isinstance(name, str) or not name:
-            raise ConfigError(f"rate_limits keys must be non-empty strings, got {name!r}")
+
+    def one(name: str, limit: object) -> RateLimit:
         if not isinstance(limit, RateLimit):
             raise ConfigTypeError(
                 f"rate_limits[{name!r}] must be a trioflow.RateLimit, got {limit!r}"
             )
-        checked[name] = limit
-    return checked
+        return limit
+
+    return check_named(rate_limits, "rate_limits", "{'api': trioflow.RateLimit(10)}", one)
 
 
 @overload

@@ -27,7 +27,19 @@ from ._errors import (
     GraphBuildTypeError,
     GraphBuildValueError,
 )
-from ._graph import InputRef, NodeKind, NodeSpec, OutputRef, TaskGraph, _project, ref_as_text
+from ._gcpause import promote_young
+from ._graph import (
+    NODE_SPEC_SETTERS,
+    OUTPUT_REF_SETTERS,
+    InputRef,
+    NodeKind,
+    NodeSpec,
+    OutputRef,
+    TaskGraph,
+    _project,
+    make_output_ref,
+    ref_as_text,
+)
 from ._trace import TRACER, called_from_user_code
 
 if TYPE_CHECKING:
@@ -38,31 +50,40 @@ __all__ = ["GraphTracer", "NodeRef", "trace"]
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
-@attrs.define(eq=False, repr=False)
 class NodeRef:
-    """A traced call: `ref.out` or `ref["out"]` is the `OutputRef` of output `out`."""
+    """A traced call: `ref.out` or `ref["out"]` is the `OutputRef` of output `out`.
+
+    The output refs are made with the node and kept in the instance's `__dict__`, so `ref.out`
+    is a plain attribute read (a fan-in reads one per dependency). Names starting with `_`
+    stay out of it, so as not to hide the class's own methods: `ref._x` finds them through
+    `__getattr__`, and `ref["_x"]` always works.
+    """
+
+    __slots__ = ("__dict__", "__weakref__", "id", "outputs")
 
     id: str
     outputs: tuple[str, ...]
-    # Output refs are immutable: one per output, made on first use (a fan-in reads it often).
-    _refs: dict[str, OutputRef] | None = attrs.field(default=None, init=False)
+
+    def __init__(self, id: str, outputs: tuple[str, ...]) -> None:
+        self.id = id
+        self.outputs = outputs
+        refs = self.__dict__
+        for name in outputs:
+            if name[:1] != "_":
+                refs[name] = make_output_ref(id, name)
 
     def __getitem__(self, name: str) -> OutputRef:
-        refs = self._refs
-        if refs is None:
-            refs = self._refs = {}
-        found = refs.get(name)
-        if found is None:
-            if name not in self.outputs:
-                raise GraphBuildError(
-                    f"node {self.id!r} has no output {name!r}",
-                    code="unknown-output",
-                    hints=(f"its outputs are {list(self.outputs)}",),
-                )
-            found = refs[name] = OutputRef(self.id, name)
-        return found
+        if name in self.outputs:
+            found = self.__dict__.get(name)
+            return found if type(found) is OutputRef else make_output_ref(self.id, name)
+        raise GraphBuildError(
+            f"node {self.id!r} has no output {name!r}",
+            code="unknown-output",
+            hints=(f"its outputs are {list(self.outputs)}",),
+        )
 
     def __getattr__(self, name: str) -> OutputRef:
+        # Reached for names that are not attributes: outputs starting with `_`, and mistakes.
         if name.startswith("__") or name in ("id", "outputs"):
             raise AttributeError(name)
         return self[name]
@@ -117,6 +138,14 @@ class NodeRef:
         return format(repr(self), spec)
 
 
+_new = object.__new__
+# `make_node_spec` and `make_output_ref` of _graph, inlined in `GraphTracer._add`.
+(_set_id, _set_tool, _set_args, _set_deps, _set_outputs, _set_kind, _set_map_param, _set_target) = (
+    NODE_SPEC_SETTERS
+)
+_set_node, _set_output, _set_path = OUTPUT_REF_SETTERS
+
+
 def _target_path(obj: Any) -> str:
     fn = getattr(obj, "fn", obj)
     module = getattr(fn, "__module__", None)
@@ -150,6 +179,10 @@ _PROBES: ContextVar[_Probes | None] = ContextVar("trioflow.probes", default=None
 
 _ATOMS = frozenset({str, int, float, bool})
 
+# A trace of at least this many nodes moves its objects to the collector's oldest generation
+# (see `_gcpause.promote_young`): they then outnumber whatever else was young.
+_PROMOTE_NODES = 1000
+
 
 @attrs.define(eq=False)
 class GraphTracer:
@@ -177,6 +210,13 @@ class GraphTracer:
         k = self.counters[name] = self.counters.get(name, 0) + 1
         return f"{name}_{k}"
 
+    def _foreign(self, node_id: str, ref: OutputRef) -> GraphBuildError:
+        return GraphBuildError(
+            f"node {node_id!r}: {ref.describe()} does not belong to graph {self.name!r}",
+            code="foreign-ref",
+            hints=("refs cannot cross graphs; pass the value as a subgraph input",),
+        )
+
     def _prepare(self, value: Any, deps: dict[str, None], node_id: str) -> Any:
         """Validate an argument tree: refs belong to this trace; node refs become outputs.
 
@@ -184,11 +224,7 @@ class GraphTracer:
         kind = type(value)
         if kind is OutputRef:  # the common cases first, by exact type
             if value.node not in self.nodes:
-                raise GraphBuildError(
-                    f"node {node_id!r}: {value.describe()} does not belong to graph {self.name!r}",
-                    code="foreign-ref",
-                    hints=("refs cannot cross graphs; pass the value as a subgraph input",),
-                )
+                raise self._foreign(node_id, value)
             deps[value.node] = None
             return value
         if kind in _ATOMS or value is None or isinstance(value, str | int | float | bool):
@@ -202,14 +238,10 @@ class GraphTracer:
                     if value.outputs
                     else (),
                 )
-            value = OutputRef(value.id, value.outputs[0])
+            value = value[value.outputs[0]]
         if isinstance(value, OutputRef):
             if value.node not in self.nodes:
-                raise GraphBuildError(
-                    f"node {node_id!r}: {value.describe()} does not belong to graph {self.name!r}",
-                    code="foreign-ref",
-                    hints=("refs cannot cross graphs; pass the value as a subgraph input",),
-                )
+                raise self._foreign(node_id, value)
             deps[value.node] = None
             return value
         if isinstance(value, InputRef):
@@ -256,34 +288,80 @@ class GraphTracer:
         name: str,
         node_id: str,
         target: Any,
-        args: Mapping[str, Any],
+        args: dict[str, Any],
         kind: NodeKind | None = None,
         map_param: str | None = None,
     ) -> NodeRef:
+        """Record a node. `args` (the call's own dict) becomes its arguments, each value
+        checked, with lists copied and node refs replaced by their one output."""
         entry = self.known.get(name)
         if entry is None or entry[0] is not target:
             entry = self._register(name, target)
+        nodes = self.nodes
         deps: dict[str, None] = {}
-        prepare = self._prepare
-        prepared = {key: prepare(v, deps, node_id) for key, v in args.items()}
+        # `_prepare` of each argument, inlined for constants, output refs and lists of them
+        # (a fan-in); anything else, and any mistake, takes the general path.
+        for key, value in args.items():
+            vtype = type(value)
+            if vtype is OutputRef:
+                dep = value.node
+                if dep in nodes:
+                    deps[dep] = None
+                    continue
+            elif vtype in _ATOMS or value is None:
+                continue
+            elif vtype is list:
+                for item in value:
+                    itype = type(item)
+                    if itype is OutputRef:
+                        dep = item.node
+                        if dep in nodes:
+                            deps[dep] = None
+                            continue
+                    elif itype in _ATOMS or item is None:
+                        continue
+                    break
+                else:
+                    args[key] = value[:]  # a copy: the caller may change its list later
+                    continue
+            args[key] = self._prepare(value, deps, node_id)
+        # The NodeSpec, then the NodeRef with its output refs (`make_node_spec`, `NodeRef()`
+        # and `make_output_ref`, inlined: a trace makes one of each per node).
+        node = _new(NodeSpec)
+        _set_id(node, node_id)
+        _set_tool(node, name)
+        _set_args(node, args)
+        _set_deps(node, tuple(deps))
         outputs: tuple[str, ...] = target.outputs
-        self.nodes[node_id] = NodeSpec(
-            id=node_id,
-            tool=name,
-            args=prepared,
-            deps=tuple(deps),
-            outputs=outputs,
-            kind=kind or entry[1],
-            map_param=map_param,
-            target=entry[2],
-        )
-        return NodeRef(node_id, outputs)
+        _set_outputs(node, outputs)
+        _set_kind(node, kind or entry[1])
+        _set_map_param(node, map_param)
+        _set_target(node, entry[2])
+        nodes[node_id] = node
+        ref: NodeRef = _new(NodeRef)
+        ref.id = node_id
+        ref.outputs = outputs
+        refs = ref.__dict__
+        for out in outputs:
+            if out[:1] != "_":  # see NodeRef
+                output = _new(OutputRef)
+                _set_node(output, node_id)
+                _set_output(output, out)
+                _set_path(output, ())
+                refs[out] = output
+        return ref
 
     def call(self, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> NodeRef:
-        """A tool call (or a nested graph call: a subgraph node) in the body: record a node."""
-        inputs = target.spec.bind(args, kwargs)
+        """A tool call (or a nested graph call: a subgraph node) in the body: record a node.
+
+        `kwargs` is the call's own `**kwargs` dict: the node keeps it as its arguments."""
+        spec = target.spec
+        if args or not spec.named or kwargs.keys() != spec.params:
+            kwargs = spec.bind(args, kwargs)  # else every input is given by name: as is
         name = target.name
-        return self._add(name, self._new_id(name), target, inputs)
+        counters = self.counters
+        k = counters[name] = counters.get(name, 0) + 1
+        return self._add(name, f"{name}_{k}", target, kwargs)
 
     def map(self, tool: Tool, items: Any, param: str, fixed: Mapping[str, Any]) -> NodeRef:
         """`trioflow.map(tool, items)` in the body: one node that fans out at run time."""
@@ -364,8 +442,10 @@ def trace(
     paused = gc.isenabled()
     if paused:
         gc.disable()
+    made = 0
     try:
         result = fn(**{n: InputRef(n) for n in inputs})
+        made = len(tracer.nodes)
     except GraphBuildError as exc:
         if exc.graph is None:  # the innermost trace locates it
             exc.graph = name
@@ -383,6 +463,8 @@ def trace(
         ) from exc
     finally:
         if paused:
+            if made >= _PROMOTE_NODES:
+                promote_young()  # the graph lives on: skip the young collections' rescans
             gc.enable()
         _PROBES.reset(probes_token)
         TRACER.reset(token)

@@ -13,7 +13,7 @@ import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["gc_paused"]
+__all__ = ["gc_paused", "promote_young"]
 
 
 @contextmanager
@@ -27,3 +27,19 @@ def gc_paused() -> Iterator[None]:
         yield
     finally:
         gc.enable()
+
+
+def promote_young() -> None:
+    """Move every object the cyclic collector tracks to its oldest generation, unscanned.
+
+    For the end of a pause in which a large structure that stays alive was built: once the
+    collector is on again, its next young collection would scan all of that structure, and a
+    later one scan it again, finding no garbage (a tenth of a 10k-node trace). Objects that
+    live on end up in the oldest generation anyway, where full collections scan them as ever;
+    the few other young objects moved along (at most a young collection's worth) are collected
+    by the next full collection instead of a young one. Skipped when the program froze objects
+    itself (`gc.freeze()`, before forking workers): `gc.unfreeze()` would undo that.
+    """
+    if gc.get_freeze_count() == 0:
+        gc.freeze()  # every generation into the permanent one, O(1), no scan
+        gc.unfreeze()  # and from there into the oldest generation

@@ -24,12 +24,16 @@ from ._errors import ConfigError, GraphBuildAttributeError, GraphBuildError
 from ._trace import TRACER, called_from_user_code
 
 __all__ = [
+    "NODE_SPEC_SETTERS",
+    "OUTPUT_REF_SETTERS",
     "InputRef",
     "NodeKind",
     "NodeSpec",
     "OutputRef",
     "TaskGraph",
     "iter_refs",
+    "make_node_spec",
+    "make_output_ref",
     "resolve",
 ]
 
@@ -195,6 +199,26 @@ class OutputRef(_RefOps):
         return f"output {self.output!r} of node {self.node!r}{_show_path(self.path)}"
 
 
+# -- fast constructors for the tracer ----------------------------------------------------------
+# A trace makes a NodeSpec and an OutputRef per node. attrs' frozen `__init__` sets each field
+# through `object.__setattr__` (and checks a ref's path); these set the slots directly, for
+# values the tracer has already checked: the objects are the same as the classes' own.
+
+_new = object.__new__
+# The slots' setters, in field order (the tracer inlines `make_output_ref` and `make_node_spec`).
+OUTPUT_REF_SETTERS = tuple(OutputRef.__dict__[f].__set__ for f in ("node", "output", "path"))
+_set_node, _set_output, _set_path = OUTPUT_REF_SETTERS
+
+
+def make_output_ref(node: str, output: str) -> OutputRef:
+    """`OutputRef(node, output)`, without a path, made cheaply."""
+    ref = _new(OutputRef)
+    _set_node(ref, node)
+    _set_output(ref, output)
+    _set_path(ref, ())
+    return ref
+
+
 def _show_path(path: Path) -> str:
     return "".join(f"[{key!r}]" for key in path)
 
@@ -249,6 +273,38 @@ class NodeSpec:
     kind: NodeKind = "tool"
     map_param: str | None = None
     target: str = ""
+
+
+NODE_SPEC_SETTERS = tuple(
+    NodeSpec.__dict__[f].__set__
+    for f in ("id", "tool", "args", "deps", "outputs", "kind", "map_param", "target")
+)
+(_set_id, _set_tool, _set_args, _set_deps, _set_outputs, _set_kind, _set_map_param, _set_target) = (
+    NODE_SPEC_SETTERS
+)
+
+
+def make_node_spec(
+    id: str,
+    tool: str,
+    args: dict[str, Any],
+    deps: tuple[str, ...],
+    outputs: tuple[str, ...],
+    kind: NodeKind,
+    map_param: str | None,
+    target: str,
+) -> NodeSpec:
+    """`NodeSpec(...)` with every field given, made cheaply (a trace makes one per node)."""
+    node = _new(NodeSpec)
+    _set_id(node, id)
+    _set_tool(node, tool)
+    _set_args(node, args)
+    _set_deps(node, deps)
+    _set_outputs(node, outputs)
+    _set_kind(node, kind)
+    _set_map_param(node, map_param)
+    _set_target(node, target)
+    return node
 
 
 @attrs.frozen

@@ -121,23 +121,32 @@ class InputSpec:
     params: frozenset[str]
     required: frozenset[str]
     simple: bool
+    # Every parameter can be passed by name and none is the context: a call by keywords alone,
+    # with known names and every required one, binds as its own `kwargs` (see `bind`).
+    named: bool
 
     @classmethod
     def of(cls, fn: Callable[..., Any], owner: str) -> InputSpec:
         sig = inspect.signature(fn)
         ctx = next((p.name for p in sig.parameters.values() if _injects_context(p)), None)
         inputs = [p for p in sig.parameters.values() if p.name != ctx]
+        simple = all(p.kind in _SIMPLE_KINDS for p in inputs)
         return cls(
             owner=owner,
             signature=sig.replace(parameters=inputs),
             context_param=ctx,
             params=frozenset(p.name for p in inputs),
             required=frozenset(p.name for p in inputs if p.default is inspect.Parameter.empty),
-            simple=all(p.kind in _SIMPLE_KINDS for p in inputs),
+            simple=simple,
+            named=simple and ctx is None,
         )
 
     def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         """Map a call's arguments to input names; a bad call raises `ConfigTypeError` here."""
+        if not args and self.named:
+            keys = kwargs.keys()
+            if keys <= self.params and self.required <= keys:
+                return kwargs
         if self.context_param is not None and self.context_param in kwargs:
             # Passing context=context explicitly is allowed; the node gets its own context.
             kwargs = {k: v for k, v in kwargs.items() if k != self.context_param}

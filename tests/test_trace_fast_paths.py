@@ -1,0 +1,313 @@
+"""The tracer's fast paths build the same graphs as the general ones, and the content hash
+still sees every change.
+
+Tracing takes shortcuts for the common calls (keywords only, constants, output refs and lists
+of them; NodeRef output refs made with the node; NodeSpecs and OutputRefs made by setting their
+slots) and `content_hash` writes its JSON by hand. These tests pin what those shortcuts must not
+change.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+from typing import Any
+
+import attrs
+import pytest
+from hypothesis import given, strategies as st
+
+import trioflow
+from trioflow import GraphBuildError, NodeSpec, OutputRef, TaskGraph
+from trioflow._gcpause import promote_young
+
+
+@trioflow.tool(outputs=["out"])
+async def work(x: int) -> int:
+    return x * 2
+
+
+@trioflow.tool(outputs=["total"])
+async def total(xs: list[int], scale: int = 1) -> int:
+    return sum(xs) * scale
+
+
+@trioflow.tool(outputs=["id", "outputs", "_hidden", "_not_a_value", "plain"])
+async def odd_names() -> dict[str, int]:
+    return {"id": 1, "outputs": 2, "_hidden": 3, "_not_a_value": 4, "plain": 5}
+
+
+# -- NodeRef ---------------------------------------------------------------------------------------
+
+
+def test_an_output_is_one_ref_by_attribute_and_by_key() -> None:
+    @trioflow.graphify(outputs=["out"])
+    def g() -> Any:
+        ref = work(x=1)
+        assert ref.out is ref["out"]
+        assert type(ref.out) is OutputRef and ref.out == OutputRef("work_1", "out")
+        return ref.out
+
+    g.compile()
+
+
+def test_outputs_named_like_the_ref_s_own_attributes_are_reached_by_key() -> None:
+    @trioflow.graphify(outputs=["out"])
+    def g() -> Any:
+        ref = odd_names()
+        assert ref.id == "odd_names_1" and ref.outputs == odd_names.outputs
+        assert ref["id"] == OutputRef("odd_names_1", "id")
+        assert ref["outputs"] == OutputRef("odd_names_1", "outputs")
+        assert ref._hidden == ref["_hidden"] == OutputRef("odd_names_1", "_hidden")
+        assert ref["_not_a_value"] == OutputRef("odd_names_1", "_not_a_value")
+        with pytest.raises(GraphBuildError) as info:
+            len(ref)  # the method named like an output still works
+        assert info.value.code == "node-ref-not-a-value"
+        with pytest.raises(AttributeError):
+            ref.__nope__  # noqa: B018
+        return ref.plain
+
+    assert g.compile().outputs == {"out": OutputRef("odd_names_1", "plain")}
+
+
+def test_an_unknown_output_is_a_build_error_by_attribute_and_by_key() -> None:
+    @trioflow.graphify(outputs=["out"])
+    def g() -> Any:
+        ref = work(x=1)
+        for get in (lambda: ref.nope, lambda: ref["nope"]):
+            with pytest.raises(GraphBuildError) as info:
+                get()
+            assert info.value.code == "unknown-output"
+        return ref.out
+
+    g.compile()
+
+
+# -- arguments -------------------------------------------------------------------------------------
+
+
+def test_a_list_argument_is_copied_so_later_changes_do_not_reach_the_graph() -> None:
+    @trioflow.graphify(outputs=["a", "b"])
+    def g() -> Any:
+        xs = [work(x=1).out]
+        first = total(xs=xs)
+        xs.append(work(x=2).out)  # the same list, changed after the call
+        return {"a": first.total, "b": total(xs=xs).total}
+
+    graph = g.compile()
+    assert graph.nodes["total_1"].args["xs"] == [OutputRef("work_1", "out")]
+    assert graph.nodes["total_1"].deps == ("work_1",)
+    assert graph.nodes["total_2"].args["xs"] == [
+        OutputRef("work_1", "out"),
+        OutputRef("work_2", "out"),
+    ]
+    assert trioflow.run(g) == {"a": 2, "b": 6}
+
+
+def test_the_general_path_still_checks_what_the_fast_one_skips() -> None:
+    other = work  # a ref of another trace, inside a list, is refused like a bare one
+    outer: list[Any] = []
+
+    @trioflow.graphify(outputs=["out"])
+    def first() -> Any:
+        outer.append(other(x=1).out)
+        return outer[0]
+
+    first.compile()
+
+    @trioflow.graphify(outputs=["out"])
+    def second() -> Any:
+        return total(xs=[1, outer[0]]).total
+
+    with pytest.raises(GraphBuildError) as info:
+        second.compile()
+    assert info.value.code == "foreign-ref"
+
+
+def test_a_node_ref_in_a_list_becomes_its_one_output() -> None:
+    @trioflow.graphify(outputs=["out"])
+    def g() -> Any:
+        return total(xs=[work(x=1), 2, None], scale=3).total
+
+    graph = g.compile()
+    assert graph.nodes["total_1"].args == {"xs": [OutputRef("work_1", "out"), 2, None], "scale": 3}
+    assert graph.nodes["total_1"].deps == ("work_1",)
+
+
+def test_positional_and_partial_calls_bind_like_keyword_calls() -> None:
+    @trioflow.graphify(outputs=["a", "b", "c"])
+    def g() -> Any:
+        return {
+            "a": total([1, 2]).total,  # positional
+            "b": total(xs=[1, 2]).total,  # an optional input left out
+            "c": total(scale=2, xs=[1, 2]).total,  # every input, in another order
+        }
+
+    graph = g.compile()
+    assert [n.args for n in graph.nodes.values()] == [
+        {"xs": [1, 2]},
+        {"xs": [1, 2]},
+        {"scale": 2, "xs": [1, 2]},
+    ]
+    assert trioflow.run(g) == {"a": 3, "b": 3, "c": 6}
+
+
+def test_fast_made_specs_and_refs_equal_the_classes_own() -> None:
+    @trioflow.graphify(outputs=["out"])
+    def g() -> Any:
+        return total(xs=[work(x=1).out]).total
+
+    graph = g.compile()
+    for node in graph.nodes.values():
+        again = NodeSpec(**attrs.asdict(node, recurse=False))
+        assert again == node and repr(again) == repr(node) and hash(again.deps) == hash(node.deps)
+        with pytest.raises(attrs.exceptions.FrozenInstanceError):
+            node.id = "x"  # type: ignore[misc]
+    ref = graph.nodes["total_1"].args["xs"][0]
+    assert ref == OutputRef("work_1", "out") and hash(ref) == hash(OutputRef("work_1", "out"))
+    assert TaskGraph.from_dict(graph.to_dict()) == graph
+
+
+# -- the collector ---------------------------------------------------------------------------------
+
+
+def test_a_big_trace_leaves_the_collector_on_and_its_graph_old() -> None:
+    @trioflow.graphify(outputs=["out"])
+    def g() -> Any:
+        return total(xs=[work(x=i).out for i in range(1500)]).total
+
+    assert gc.isenabled()
+    gc.collect()
+    graph = g.compile()
+    assert gc.isenabled()
+    # Moved straight to the oldest generation, not scanned by a young collection on the way.
+    old = {id(o) for o in gc.get_objects(generation=2)}
+    assert all(id(node) in old for node in graph.nodes.values())
+
+
+def test_a_trace_leaves_a_disabled_collector_off() -> None:
+    gc.disable()
+    try:
+        trioflow.graphify(outputs=["out"])(lambda: work(x=1).out).compile()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_promoting_keeps_the_objects_a_program_froze() -> None:
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        assert frozen > 0
+        promote_young()  # would unfreeze them: it does nothing instead
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
+
+
+# -- content_hash ----------------------------------------------------------------------------------
+
+
+def slow_hash(graph: TaskGraph) -> str:
+    canonical = json.dumps(graph.to_dict(), sort_keys=True, separators=(",", ":"), default=repr)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+_ids = st.text(alphabet='ab_1é"\\$!', min_size=1, max_size=4)
+_atoms = st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=3))
+
+
+@st.composite
+def graphs(draw: st.DrawFn) -> TaskGraph:
+    """Nodes with odd ids (prefixes of each other, escapes, non-ASCII), refs shared between
+    nodes as one object or as equal copies, lists of refs and constants, several arguments."""
+    ids = draw(st.lists(_ids, min_size=1, max_size=6, unique=True))
+    refs = [OutputRef(i, "out") for i in ids]
+    nodes = {}
+    for k, node_id in enumerate(ids):
+        earlier = refs[:k]
+        value = st.one_of(
+            _atoms,
+            st.sampled_from(earlier) if earlier else _atoms,
+            st.builds(OutputRef, st.sampled_from(ids), st.sampled_from(["out", "b"])),
+            st.lists(st.one_of(_atoms, st.sampled_from(earlier)) if earlier else _atoms),
+        )
+        args = draw(st.dictionaries(st.sampled_from(["x", "y", "$z", "a"]), value, max_size=3))
+        deps = tuple(dict.fromkeys(r.node for r in trioflow._graph.iter_refs(args)))
+        nodes[node_id] = NodeSpec(
+            id=draw(st.sampled_from([node_id, node_id, "other"])),
+            tool=draw(st.sampled_from(["t", "u"])),
+            args=args,
+            deps=deps,
+            outputs=draw(st.sampled_from([("out",), ("out", "b")])),
+            kind=draw(st.sampled_from(["tool", "map"])),
+            map_param=draw(st.sampled_from([None, "x"])),
+            target=draw(st.sampled_from(["", "m:t"])),
+        )
+    return TaskGraph(name="g", inputs=("vals",), nodes=nodes, outputs={"r": refs[-1]}, defaults={})
+
+
+@given(graphs())
+def test_the_content_hash_is_the_sha256_of_the_sorted_json(graph: TaskGraph) -> None:
+    assert graph.content_hash == slow_hash(graph)
+
+
+def test_a_graph_without_nodes_has_a_hash_too() -> None:
+    graph = TaskGraph(name="g", inputs=("x",), nodes={}, outputs={"x": trioflow.InputRef("x")})
+    assert graph.content_hash == slow_hash(graph)
+
+
+def _base() -> TaskGraph:
+    @trioflow.graphify(outputs=["out"])
+    def g(vals: list[int]) -> Any:
+        parts = [work(x=vals[i]) for i in range(2)]
+        return total(xs=[p.out for p in parts], scale=2).total
+
+    return g.compile()
+
+
+def _changed(graph: TaskGraph, node_id: str, **changes: Any) -> TaskGraph:
+    nodes = dict(graph.nodes)
+    nodes[node_id] = attrs.evolve(nodes[node_id], **changes)
+    return attrs.evolve(graph, nodes=nodes)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda g: _changed(g, "total_1", tool="sum"),
+        lambda g: _changed(g, "total_1", target="elsewhere:total"),
+        lambda g: _changed(g, "total_1", kind="map", map_param="xs"),
+        lambda g: _changed(g, "total_1", outputs=("total", "more")),
+        lambda g: _changed(g, "total_1", deps=("work_1",)),
+        lambda g: _changed(g, "total_1", args={**g.nodes["total_1"].args, "scale": 3}),
+        lambda g: _changed(g, "total_1", args={**g.nodes["total_1"].args, "scale": "2"}),
+        lambda g: _changed(g, "total_1", args={**g.nodes["total_1"].args, "scale": 2.0}),
+        lambda g: _changed(
+            g, "total_1", args={"xs": [OutputRef("work_2", "out"), OutputRef("work_1", "out")]}
+        ),
+        lambda g: _changed(
+            g, "total_1", args={"xs": (OutputRef("work_1", "out"), OutputRef("work_2", "out"))}
+        ),
+        lambda g: _changed(g, "work_1", args={"x": trioflow.InputRef("vals", (1,))}),
+        lambda g: _changed(g, "work_1", id="work_9"),
+        lambda g: attrs.evolve(g, inputs=("vals", "more")),
+        lambda g: attrs.evolve(g, name="other"),
+        lambda g: attrs.evolve(g, outputs={"out": OutputRef("total_1", "total", (0,))}),
+        lambda g: attrs.evolve(g, defaults={"vals": [1]}),
+    ],
+)
+def test_any_change_changes_the_content_hash(change: Any) -> None:
+    graph = _base()
+    assert graph.content_hash == _base().content_hash  # the same graph, traced again
+    changed = change(graph)
+    assert json.dumps(changed.to_dict()) != json.dumps(graph.to_dict())  # (2 == 2.0, though)
+    assert changed.content_hash != graph.content_hash
+    assert changed.content_hash == slow_hash(changed)
+
+
+def test_the_order_of_the_nodes_dict_is_not_content() -> None:
+    graph = _base()  # the JSON's keys are sorted, as they always were
+    reordered = attrs.evolve(graph, nodes=dict(reversed(list(graph.nodes.items()))))
+    assert reordered.content_hash == graph.content_hash

@@ -609,3 +609,48 @@ async def test_stored_outputs_that_cannot_be_read_are_a_store_error(
             assert calls == Counter()
             # The failed resume covered no committed row (a CANCELLED one, say): still there.
             assert set(trioflow.SQLiteStore(path).load("r").states().values()) == {NodeState.DONE}
+
+
+@trioflow.graph_fn(name="cubed", outputs=["ys"])
+async def cubed(xs: list[int]) -> list[int]:
+    return [r["out"] for r in await trioflow.map(cube, xs)]
+
+
+@trioflow.graphify(name="inner", outputs=["total"])
+def inner(xs: Any) -> Any:
+    return tabulate(xs=[cube(i=xs[i]).out for i in range(3)]).total
+
+
+@trioflow.tool(outputs=["out"])
+async def finish(a: int, b: list[int]) -> int:
+    calls["finish"] += 1
+    if "finish" in broken:
+        raise RuntimeError("finish broke")
+    return a + sum(b)
+
+
+@trioflow.graphify(name="outer", outputs=["out"])
+def outer(vals: Any) -> Any:
+    d = cubed(xs=vals)
+    m = trioflow.map(cube, vals)
+    return finish(a=inner(xs=d.ys).total, b=m.out).out
+
+
+async def test_resume_reuses_nested_graphs_and_map_items_from_every_store(
+    any_store: trioflow.RunStore,
+) -> None:
+    broken.add("finish")
+    with trio.fail_after(60):
+        with pytest.raises(trioflow.NodeFailed):
+            await trioflow.run_async(outer, {"vals": [1, 2, 3]}, store=any_store, run_id="r")
+        first = Counter(calls)
+        broken.clear()
+        result = await trioflow.run_async(
+            outer, {"vals": [1, 2, 3]}, store=any_store, run_id="r", resume=True, record=True
+        )
+    assert result.outputs == {"out": (1 + 8**3 + 27**3) + (1 + 8 + 27)}
+    assert calls - first == Counter({"finish": 1})  # only the node that failed ran again
+    nodes = result.record.nodes
+    assert {"cubed_1.cube_1", "inner_1.cube_3", "map_1.cube_2"} <= set(nodes)
+    assert all(rec.attempts == 0 for node, rec in nodes.items() if "." in node)  # inner nodes
+    assert any_store.load("r").states() == result.record.states()

@@ -654,3 +654,39 @@ async def test_resume_reuses_nested_graphs_and_map_items_from_every_store(
     assert {"cubed_1.cube_1", "inner_1.cube_3", "map_1.cube_2"} <= set(nodes)
     assert all(rec.attempts == 0 for node, rec in nodes.items() if "." in node)  # inner nodes
     assert any_store.load("r").states() == result.record.states()
+
+
+@trioflow.tool(outputs=["total"])
+async def add_up(xs: list[int]) -> int:
+    calls["add_up"] += 1
+    return sum(xs)
+
+
+@trioflow.graphify(outputs=["total"])
+def cube_total(n: int) -> Any:
+    return add_up(xs=[cube(i=i).out for i in range(n)]).total
+
+
+@pytest.mark.parametrize("why", ["too big to join", "no JSON functions"])
+async def test_a_stored_run_sqlite_cannot_join_is_read_row_by_row(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, why: str
+) -> None:
+    import sqlite3
+
+    import trioflow._sqlite
+
+    store = trioflow.SQLiteStore(tmp_path / "runs.db")
+    with trio.fail_after(60):
+        await trioflow.run_async(cube_total, {"n": 40}, store=store, run_id="r")
+        if why == "too big to join":  # 40 outputs joined are longer than this; each is not
+            assert store._writer is not None
+            store._writer.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 200)
+        else:
+            query = trioflow._sqlite._RESUME.replace("json_group_array", "no_such_function")
+            monkeypatch.setattr("trioflow._sqlite._RESUME", query)
+        calls.clear()
+        result = await trioflow.run_async(
+            cube_total, {"n": 40}, store=store, run_id="r", resume=True, record=True
+        )
+    assert result.outputs == {"total": sum(i**3 for i in range(40))} and calls == Counter()
+    assert all(rec.attempts == 0 for rec in result.record.nodes.values())

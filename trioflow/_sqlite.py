@@ -331,9 +331,19 @@ class SQLiteStore:
         """What a resume of the run of `row` needs (in the caller's transaction)."""
         run_id = row[0]
         if self._serializer.name == "json" and _JSON_AGGREGATES:
-            last, ids, tools, outputs, nontext, keyed = conn.execute(_RESUME, (run_id,)).fetchone()
+            try:
+                last, ids, tools, outputs, nontext, keyed = conn.execute(
+                    _RESUME, (run_id,)
+                ).fetchone()
+                digests = "{}"
+                if keyed and not nontext:
+                    digests = conn.execute(_DIGESTS, (run_id,)).fetchone()[0]
+            except (sqlite3.OperationalError, sqlite3.DataError):
+                # A library built without JSON functions, or outputs too big to join into one
+                # string (SQLite's length limit): read the rows one by one instead (and if the
+                # file is what failed, that read fails too, and says so).
+                nontext = True
             if not nontext:
-                digests = conn.execute(_DIGESTS, (run_id,)).fetchone()[0] if keyed else "{}"
                 return StoredRun(
                     row=row,
                     next_seq=0 if last is None else last + 1,

@@ -690,3 +690,30 @@ async def test_a_stored_run_sqlite_cannot_join_is_read_row_by_row(
         )
     assert result.outputs == {"total": sum(i**3 for i in range(40))} and calls == Counter()
     assert all(rec.attempts == 0 for rec in result.record.nodes.values())
+
+
+@trioflow.tool(outputs=["n"])
+async def ticket(queue: str) -> int:
+    calls[f"ticket:{queue}"] += 1
+    return calls[f"ticket:{queue}"]  # another value each time: replay must keep the order
+
+
+async def test_replay_returns_equal_calls_outputs_in_the_order_they_ran_from_every_store(
+    any_store: trioflow.RunStore,
+) -> None:
+    @trioflow.graph_fn(name="tickets", outputs=["got"])
+    async def tickets() -> list[int]:
+        return [(await ticket(queue="a"))["n"] for _ in range(12)]  # ids ticket_1..ticket_12
+
+    @trioflow.graph_fn(name="tickets", outputs=["got"])
+    async def edited() -> list[int]:
+        first = await ticket(queue="b")  # a new call first: every id shifts by one
+        return [first["n"]] + [(await ticket(queue="a"))["n"] for _ in range(13)]
+
+    with trio.fail_after(60):
+        assert await trioflow.run_async(tickets, store=any_store, run_id="r") == {
+            "got": list(range(1, 13))
+        }
+        again = await trioflow.run_async(edited, store=any_store, run_id="r", resume=True)
+    assert again == {"got": [1, *range(1, 14)]}  # the 12 stored in their order, then a new one
+    assert calls == Counter({"ticket:a": 13, "ticket:b": 1})

@@ -74,24 +74,26 @@ _NODES_OF = f"SELECT {NODE_COLUMNS} FROM nodes WHERE run_id = ? ORDER BY seq"
 # their outputs as one JSON array text (each stored output is JSON text), so that 100k nodes cost
 # a few strings to parse, not 100k row tuples. `nontext` counts outputs that are not text
 # (pickled bytes, which this cannot join): the rows are read one by one then. Argument digests
-# (graph_fn calls, cached tools; a static graph's nodes have none) are read only if there are.
-_DONE = "state = 'DONE' AND outputs IS NOT NULL"
+# (graph_fn calls, cached tools; a static graph's nodes have none) are read only if there are,
+# in the order the calls ran.
+_REUSABLE = "state = 'DONE' AND outputs IS NOT NULL"
 _RESUME = f"""
 SELECT max(seq), json_group_array(node_id) FILTER (WHERE done),
     json_group_array(tool) FILTER (WHERE done),
     '[' || coalesce(group_concat(outputs, ',') FILTER (WHERE done), '') || ']',
     count(*) FILTER (WHERE done AND typeof(outputs) != 'text'),
     count(args_digest) FILTER (WHERE done)
-FROM (SELECT seq, node_id, tool, args_digest, outputs, {_DONE} AS done FROM nodes WHERE run_id = ?)
-"""
-_DIGESTS = f"""
-SELECT json_group_object(node_id, args_digest) FROM (
-    SELECT node_id, args_digest FROM nodes
-    WHERE run_id = ? AND {_DONE} AND args_digest IS NOT NULL ORDER BY seq
+FROM (
+    SELECT seq, node_id, tool, args_digest, outputs, {_REUSABLE} AS done
+    FROM nodes WHERE run_id = ?
 )
 """
+_DIGESTS = (
+    "SELECT node_id, args_digest FROM nodes "
+    f"WHERE run_id = ? AND {_REUSABLE} AND args_digest IS NOT NULL ORDER BY seq"
+)
 _RESUME_ROWS = (
-    f"SELECT seq, node_id, tool, args_digest, outputs FROM nodes WHERE run_id = ? AND {_DONE}"
+    f"SELECT seq, node_id, tool, args_digest, outputs FROM nodes WHERE run_id = ? AND {_REUSABLE}"
 )
 _MAX_SEQ = "SELECT max(seq) FROM nodes WHERE run_id = ?"
 _RUN = f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?"
@@ -335,9 +337,9 @@ class SQLiteStore:
                 last, ids, tools, outputs, nontext, keyed = conn.execute(
                     _RESUME, (run_id,)
                 ).fetchone()
-                digests = "{}"
+                digests = {}
                 if keyed and not nontext:
-                    digests = conn.execute(_DIGESTS, (run_id,)).fetchone()[0]
+                    digests = dict(conn.execute(_DIGESTS, (run_id,)).fetchall())
             except (sqlite3.OperationalError, sqlite3.DataError):
                 # A library built without JSON functions, or outputs too big to join into one
                 # string (SQLite's length limit): read the rows one by one instead (and if the
@@ -349,7 +351,7 @@ class SQLiteStore:
                     next_seq=0 if last is None else last + 1,
                     ids=json.loads(ids),
                     tools=json.loads(tools),
-                    digests=json.loads(digests),
+                    digests=digests,
                     outputs=outputs,
                 )
         last = conn.execute(_MAX_SEQ, (run_id,)).fetchone()[0]

@@ -23,7 +23,7 @@ from trio.testing import MockClock
 if TYPE_CHECKING:
     from ._slots import Slot
 
-__all__ = ["YIELD_EVERY", "Pacer"]
+__all__ = ["YIELD_EVERY", "Pacer", "interval"]
 
 YIELD_EVERY = 0.001
 """Seconds of running after which a scheduler loop yields to other tasks."""
@@ -39,6 +39,13 @@ def _virtual_time() -> bool:
         return False
 
 
+def interval() -> float:
+    """Seconds of running after which a loop of this run yields: `YIELD_EVERY`, or 0 in
+    virtual time (a MockClock: tests), so that the order of tasks never depends on how fast
+    the machine happens to be. (A loop too hot for `Pacer.tick`'s call inlines it with this.)"""
+    return 0.0 if _virtual_time() else YIELD_EVERY
+
+
 class Pacer:
     """Per-loop state for `tick()`."""
 
@@ -46,9 +53,7 @@ class Pacer:
 
     def __init__(self) -> None:
         self.last = perf_counter()
-        # In virtual time (a MockClock: tests) a loop yields after every node, so that the
-        # order of tasks never depends on how fast the machine happens to be.
-        self.every = 0.0 if _virtual_time() else YIELD_EVERY
+        self.every = interval()
 
     async def tick(self, slot: Slot | None = None) -> bool:
         """Call after each node: raises `Cancelled` if cancelled; yields every ~1 ms.

@@ -236,12 +236,7 @@ class Durable:
             return
         plan = plan_run.plan
         ledger = plan_run.run.ledger
-        base, node_ids, results, indegree = (
-            plan_run.base,
-            plan_run.node_ids,
-            plan_run.results,
-            plan_run.indegree,
-        )
+        base, node_ids, indegree = plan_run.base, plan_run.node_ids, plan_run.indegree
         chosen, picked, filled = self._reusable(plan, node_ids)
         if not chosen:
             return
@@ -251,21 +246,23 @@ class Durable:
         if ledger.listener is self:
             ledger.reuse_many([base + i for i in chosen] if base else chosen)
             for i, k in zip(chosen, picked, strict=True):
-                results[i] = stored[k]
+                plan_run.store(i, stored[k])
         else:
             notes = self._notes
             for i, k in zip(chosen, picked, strict=True):
                 notes[node_ids[i]] = _Note(skip=True)
                 ledger.start(base + i)
                 ledger.reuse(base + i, stored[k], False)
-                results[i] = stored[k]
+                plan_run.store(i, stored[k])
         indegree[:] = map(operator.sub, indegree, filled)
         plan_run.remaining -= len(chosen)
-        plan_run.ready = collections.deque(
-            ()
-            if len(chosen) == len(node_ids)  # all reused: nothing is left to run
-            else (i for i, d in enumerate(indegree) if d == 0 and results[i] is None)
-        )
+        if len(chosen) == len(node_ids):  # all reused: nothing is left to run
+            plan_run.ready = collections.deque()
+        else:
+            reused = set(chosen)
+            plan_run.ready = collections.deque(
+                i for i, d in enumerate(indegree) if d == 0 and i not in reused
+            )
 
     def _reusable(
         self, plan: Any, node_ids: list[str]

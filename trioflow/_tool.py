@@ -121,8 +121,8 @@ class InputSpec:
     params: frozenset[str]
     required: frozenset[str]
     simple: bool
-    # Every parameter can be passed by name and none is the context: a call by keywords alone,
-    # with known names and every required one, binds as its own `kwargs` (see `bind`).
+    # Every parameter can be passed by name and none is the context: a call by keywords alone
+    # that names every input binds as its own `kwargs` (the tracer checks this inline).
     named: bool
 
     @classmethod
@@ -143,10 +143,6 @@ class InputSpec:
 
     def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         """Map a call's arguments to input names; a bad call raises `ConfigTypeError` here."""
-        if not args and self.named:
-            keys = kwargs.keys()
-            if keys <= self.params and self.required <= keys:
-                return kwargs
         if self.context_param is not None and self.context_param in kwargs:
             # Passing context=context explicitly is allowed; the node gets its own context.
             kwargs = {k: v for k, v in kwargs.items() if k != self.context_param}

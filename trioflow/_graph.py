@@ -589,16 +589,26 @@ def _canonical_json(graph: TaskGraph) -> str:
             return f'{{"$input":{_str(value.name)},"path":[{path}]}}'
         return _dumps(_encode(value))
 
+    def head_json(name: str) -> str:
+        text = heads[name] = _str(name) + ":"
+        return text
+
     for node_id, node in graph.nodes.items():
         args = node.args
-        parts = []
-        for name in sorted(args) if len(args) > 1 else args:
-            head = heads.get(name)
-            if head is None:
-                head = heads[name] = _str(name) + ":"
-            parts.append(head + value_json(args[name]))
+        if len(args) == 1:
+            [(name, value)] = args.items()
+            text = (heads.get(name) or head_json(name)) + value_json(value)
+        else:
+            text = ",".join(
+                [(heads.get(k) or head_json(k)) + value_json(args[k]) for k in sorted(args)]
+            )
         deps = node.deps
-        deps_text = _str(deps[0]) if len(deps) == 1 else ",".join(map(_str, deps))
+        if not deps:
+            deps_text = ""
+        elif len(deps) == 1:
+            deps_text = _str(deps[0])
+        else:
+            deps_text = ",".join(map(_str, deps))
         shape = (node.kind, node.map_param, node.outputs, node.target, node.tool)
         tail = tails.get(shape)
         if tail is None:
@@ -610,9 +620,7 @@ def _canonical_json(graph: TaskGraph) -> str:
             )
         key = _str(node_id)
         ident = key if node.id == node_id else _str(node.id)
-        pieces.append(
-            f'{key}:{{"args":{{{",".join(parts)}}},"deps":[{deps_text}],"id":{ident},{tail}'
-        )
+        pieces.append(f'{key}:{{"args":{{{text}}},"deps":[{deps_text}],"id":{ident},{tail}')
     ids = list(graph.nodes)
     texts = [pieces[i] for i in sorted(range(len(ids)), key=ids.__getitem__)]
     head = f'"defaults":{_dumps(_unstructure_tree(graph.defaults))},' if graph.defaults else ""

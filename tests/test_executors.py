@@ -337,3 +337,14 @@ async def test_a_thread_executor_holds_to_max_threads() -> None:
             for _ in range(6):
                 nursery.start_soon(ex.run, enter)
     assert running[1] == 2
+
+
+async def test_a_process_call_cancelled_before_it_starts_leaves_the_worker_alone() -> None:
+    with trio.fail_after(60):
+        async with trioflow.ProcessExecutor(max_workers=1) as ex:
+            before = await ex.run(my_pid)
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await ex.run(my_pid)
+            assert scope.cancelled_caught
+            assert await ex.run(my_pid) == before  # not killed and replaced

@@ -113,7 +113,7 @@ class QuickLimiter:
     on a path that suspends anyway a moment later. Both document that any object with the
     `CapacityLimiter` methods they call will do; this one takes a free token at once, waits
     like a `CapacityLimiter` only when none is free, and with `total=inf` holds no tokens at
-    all. Cancellation is unchanged: both check for it before taking a token.
+    all. Cancellation is unchanged: a cancelled call raises before it takes a token.
     """
 
     __slots__ = ("_limiter",)
@@ -127,6 +127,9 @@ class QuickLimiter:
         return cast("trio.CapacityLimiter", self)
 
     async def acquire_on_behalf_of(self, borrower: object) -> None:
+        # A cancelled call stops here, as at a CapacityLimiter: trio-parallel would otherwise
+        # meet the cancellation while sending the job, and kill the worker to be safe.
+        await trio.lowlevel.checkpoint_if_cancelled()
         limiter = self._limiter
         if limiter is None:
             return

@@ -474,3 +474,39 @@ async def test_static_nodes_retry_and_time_out(autojump_clock: trio.testing.Mock
     assert attempts == [1, 2, 3]
     assert trio.current_time() == 2 + 1 + 2 + 1
     assert result.record.nodes["flaky_1"].attempts == 3
+
+
+def test_every_argument_shape_reads_the_right_slot() -> None:
+    """Plain outputs of multi-output nodes, fan-ins mixing them, projections, constants (a
+    mutable one is fresh in every run), an empty list, a tool returning a dict for its one
+    output: each argument reads the value it names, in every run of the one lowered plan."""
+    seen: list[list[int]] = []
+
+    @trioflow.tool(outputs=["lo", "hi"])
+    async def split(n: int) -> dict[str, int]:
+        return {"lo": n - 1, "hi": n + 1}
+
+    @trioflow.tool(outputs=["d"])
+    async def as_dict(k: str) -> dict[str, dict[str, int]]:
+        return {"d": {k: 1}}  # a dict value for the one output goes through the outputs rule
+
+    @trioflow.tool(outputs=["out"])
+    async def combine(a: int, xs: list[int], acc: list[int], none: list[int], tag: str) -> int:
+        acc.append(a)  # mutates its constant argument: the next run must not see this
+        seen.append(list(acc))
+        return a * 1000 + sum(xs) + len(none) + len(tag)
+
+    @trioflow.graphify(name="shapes", outputs=["out", "d", "hi"])
+    def shapes(n):  # type: ignore[no-untyped-def]
+        s1, s2 = split(n=n), split(n=10)
+        d = as_dict(k="x")
+        c = combine(a=s1.hi, xs=[s2.lo, s1.lo, s2.hi, d.d["x"]], acc=[7], none=[], tag="ab")
+        return {"out": c.out, "d": d.d, "hi": s2.hi}
+
+    for n in (3, 5):
+        assert trioflow.run(shapes, inputs={"n": n}) == {
+            "out": (n + 1) * 1000 + 9 + (n - 1) + 11 + 1 + 0 + 2,
+            "d": {"x": 1},
+            "hi": 11,
+        }
+    assert seen == [[7, 4], [7, 6]]

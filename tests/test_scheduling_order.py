@@ -160,3 +160,65 @@ async def test_an_undefined_executor_in_a_graph_fn_fails_before_its_node_takes_a
     with pytest.raises(trioflow.ConfigError, match="executor 'nowhere'") as info:
         await trioflow.run_async(g, max_concurrency=math.inf)
     assert not isinstance(info.value, BaseExceptionGroup)
+
+
+@trioflow.tool(outputs=["out"])
+async def hold(seconds: float, after: list[int]) -> int:
+    await trio.sleep(seconds)
+    return len(after)
+
+
+def simulate(deps: list[list[int]], seconds: list[float], cap: int) -> list[float]:
+    """Start times under the documented rule: whenever capacity is free, the ready node with
+    the lowest index (insertion order) starts."""
+    n = len(deps)
+    left = [len(d) for d in deps]
+    dependents: list[list[int]] = [[] for _ in deps]
+    for i, ds in enumerate(deps):
+        for d in ds:
+            dependents[d].append(i)
+    ready = sorted(i for i in range(n) if not left[i])
+    running: list[tuple[float, int]] = []
+    start = [math.nan] * n
+    now = 0.0
+    while ready or running:
+        while ready and len(running) < cap:
+            i = ready.pop(0)
+            start[i] = now
+            running.append((now + seconds[i], i))
+        running.sort()
+        now, i = running.pop(0)
+        for d in dependents[i]:
+            left[d] -= 1
+            if not left[d]:
+                ready.append(d)
+        ready.sort()
+    return start
+
+
+@pytest.mark.parametrize("seed", range(12))
+async def test_ready_nodes_start_lowest_index_first_under_cap(
+    seed: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Random DAGs whose nodes finish one at a time (distinct powers of two as durations make
+    every finish time distinct): each node starts exactly when the lowest-index-first rule says,
+    including nodes that become ready below ones already waiting (the scheduler's heap) and
+    above them (its sorted FIFO)."""
+    rng = random.Random(seed)
+    n = rng.randint(5, 24)
+    deps = [sorted(rng.sample(range(i), rng.randint(0, min(i, 3)))) for i in range(n)]
+    seconds = [float(2**k) for k in rng.sample(range(n), n)]
+    cap = rng.randint(1, 4)
+
+    @trioflow.graphify(name="dag", outputs=["out"])
+    def dag():  # type: ignore[no-untyped-def]
+        refs: list[trioflow.NodeRef] = []
+        for i in range(n):
+            refs.append(hold(seconds=seconds[i], after=[refs[d].out for d in deps[i]]))
+        return [r.out for r in refs]
+
+    with trio.fail_after(2**n * n + 10):
+        result = await trioflow.run_async(dag, max_concurrency=cap, record=True)
+    t0 = result.record.started_at
+    got = [rec.started_at - t0 for rec in result.record.nodes.values()]  # type: ignore[operator]
+    assert got == simulate(deps, seconds, cap)

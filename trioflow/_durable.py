@@ -228,12 +228,7 @@ class Durable:
         plan = plan_run.plan
         ledger = plan_run.run.ledger
         kinds, targets, dependents = plan.kinds, plan.targets, plan.dependents
-        base, node_ids, results, indegree = (
-            plan_run.base,
-            plan_run.node_ids,
-            plan_run.results,
-            plan_run.indegree,
-        )
+        base, node_ids, indegree = plan_run.base, plan_run.node_ids, plan_run.indegree
         wanted = plan.indegree
         filled = [0] * len(node_ids)  # reused dependencies per node
         used = self._used
@@ -267,15 +262,16 @@ class Durable:
                     notes[node_ids[i]] = _Note(raw=raw, skip=True)
                 ledger.start(base + i)
                 ledger.reuse(base + i, outputs, False)
-                results[i] = outputs
+                plan_run.store(i, outputs)
                 for d in dependents[i]:
                     indegree[d] -= 1
         finally:
             if quiet:
                 ledger.listener = self
         plan_run.remaining -= len(chosen)
+        reused = set(chosen)
         plan_run.ready = collections.deque(
-            i for i, d in enumerate(indegree) if d == 0 and results[i] is None
+            i for i, d in enumerate(indegree) if d == 0 and i not in reused
         )
 
     def _cached(self, tool: str, version: str, key: str) -> tuple[Blob, float] | None:

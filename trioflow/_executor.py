@@ -248,15 +248,14 @@ class ExecutorTable:
             return True
         return False
 
-    def check_constants(
-        self, node_ids: Sequence[str], targets: Sequence[Any], consts: Sequence[Mapping[str, Any]]
-    ) -> None:
+    def check_constants(self, node_ids: Sequence[str], targets: Sequence[Any], plan: Any) -> None:
         """Before any node of a static graph starts: the functions, context parameters and
         constant arguments of the nodes whose executor ships (constants inside a structure
-        that also holds refs included; the refs themselves pickle as plain data)."""
-        for node_id, target, const in zip(node_ids, targets, consts, strict=True):
+        that also holds refs included; the refs themselves pickle as plain data). `plan` is
+        the scheduler's `Plan` (its `shipped_args(i)`)."""
+        for j, target in enumerate(targets):
             if isinstance(target, Tool) and self.ships(target.executor_key):
-                check_shippable(node_id, target.fn, const, target.context_param)
+                check_shippable(node_ids[j], target.fn, plan.shipped_args(j), target.context_param)
 
     def keeps_outputs(self, key: str) -> bool:
         """Whether `key`'s executor can leave outputs where they were made (`run_outputs`)."""
@@ -280,12 +279,12 @@ class ExecutorTable:
         needed: set[tuple[int, str]] = {
             (index[r.node], r.output) for r in _refs(plan.graph.outputs)
         }
-        for j, (_, direct, gathers, trees) in enumerate(plan.args):
-            if not keeps[j]:
-                needed.update((dep, out) for _, dep, out in direct)
-                needed.update(pair for _, pairs in gathers for pair in pairs)
-            for _, tree in trees:
-                needed.update((index[r.node], r.output) for r in _refs(tree))
+        for j, node in enumerate(plan.graph.nodes.values()):
+            for value in node.args.values():
+                whole = value if isinstance(value, list) else [value]
+                if keeps[j] and all(type(r) is OutputRef and not r.path for r in whole):
+                    continue  # read whole by a node that keeps it: may stay remote
+                needed.update((index[r.node], r.output) for r in _refs(value))
         found: dict[int, frozenset[str]] = {}
         for i, target in enumerate(targets):
             if keeps[i]:

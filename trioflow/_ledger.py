@@ -141,8 +141,9 @@ class Ledger:
         """The node begins attempt number `attempt` (2, 3, ...)."""
         self.attempts[idx] = attempt
 
-    def done(self, idx: int, outputs: Mapping[str, Any]) -> float:
-        """RUNNING → DONE; returns the clock reading it recorded."""
+    def done(self, idx: int, outputs: Mapping[str, Any] | None) -> float:
+        """RUNNING → DONE; returns the clock reading it recorded. (`outputs` may be None only
+        while nobody listens: the scheduler then does not build the dict.)"""
         self.states[idx] = _DONE
         self.finished[idx] = at = self.now()
         if self.listener is not None:

@@ -14,16 +14,16 @@ node instead: how fast the machine runs must not change the order of tasks in a 
 
 from __future__ import annotations
 
+import sys
 from time import perf_counter
 from typing import TYPE_CHECKING
 
 import trio
-from trio.testing import MockClock
 
 if TYPE_CHECKING:
     from ._slots import Slot
 
-__all__ = ["YIELD_EVERY", "Pacer"]
+__all__ = ["YIELD_EVERY", "Pacer", "interval"]
 
 YIELD_EVERY = 0.001
 """Seconds of running after which a scheduler loop yields to other tasks."""
@@ -33,10 +33,22 @@ _checkpoint_if_cancelled = trio.lowlevel.checkpoint_if_cancelled
 
 
 def _virtual_time() -> bool:
+    # A MockClock exists only once `trio.testing` is imported; importing it here would cost
+    # every program (the CLI too) the ~0.1 s of importing pytest, which trio.testing pulls in.
+    testing = sys.modules.get("trio.testing")
+    if testing is None:
+        return False
     try:
-        return isinstance(trio.lowlevel.current_clock(), MockClock)
+        return isinstance(trio.lowlevel.current_clock(), testing.MockClock)
     except RuntimeError:  # outside trio.run
         return False
+
+
+def interval() -> float:
+    """Seconds of running after which a loop of this run yields: `YIELD_EVERY`, or 0 in
+    virtual time (a MockClock: tests), so that the order of tasks never depends on how fast
+    the machine happens to be. (A loop too hot for `Pacer.tick`'s call inlines it with this.)"""
+    return 0.0 if _virtual_time() else YIELD_EVERY
 
 
 class Pacer:
@@ -46,9 +58,7 @@ class Pacer:
 
     def __init__(self) -> None:
         self.last = perf_counter()
-        # In virtual time (a MockClock: tests) a loop yields after every node, so that the
-        # order of tasks never depends on how fast the machine happens to be.
-        self.every = 0.0 if _virtual_time() else YIELD_EVERY
+        self.every = interval()
 
     async def tick(self, slot: Slot | None = None) -> bool:
         """Call after each node: raises `Cancelled` if cancelled; yields every ~1 ms.

@@ -13,17 +13,20 @@ import collections
 import heapq
 import weakref
 from collections.abc import Mapping
+from operator import itemgetter
+from time import perf_counter
 from typing import Any, Protocol
 
 import attrs
 import trio
+from trio.lowlevel import checkpoint_if_cancelled
 
 from ._attempt import execute_node, node_failed
 from ._context import FRAME, Frame
 from ._errors import DependencyFailed, GraphBuildError, NodeFailed, is_run_failure
 from ._gcpause import gc_paused
-from ._graph import InputRef, NodeSpec, OutputRef, TaskGraph, resolve
-from ._pace import Pacer
+from ._graph import InputRef, OutputRef, TaskGraph, resolve
+from ._pace import interval
 from ._reactive import FanOut
 from ._records import ErrorInfo, NodeState
 from ._runstate import RunState
@@ -36,11 +39,27 @@ _TOOL, _MAP, _GRAPH = 0, 1, 2
 _KINDS = {"tool": _TOOL, "map": _MAP, "graph": _GRAPH}
 _PENDING = NodeState.PENDING
 
-# How a node gets its arguments: constants; one output of one dependency; a list of such
-# outputs (fan-in); or, for anything else, a tree of refs to resolve.
-Direct = tuple[str, int, str]
-Gather = tuple[str, tuple[tuple[int, str], ...]]
-ArgPlan = tuple[dict[str, Any], tuple[Direct, ...], tuple[Gather, ...], tuple[tuple[str, Any], ...]]
+
+class _Unset:
+    """The value of an output slot whose node has not produced it."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<unset>"
+
+
+_UNSET: Any = _Unset()
+
+# How a node gets its arguments. Every value a node reads sits in one flat list per run: the
+# outputs of every node first (`Plan.out_base[i]` is node i's first), then the graph's constant
+# arguments. `pairs` are arguments read from one slot (a constant or a whole output); `gathers`
+# build a list (a fan-in: one slot, or an `itemgetter` over several); `trees` are anything
+# else, resolved ref by ref.
+Pairs = tuple[tuple[str, int], ...]
+Gathers = tuple[tuple[str, "int | itemgetter[Any]"], ...]
+Trees = tuple[tuple[str, Any], ...]
+ArgPlan = tuple[Pairs, Gathers, Trees]
 
 
 @attrs.frozen(eq=False)
@@ -59,37 +78,34 @@ class Plan:
     # True for plain async tools (no timeout, retry, limits or context): the inline fast path.
     fast: list[bool]
     executors: list[str]
+    # Node i's outputs are slots out_base[i] ... out_base[i] + len(targets[i].outputs) - 1.
+    out_base: list[int]
+    # The flat value list a run starts from: `width` unset outputs, then the constants.
+    initial: list[Any]
+    width: int
 
     def tools(self) -> list[Tool]:
         """The distinct tools of the graph (each checked once before a run, not per node)."""
         return list({id(t): t for t in self.targets if isinstance(t, Tool)}.values())
 
+    def slot(self, i: int, output: str) -> int:
+        """The value slot of node i's output `output`."""
+        outputs: tuple[str, ...] = self.targets[i].outputs
+        return self.out_base[i] + outputs.index(output)
 
-def _arg_plan(node: NodeSpec, index: Mapping[str, int]) -> ArgPlan:
-    consts: dict[str, Any] = {}
-    direct: list[Direct] = []
-    gathers: list[Gather] = []
-    trees: list[tuple[str, Any]] = []
-    for name, value in node.args.items():
-        kind = type(value)
-        if kind is OutputRef and not value.path:
-            direct.append((name, index[value.node], value.output))
-        elif kind is list and value:
-            pairs = [
-                (index[v.node], v.output) for v in value if type(v) is OutputRef and not v.path
-            ]
-            if len(pairs) == len(value):  # a list of plain output refs: a fan-in
-                gathers.append((name, tuple(pairs)))
-            else:
-                trees.append((name, value))
-        elif kind in _TREES or isinstance(value, InputRef | OutputRef | list | tuple | dict):
-            trees.append((name, value))
-        else:
-            consts[name] = value
-    return consts, tuple(direct), tuple(gathers), tuple(trees)
+    def shipped_args(self, i: int) -> dict[str, Any]:
+        """Node i's arguments that are not plain outputs of other nodes: what a shipping
+        executor must be able to send before the node runs (refs inside trees pickle as
+        plain data)."""
+        pairs, _, trees = self.args[i]
+        initial, width = self.initial, self.width
+        found = {name: initial[s] for name, s in pairs if s >= width}
+        found.update(trees)
+        return found
 
 
 _TREES = frozenset({InputRef, OutputRef, list, tuple, dict})
+_ATOMS = frozenset({int, str, float, bool, type(None)})
 
 
 def _is_fast(target: Any, kind: int) -> bool:
@@ -118,8 +134,10 @@ def _lower(graph: TaskGraph) -> Plan:
     targets: list[Any] = []
     fast: list[bool] = []
     executors: list[str] = []
+    out_base: list[int] = []
+    width = 0
     # Per (tool name, kind): nodes of one tool share their target and everything derived from it.
-    seen: dict[tuple[str, str], tuple[int, Any, bool, str]] = {}
+    seen: dict[tuple[str, str], tuple[int, Any, bool, str, int]] = {}
     for node in nodes:
         key = (node.tool, node.kind)
         found = seen.get(key)
@@ -127,23 +145,70 @@ def _lower(graph: TaskGraph) -> Plan:
             kind = _KINDS[node.kind]
             target = graph.callable_for(node)
             executor = target.executor_key if kind != _GRAPH else "loop"
-            found = seen[key] = (kind, target, _is_fast(target, kind), executor)
+            fast_ = _is_fast(target, kind)
+            found = seen[key] = (kind, target, fast_, executor, len(target.outputs))
         kinds.append(found[0])
         targets.append(found[1])
         fast.append(found[2])
         executors.append(found[3])
+        out_base.append(width)
+        width += found[4]
+    values: list[Any] = [_UNSET] * width
+    add_const = values.append
+    args: list[ArgPlan] = []
+    add_args = args.append
+    no_gathers: Gathers = ()
+    no_trees: Trees = ()
+    for node in nodes:
+        pairs: list[tuple[str, int]] = []
+        gathers: list[tuple[str, int | itemgetter[Any]]] = []
+        trees: list[tuple[str, Any]] = []
+        for name, value in node.args.items():
+            kind_ = type(value)
+            if kind_ in _ATOMS:
+                pairs.append((name, len(values)))
+                add_const(value)
+            elif kind_ is OutputRef and not value.path:
+                j = index[value.node]
+                pairs.append((name, out_base[j] + targets[j].outputs.index(value.output)))
+            elif kind_ is list and value:
+                slots = []
+                for v in value:
+                    if type(v) is not OutputRef or v.path:
+                        break
+                    j = index[v.node]
+                    slots.append(out_base[j] + targets[j].outputs.index(v.output))
+                else:  # a list of plain output refs: a fan-in
+                    gathers.append((name, slots[0] if len(slots) == 1 else itemgetter(*slots)))
+                    continue
+                trees.append((name, value))
+            elif kind_ in _TREES or isinstance(value, InputRef | OutputRef | list | tuple | dict):
+                trees.append((name, value))
+            else:
+                pairs.append((name, len(values)))
+                add_const(value)
+        add_args(
+            (
+                tuple(pairs),
+                tuple(gathers) if gathers else no_gathers,
+                tuple(trees) if trees else no_trees,
+            )
+        )
     return Plan(
         graph=graph,
         ids=ids,
         names=[node.tool for node in nodes],
         kinds=kinds,
         targets=targets,
-        args=[_arg_plan(node, index) for node in nodes],
+        args=args,
         dependents=dependents,
         indegree=indegree,
         index=index,
         fast=fast,
         executors=executors,
+        out_base=out_base,
+        initial=values,
+        width=width,
     )
 
 
@@ -208,10 +273,13 @@ class _PlanRun:
     node_ids: list[str]
     base: int
     cap: float
-    results: list[dict[str, Any] | None]
+    # Every output and constant of the run, flat (see `Plan.out_base`): a fan-in reads a list
+    # slot per dependency, never a dict per node.
+    values: list[Any]
     indegree: list[int]
-    # Ready nodes, lowest index first: the initial roots in a FIFO (already sorted, O(1) pops
-    # even for a million-node fan-out) merged with a heap of nodes that became ready later.
+    # Ready nodes, lowest index first: a sorted FIFO (the initial roots, and each node that
+    # becomes ready above its last: O(1) pops even for a million-node fan-out) merged with a
+    # heap of the nodes that became ready below it.
     # With an rng, `ready` is one list and a random element is taken instead.
     ready: collections.deque[int]
     remaining: int
@@ -223,6 +291,19 @@ class _PlanRun:
     failures: list[Exception] = attrs.field(factory=list)
     failed: list[int] = attrs.field(factory=list)
     nursery: trio.Nursery | None = None
+
+    # -- values ------------------------------------------------------------------------------
+
+    def store(self, i: int, outputs: Mapping[str, Any]) -> None:
+        """Node i's outputs, into their slots."""
+        values, base = self.values, self.plan.out_base[i]
+        for k, name in enumerate(self.plan.targets[i].outputs):
+            values[base + k] = outputs[name]
+
+    def produced(self, i: int) -> bool:
+        """Whether node i's outputs are in their slots."""
+        plan = self.plan
+        return not plan.targets[i].outputs or self.values[plan.out_base[i]] is not _UNSET
 
     # -- the ready queue -------------------------------------------------------------------
 
@@ -243,10 +324,11 @@ class _PlanRun:
         return ready.popleft() if ready else -1
 
     def push_ready(self, i: int) -> None:
-        if self.run.rng is None:
-            heapq.heappush(self.later, i)
+        ready = self.ready
+        if self.run.rng is not None or not ready or i > ready[-1]:
+            ready.append(i)  # still sorted (or unordered, with an rng)
         else:
-            self.ready.append(i)
+            heapq.heappush(self.later, i)
 
     def wake(self, count: int) -> None:
         """Make sure `count` more ready nodes have a worker: unpark idle ones, spawn the rest."""
@@ -271,18 +353,37 @@ class _PlanRun:
         # One frame per worker, re-pointed at each node it runs (a worker runs one at a time).
         frame = Frame(run, self.graph_id, "", 1, slot)
         FRAME.set(frame)  # this task's context only
-        fast, targets, names = self.fast, plan.targets, plan.names
+        fast, targets, names, args = self.fast, plan.targets, plan.names, plan.args
+        values, out_base, indegree = self.values, plan.out_base, self.indegree
+        dependents = plan.dependents
         ledger = run.ledger
         start, done, fail, cancel = ledger.start, ledger.done, ledger.fail, ledger.cancel
         accept = run.memo.accept if run.memo is not None else None
+        # Nobody looks at a node's outputs dict: a one-output tool's value goes straight to its
+        # slot (listeners are fixed when a run starts).
+        bare = accept is None and ledger.listener is None
         base, node_ids = self.base, self.node_ids
-        pacer = Pacer()
+        ready, later = self.ready, self.later
+        ordered = run.rng is None
+        heappop, heappush = heapq.heappop, heapq.heappush
+        more_args = self.more_args
+        # Pacing (see _pace): check for cancellation after every node; yield for real once
+        # `every` seconds of running have passed since this worker last resumed.
+        every = interval()
+        last = perf_counter()
         # The finish time of the node this worker ran last, while the worker has not suspended
         # since: it is still the time, and the next node's start (one clock read per node).
         now: float | None = None
         try:
             while True:
-                i = self.pop_ready()
+                if not ordered:
+                    i = self.pop_ready()
+                elif later:
+                    i = ready.popleft() if ready and ready[0] < later[0] else heappop(later)
+                elif ready:
+                    i = ready.popleft()
+                else:
+                    i = -1
                 if i < 0:
                     if self.remaining <= 0:
                         return
@@ -290,22 +391,35 @@ class _PlanRun:
                     self.idle += 1
                     await self.lot.park()
                     now = None
+                    last = perf_counter()
                     continue
                 if not slot.held and not slot.take_nowait(limiters):
                     await slot.take(limiters)
                     now = None
+                    last = perf_counter()
                 frame.node_id = node_ids[i]
                 frame.attempt = 1
                 if fast[i]:
                     # The hot path, inlined: execute_node minus executors, timeout and retry.
                     idx = base + i
                     try:
-                        kwargs = self.args_for(i)
+                        pairs, gathers, trees = args[i]
+                        kwargs = {}
+                        for name, k in pairs:
+                            kwargs[name] = values[k]
+                        if gathers or trees:
+                            more_args(kwargs, gathers, trees)
                         start(idx, kwargs, now)
                         target = targets[i]
-                        outputs = target.normalize(await target.fn(**kwargs))
-                        if accept is not None:  # a store encodes them: unstorable ones fail here
-                            accept(node_ids[i], target, outputs)
+                        result = await target.fn(**kwargs)
+                        if bare and type(result) is not dict and len(target.outputs) == 1:
+                            values[out_base[i]] = result
+                            outputs = None
+                        else:
+                            outputs = target.normalize(result)
+                            if accept is not None:  # a store encodes them: unstorable ones fail
+                                accept(node_ids[i], target, outputs)
+                            self.store(i, outputs)
                     except Exception as exc:
                         now = None
                         fail(idx, exc)
@@ -317,34 +431,59 @@ class _PlanRun:
                         raise
                     else:
                         now = done(idx, outputs)
-                        self.complete(i, outputs)
+                        # Release the dependents (inlined `complete`).
+                        pushed = 0
+                        for d in dependents[i]:
+                            left = indegree[d] - 1
+                            indegree[d] = left
+                            if not left:
+                                # `ready` stays sorted: a node above its last goes there
+                                # (cheaper than the heap; a fan-out's dependents all do).
+                                if not ordered or not ready or d > ready[-1]:
+                                    ready.append(d)
+                                else:
+                                    heappush(later, d)
+                                pushed += 1
+                        if pushed > 1:
+                            self.wake(pushed - 1)  # this worker takes one of them itself
+                        self.remaining -= 1
+                        if self.remaining <= 0:
+                            self.finish()
                 else:
                     now = None
                     await self.run_node(i, slot, frame)
-                if await pacer.tick():
+                if perf_counter() - last >= every:
+                    await trio.lowlevel.checkpoint()
                     now = None
+                    last = perf_counter()
+                else:
+                    await checkpoint_if_cancelled()
         finally:
             slot.give_back()
 
-    def args_for(self, i: int) -> dict[str, Any]:
-        consts, direct, gathers, trees = self.plan.args[i]
-        results = self.results
-        kwargs = dict(consts) if consts else {}
-        for name, dep, output in direct:
-            kwargs[name] = results[dep][output]  # type: ignore[index]
-        for name, pairs in gathers:
-            kwargs[name] = [results[dep][output] for dep, output in pairs]  # type: ignore[index]
+    def more_args(self, kwargs: dict[str, Any], gathers: Gathers, trees: Trees) -> None:
+        """The fan-in and tree arguments of a node (its plain ones are read inline)."""
+        values = self.values
+        for name, g in gathers:
+            kwargs[name] = [values[g]] if type(g) is int else list(g(values))  # type: ignore[operator]
         for name, tree in trees:
             kwargs[name] = resolve(tree, self.lookup)
+
+    def args_for(self, i: int) -> dict[str, Any]:
+        pairs, gathers, trees = self.plan.args[i]
+        values = self.values
+        kwargs = {name: values[k] for name, k in pairs}
+        if gathers or trees:
+            self.more_args(kwargs, gathers, trees)
         return kwargs
 
     def lookup(self, ref: InputRef | OutputRef) -> Any:
         if isinstance(ref, InputRef):
             return self.inputs[ref.name]
-        produced = self.results[self.plan.index[ref.node]]
-        if produced is None:
+        value = self.values[self.plan.slot(self.plan.index[ref.node], ref.output)]
+        if value is _UNSET:
             raise _Missing(ref.node)
-        return produced[ref.output]
+        return value
 
     async def run_node(self, i: int, slot: Slot, frame: Frame) -> None:
         """The general path: executors, timeouts, retries, sync tools, limits, maps, subgraphs."""
@@ -386,7 +525,7 @@ class _PlanRun:
 
     def complete(self, i: int, outputs: dict[str, Any]) -> None:
         """Node `i` is done: store its outputs, release its dependents, wake workers."""
-        self.results[i] = outputs
+        self.store(i, outputs)
         self.remaining -= 1
         pushed = 0
         indegree = self.indegree
@@ -504,7 +643,7 @@ async def run_plan(
     run.check_tools(plan.tools())  # before any node of this graph starts
     ledger = run.ledger
     ids = [prefix + node_id for node_id in plan.ids] if nested else plan.ids
-    run.executors.check_constants(ids, plan.targets, [{**a[0], **dict(a[3])} for a in plan.args])
+    run.executors.check_constants(ids, plan.targets, plan)
     base = ledger.add_many(ids, plan.names, plan.executors)
     if run.memo is None:  # stored and cached outputs must be values
         run.remote_outputs.update(run.executors.remote_outputs(plan, base))
@@ -519,7 +658,7 @@ async def run_plan(
         node_ids=ids,
         base=base,
         cap=run.limiter.total_tokens,
-        results=[None] * len(ids),
+        values=list(plan.initial),
         indegree=indegree,
         ready=ready,
         remaining=len(ids),

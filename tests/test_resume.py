@@ -451,3 +451,269 @@ async def test_resume_behind_a_map_reuses_its_items_and_dependents(autojump_cloc
     assert all(calls[f"square:{i}"] == 1 for i in (1, 2, 3))
     assert result.record.nodes["collect_1"].attempts == 0
     assert result.record.nodes["last_1"].attempts == 1
+
+
+# -- what a resume reads and writes, from every kind of store -------------------------------------
+
+
+@trioflow.tool(outputs=["out"])
+async def cube(i: int) -> int:
+    calls[f"cube:{i}"] += 1
+    await trio.lowlevel.checkpoint()
+    if f"cube:{i}" in broken:
+        raise RuntimeError(f"cube {i} broke")
+    return i**3
+
+
+@trioflow.tool(outputs=["rows", "total"])
+async def tabulate(xs: list[int]) -> dict[str, Any]:
+    calls["tabulate"] += 1
+    return {"rows": [Row(str(i), x) for i, x in enumerate(xs)], "total": sum(xs)}
+
+
+@trioflow.graphify(outputs=["total", "rows"])
+def cubes(n: int) -> dict[str, Any]:
+    summary = tabulate(xs=[cube(i=i).out for i in range(n)])
+    return {"total": summary.total, "rows": summary.rows}
+
+
+# These run on the real clock (a SQLite store writes from a worker thread, which virtual time
+# would jump past), with tools that do not sleep.
+
+
+@pytest.fixture(params=["memory", "sqlite", "sqlite-pickle", "sqlite-row-by-row"])
+def any_store(
+    request: pytest.FixtureRequest, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> trioflow.RunStore:
+    """Each way a resume reads a stored run: a MemoryStore's rows; SQLite in one query (JSON);
+    SQLite row by row (pickled outputs, or a SQLite without JSON aggregates)."""
+    if request.param == "memory":
+        return trioflow.MemoryStore()
+    if request.param == "sqlite-row-by-row":
+        monkeypatch.setattr("trioflow._sqlite._JSON_AGGREGATES", False)
+    serializer = "pickle" if request.param == "sqlite-pickle" else "json"
+    return trioflow.SQLiteStore(tmp_path / "runs.db", serializer=serializer)
+
+
+async def test_resume_reuses_what_finished_from_every_store(any_store: trioflow.RunStore) -> None:
+    broken.update({"cube:2", "cube:4"})
+    with trio.fail_after(60):
+        with pytest.raises(ExceptionGroup):
+            await trioflow.run_async(
+                cubes, inputs={"n": 6}, store=any_store, run_id="r", on_error="skip_dependents"
+            )
+        broken.clear()
+        result = await trioflow.run_async(
+            cubes, inputs={"n": 6}, store=any_store, run_id="r", resume=True, record=True
+        )
+        with pytest.raises(trioflow.ResumeMismatch, match="'n' was 6, now 5"):
+            await trioflow.run_async(
+                cubes, inputs={"n": 5}, store=any_store, run_id="r", resume=True
+            )
+    assert result.outputs == {
+        "total": sum(i**3 for i in range(6)),
+        "rows": [Row(str(i), i**3) for i in range(6)],
+    }
+    assert all(calls[f"cube:{i}"] == 1 for i in (0, 1, 3, 5))  # reused, not run again
+    assert calls["cube:2"] == calls["cube:4"] == 2 and calls["tabulate"] == 1
+    assert [result.record.nodes[f"cube_{i + 1}"].attempts for i in range(6)] == [0, 0, 1, 0, 1, 0]
+    assert any_store.load("r").states() == result.record.states()
+    assert any_store.outputs("r")["tabulate_1"]["rows"][5] == Row("5", 125)
+    # Resumed once more, everything is reused: the stored outputs, decoded, are the values.
+    calls.clear()
+    again = await trioflow.run_async(
+        cubes, inputs={"n": 6}, store=any_store, run_id="r", resume=True, record=True
+    )
+    assert again.outputs == result.outputs and calls == Counter()
+    assert all(rec.attempts == 0 for rec in again.record.nodes.values())
+
+
+async def test_replay_matches_equal_calls_by_occurrence_from_every_store(
+    any_store: trioflow.RunStore,
+) -> None:
+    @trioflow.graph_fn(name="thrice", outputs=["out"])
+    async def thrice() -> int:
+        got = [await cube(i=i) for i in (3, 2, 3, 3)]
+        return sum(g["out"] for g in got)
+
+    @trioflow.graph_fn(name="thrice", outputs=["out"])
+    async def edited() -> int:  # one more equal call, and another order
+        got = [await cube(i=i) for i in (3, 3, 3, 2, 3)]
+        return sum(g["out"] for g in got)
+
+    with trio.fail_after(60):
+        assert await trioflow.run_async(thrice, store=any_store, run_id="r") == {"out": 89}
+        result = await trioflow.run_async(
+            edited, store=any_store, run_id="r", resume=True, record=True
+        )
+    assert result.outputs == {"out": 116}
+    assert calls["cube:3"] == 4 and calls["cube:2"] == 1  # only the fourth 3 ran
+    assert [r.attempts for r in result.record.nodes.values()] == [0, 0, 0, 0, 1]
+
+
+class _Counting:
+    """A store that remembers every row written to it."""
+
+    def __init__(self, store: trioflow.RunStore) -> None:
+        self.store = store
+        self.written: list[tuple[str, str]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    @property
+    def serializer(self) -> Any:
+        return self.store.serializer
+
+    def write(self, ops: Any) -> None:
+        self.written += [(kind, row[1]) for kind, row in ops]
+        self.store.write(ops)
+
+
+async def test_a_resume_with_nothing_left_to_run_writes_only_its_run_row(
+    any_store: trioflow.RunStore,
+) -> None:
+    counting = _Counting(any_store)
+    with trio.fail_after(60):
+        await trioflow.run_async(cubes, inputs={"n": 50}, store=counting, run_id="r")
+        assert len([kind for kind, _ in counting.written if kind == "node"]) >= 51
+        before = any_store.load("r")
+        counting.written.clear()
+        out = await trioflow.run_async(
+            cubes, inputs={"n": 50}, store=counting, run_id="r", resume=True
+        )
+    assert out["total"] == sum(i**3 for i in range(50))
+    assert {kind for kind, _ in counting.written} == {"run"}  # started, then finished
+    assert any_store.load("r").nodes == before.nodes  # no node row was written again
+
+
+async def test_stored_outputs_that_cannot_be_read_are_a_store_error(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+
+    path = tmp_path / "runs.db"
+    with trio.fail_after(60):
+        await trioflow.run_async(cubes, {"n": 3}, store=trioflow.SQLiteStore(path), run_id="r")
+        conn = sqlite3.connect(path)
+        with conn:
+            conn.execute("UPDATE nodes SET outputs = '{\"out\":' WHERE node_id = 'cube_2'")
+        conn.close()
+        for row_by_row in (False, True):
+            monkeypatch.setattr("trioflow._sqlite._JSON_AGGREGATES", not row_by_row)
+            calls.clear()
+            with pytest.raises(trioflow.StoreError, match="outputs of run 'r' cannot be read"):
+                await trioflow.run_async(
+                    cubes, {"n": 3}, store=trioflow.SQLiteStore(path), run_id="r", resume=True
+                )
+            assert calls == Counter()
+            # The failed resume covered no committed row (a CANCELLED one, say): still there.
+            assert set(trioflow.SQLiteStore(path).load("r").states().values()) == {NodeState.DONE}
+
+
+@trioflow.graph_fn(name="cubed", outputs=["ys"])
+async def cubed(xs: list[int]) -> list[int]:
+    return [r["out"] for r in await trioflow.map(cube, xs)]
+
+
+@trioflow.graphify(name="inner", outputs=["total"])
+def inner(xs: Any) -> Any:
+    return tabulate(xs=[cube(i=xs[i]).out for i in range(3)]).total
+
+
+@trioflow.tool(outputs=["out"])
+async def finish(a: int, b: list[int]) -> int:
+    calls["finish"] += 1
+    if "finish" in broken:
+        raise RuntimeError("finish broke")
+    return a + sum(b)
+
+
+@trioflow.graphify(name="outer", outputs=["out"])
+def outer(vals: Any) -> Any:
+    d = cubed(xs=vals)
+    m = trioflow.map(cube, vals)
+    return finish(a=inner(xs=d.ys).total, b=m.out).out
+
+
+async def test_resume_reuses_nested_graphs_and_map_items_from_every_store(
+    any_store: trioflow.RunStore,
+) -> None:
+    broken.add("finish")
+    with trio.fail_after(60):
+        with pytest.raises(trioflow.NodeFailed):
+            await trioflow.run_async(outer, {"vals": [1, 2, 3]}, store=any_store, run_id="r")
+        first = Counter(calls)
+        broken.clear()
+        result = await trioflow.run_async(
+            outer, {"vals": [1, 2, 3]}, store=any_store, run_id="r", resume=True, record=True
+        )
+    assert result.outputs == {"out": (1 + 8**3 + 27**3) + (1 + 8 + 27)}
+    assert calls - first == Counter({"finish": 1})  # only the node that failed ran again
+    nodes = result.record.nodes
+    assert {"cubed_1.cube_1", "inner_1.cube_3", "map_1.cube_2"} <= set(nodes)
+    assert all(rec.attempts == 0 for node, rec in nodes.items() if "." in node)  # inner nodes
+    assert any_store.load("r").states() == result.record.states()
+
+
+@trioflow.tool(outputs=["total"])
+async def add_up(xs: list[int]) -> int:
+    calls["add_up"] += 1
+    return sum(xs)
+
+
+@trioflow.graphify(outputs=["total"])
+def cube_total(n: int) -> Any:
+    return add_up(xs=[cube(i=i).out for i in range(n)]).total
+
+
+@pytest.mark.parametrize("why", ["too big to join", "no JSON functions"])
+async def test_a_stored_run_sqlite_cannot_join_is_read_row_by_row(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, why: str
+) -> None:
+    import sqlite3
+
+    import trioflow._sqlite
+
+    store = trioflow.SQLiteStore(tmp_path / "runs.db")
+    with trio.fail_after(60):
+        await trioflow.run_async(cube_total, {"n": 40}, store=store, run_id="r")
+        if why == "too big to join":  # 40 outputs joined are longer than this; each is not
+            assert store._writer is not None
+            store._writer.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 200)
+        else:
+            query = trioflow._sqlite._RESUME.replace("json_group_array", "no_such_function")
+            monkeypatch.setattr("trioflow._sqlite._RESUME", query)
+        calls.clear()
+        result = await trioflow.run_async(
+            cube_total, {"n": 40}, store=store, run_id="r", resume=True, record=True
+        )
+    assert result.outputs == {"total": sum(i**3 for i in range(40))} and calls == Counter()
+    assert all(rec.attempts == 0 for rec in result.record.nodes.values())
+
+
+@trioflow.tool(outputs=["n"])
+async def ticket(queue: str) -> int:
+    calls[f"ticket:{queue}"] += 1
+    return calls[f"ticket:{queue}"]  # another value each time: replay must keep the order
+
+
+async def test_replay_returns_equal_calls_outputs_in_the_order_they_ran_from_every_store(
+    any_store: trioflow.RunStore,
+) -> None:
+    @trioflow.graph_fn(name="tickets", outputs=["got"])
+    async def tickets() -> list[int]:
+        return [(await ticket(queue="a"))["n"] for _ in range(12)]  # ids ticket_1..ticket_12
+
+    @trioflow.graph_fn(name="tickets", outputs=["got"])
+    async def edited() -> list[int]:
+        first = await ticket(queue="b")  # a new call first: every id shifts by one
+        return [first["n"]] + [(await ticket(queue="a"))["n"] for _ in range(13)]
+
+    with trio.fail_after(60):
+        assert await trioflow.run_async(tickets, store=any_store, run_id="r") == {
+            "got": list(range(1, 13))
+        }
+        again = await trioflow.run_async(edited, store=any_store, run_id="r", resume=True)
+    assert again == {"got": [1, *range(1, 14)]}  # the 12 stored in their order, then a new one
+    assert calls == Counter({"ticket:a": 13, "ticket:b": 1})

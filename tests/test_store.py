@@ -123,6 +123,34 @@ def _types(value: Any) -> Any:
     return type(value)
 
 
+tricky_text = st.text(max_size=4) | st.sampled_from(["$t", "$v", '"$t"', "\\", '$t"'])
+
+
+@given(
+    st.lists(
+        st.dictionaries(tricky_text, values | tricky_text | st.just({"$t": 1}), max_size=3),
+        max_size=4,
+    )
+)
+def test_stored_values_read_back_at_once_as_one_array(found: list[dict[str, Any]]) -> None:
+    json_ = Serializer("json")
+    blobs = [json_.dumps(value) for value in found]
+    text = "[" + ",".join(blobs) + "]"  # what SQLiteStore reads for a resume, in one query
+    back = json_.loads_array(text, len(found))  # type: ignore[arg-type]
+    assert back == found == json_.loads_many(blobs)  # type: ignore[arg-type]
+    assert [_types(v) for v in back] == [_types(v) for v in found]
+    with pytest.raises(ValueError, match="array of"):
+        json_.loads_array(text, len(found) + 1)
+
+
+def test_a_stored_array_that_is_not_one_dict_per_value_is_a_value_error() -> None:
+    json_ = Serializer("json")
+    with pytest.raises(ValueError, match="not a dict of names"):
+        json_.loads_array('[{"a":1},[2]]', 2)
+    with pytest.raises(ValueError):
+        json_.loads_array('[{"a":1},{"b":', 2)
+
+
 @given(st.dictionaries(st.text(max_size=3), values, max_size=4))
 def test_digest_is_canonical_for_equal_values(value: dict[str, Any]) -> None:
     reordered = dict(reversed(list(value.items())))
@@ -260,7 +288,7 @@ def test_a_run_id_is_claimed_once(store: trioflow.RunStore) -> None:
         store.begin(run_row("r1"), resume=False)
     stored = store.begin(run_row("r1"), resume=True)
     assert stored is not None
-    assert stored.content_hash == "abc123" and [n[1] for n in stored.nodes] == ["work_1"]
+    assert stored.content_hash == "abc123" and stored.ids == ["work_1"] and stored.next_seq == 1
 
 
 def test_cache_rows(store: trioflow.RunStore) -> None:

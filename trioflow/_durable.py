@@ -18,18 +18,20 @@ import collections
 import contextlib
 import functools
 import json
+import operator
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import attrs
 import trio
 
 from ._cache import Cache, cache_keyer, unkeyable
-from ._errors import ConfigError, ConfigTypeError, ResumeMismatch
+from ._errors import ConfigError, ConfigTypeError, ResumeMismatch, StoreError, TrioflowError
 from ._events import combine_listeners
+from ._gcpause import gc_paused
 from ._records import ErrorInfo, NodeState
 from ._run import execute_run
 from ._schedule import CompiledGraph, plan_for
@@ -86,8 +88,8 @@ class _Note:
     """What the memo learnt about a node before it ran, for the listener to write."""
 
     digest: str | None = None
-    raw: Blob | None = None  # stored outputs reused as they are
-    skip: bool = False  # reused from the same stored row: nothing to write
+    raw: Blob | None = None  # reused outputs (cached, or a stored row of another node id)
+    skip: bool = False  # reused from this node's own stored row: nothing to write
     cached: bool = False
     key: str | None = None  # a cache miss: store the outputs under this key
     version: str = ""
@@ -112,9 +114,13 @@ class Durable:
     _encoded: dict[str, Blob] = attrs.field(factory=dict)
     _running: dict[str, _Started] = attrs.field(factory=dict)
     _announced: set[str] = attrs.field(factory=set)
-    _by_id: dict[str, NodeRow] = attrs.field(factory=dict)
-    _by_call: dict[tuple[str, str], collections.deque[NodeRow]] = attrs.field(factory=dict)
-    _used: set[str] = attrs.field(factory=set)
+    # The stored run's DONE nodes, by their index k in `stored`'s columns: node id -> k, calls
+    # (tool, argument digest) -> ks in the order they ran, whether k was reused by this run, and
+    # the decoded outputs (parsed all at once, when this run first reuses one).
+    _by_id: dict[str, int] = attrs.field(factory=dict)
+    _by_call: dict[tuple[str, str], collections.deque[int]] = attrs.field(factory=dict)
+    _used: bytearray = attrs.field(factory=bytearray)
+    _decoded: list[dict[str, Any]] | None = None
     _fresh_cache: dict[str, tuple[Blob, float]] = attrs.field(factory=dict)
     _executors: dict[str, str] = attrs.field(factory=dict)  # tool nodes not on "loop"
     _tool_caches: dict[tuple[str, str], Any] = attrs.field(factory=dict)
@@ -130,13 +136,14 @@ class Durable:
         stored = self.stored
         if stored is None:
             return
-        self._seq = max((n[2] for n in stored.nodes), default=-1) + 1
-        for node in stored.nodes:
-            if node[4] != "DONE" or node[15] is None:
-                continue
-            self._by_id[node[1]] = node
-            if node[14] is not None:
-                self._by_call.setdefault((node[3], node[14]), collections.deque()).append(node)
+        self._seq = stored.next_seq
+        ids = stored.ids
+        by_id = self._by_id = dict(zip(ids, range(len(ids)), strict=True))
+        self._used = bytearray(len(ids))
+        by_call, tools = self._by_call, stored.tools
+        for node_id, digest in stored.digests.items():  # in the order they ran
+            k = by_id[node_id]
+            by_call.setdefault((tools[k], digest), collections.deque()).append(k)
 
     @property
     def run_id(self) -> str:
@@ -164,7 +171,8 @@ class Durable:
         for node_id, started in self._running.items():
             if node_id not in announced:
                 announced.add(node_id)
-                batch.append(("node", self._running_row(node_id, started)))
+                if node_id not in self._by_id:  # never cover a stored DONE row with RUNNING
+                    batch.append(("node", self._running_row(node_id, started)))
         return batch
 
     # -- the memo ---------------------------------------------------------------------------
@@ -194,13 +202,14 @@ class Durable:
                     raise ConfigError(unkeyable(tool.name, exc)) from None
                 # Such a call is never replayed: it runs again on resume.
         if self.stored is not None:
-            row = self._reuse(node_id, tool.name, note.digest)
-            if row is not None:
-                assert row[15] is not None
-                note.raw = row[15]
-                note.skip = row[1] == node_id
+            k = self._reuse(node_id, tool.name, note.digest)
+            if k is not None:
+                outputs = self._stored_outputs()[k]
+                note.skip = self.stored.ids[k] == node_id
+                if not note.skip:  # stored again under this node's id: encoded back
+                    note.raw = self.encode(node_id, outputs)
                 self._notes[node_id] = note
-                return self.serializer.loads(row[15]), False
+                return outputs, False
         if cache is not None:
             assert note.digest is not None
             keyer = self._keyers.get(tool)
@@ -227,52 +236,96 @@ class Durable:
             return
         plan = plan_run.plan
         ledger = plan_run.run.ledger
-        kinds, targets, dependents = plan.kinds, plan.targets, plan.dependents
         base, node_ids, indegree = plan_run.base, plan_run.node_ids, plan_run.indegree
-        wanted = plan.indegree
-        filled = [0] * len(node_ids)  # reused dependencies per node
-        used = self._used
-        by_id = self._by_id
-        chosen: list[int] = []
-        blobs: list[Blob] = []
-        for i, node_id in enumerate(node_ids):
-            if kinds[i] != 0 or filled[i] != wanted[i]:  # a tool node whose deps are reused
-                continue
-            row = by_id.get(node_id)
-            if row is None or row[3] != targets[i].name or node_id in used:
-                continue
-            assert row[15] is not None
-            used.add(node_id)
-            chosen.append(i)
-            blobs.append(row[15])
-            for d in dependents[i]:
-                filled[d] += 1
+        chosen, picked, filled = self._reusable(plan, node_ids)
         if not chosen:
             return
-        decoded = self.serializer.loads_many(blobs)  # one parse for all stored outputs
+        stored = self._stored_outputs()
         # The store's own events for these nodes would write nothing (their stored rows are
-        # theirs): when nobody else listens, the ledger changes state without emitting them.
-        quiet = ledger.listener is self
-        if quiet:
-            ledger.listener = None
-        try:
+        # theirs): when nobody else listens, the ledger marks them DONE at once, silently.
+        if ledger.listener is self:
+            ledger.reuse_many([base + i for i in chosen] if base else chosen)
+            for i, k in zip(chosen, picked, strict=True):
+                plan_run.store(i, stored[k])
+        else:
             notes = self._notes
-            for i, raw, outputs in zip(chosen, blobs, decoded, strict=True):
-                if not quiet:
-                    notes[node_ids[i]] = _Note(raw=raw, skip=True)
+            for i, k in zip(chosen, picked, strict=True):
+                notes[node_ids[i]] = _Note(skip=True)
                 ledger.start(base + i)
-                ledger.reuse(base + i, outputs, False)
-                plan_run.store(i, outputs)
-                for d in dependents[i]:
-                    indegree[d] -= 1
-        finally:
-            if quiet:
-                ledger.listener = self
+                ledger.reuse(base + i, stored[k], False)
+                plan_run.store(i, stored[k])
+        indegree[:] = map(operator.sub, indegree, filled)
         plan_run.remaining -= len(chosen)
-        reused = set(chosen)
-        plan_run.ready = collections.deque(
-            i for i, d in enumerate(indegree) if d == 0 and i not in reused
-        )
+        if len(chosen) == len(node_ids):  # all reused: nothing is left to run
+            plan_run.ready = collections.deque()
+        else:
+            reused = set(chosen)
+            plan_run.ready = collections.deque(
+                i for i, d in enumerate(indegree) if d == 0 and i not in reused
+            )
+
+    def _reusable(
+        self, plan: Any, node_ids: list[str]
+    ) -> tuple[Sequence[int], list[int], Sequence[int]]:
+        """The nodes of `plan` that a resume reuses (tool nodes DONE in the stored run, with
+        the same tool, whose dependencies are all reused too), in plan order, each with its
+        stored row; and per node, how many of its dependencies are reused."""
+        names, kinds, wanted = plan.names, plan.kinds, plan.indegree
+        used, tools = self._used, self.stored.tools  # type: ignore[union-attr]
+        n = len(node_ids)
+        rows = list(map(self._by_id.get, node_ids))
+        if None not in rows and kinds.count(0) == n:
+            # The common case, checked at C speed: every node is a tool node DONE in the
+            # stored run. With the same tools, and none used yet, all of them are reused (so
+            # every dependency of each one is, too).
+            every = cast("list[int]", rows)
+            if list(map(tools.__getitem__, every)) == names and (
+                1 not in used or not any(map(used.__getitem__, every))
+            ):
+                if n == len(used):  # n distinct rows of n: all of them
+                    used[:] = b"\x01" * n
+                else:
+                    for k in every:
+                        used[k] = 1
+                return range(n), every, wanted
+        filled = [0] * n  # reused dependencies per node
+        dependents = plan.dependents
+        chosen: list[int] = []  # plan indices
+        picked: list[int] = []  # their stored rows
+        for i, row in enumerate(rows):
+            if row is None or kinds[i] != 0 or filled[i] != wanted[i]:
+                continue
+            if tools[row] != names[i] or used[row]:
+                continue
+            used[row] = 1
+            chosen.append(i)
+            picked.append(row)
+            for d in dependents[i]:
+                filled[d] += 1
+        return chosen, picked, filled
+
+    def _stored_outputs(self) -> list[dict[str, Any]]:
+        """The stored run's outputs by row, all decoded at once when first needed."""
+        decoded = self._decoded
+        if decoded is None:
+            stored = self.stored
+            assert stored is not None
+            try:
+                with gc_paused():  # every dict made here stays alive with the run
+                    if isinstance(stored.outputs, str):
+                        decoded = self.serializer.loads_array(stored.outputs, len(stored.ids))
+                    else:
+                        decoded = self.serializer.loads_many(stored.outputs)
+            except TrioflowError:
+                raise  # e.g. pickled outputs in a store opened for JSON: it says what to do
+            except ValueError as exc:  # text that is not what this serializer wrote
+                raise StoreError(
+                    f"the stored outputs of run {self.run_id!r} cannot be read back ({exc}): "
+                    "the store file is damaged, or a stored type changed since; choose a new "
+                    "run_id to start afresh, or restore the store from a backup"
+                ) from exc
+            self._decoded = decoded
+        return decoded
 
     def _cached(self, tool: str, version: str, key: str) -> tuple[Blob, float] | None:
         """The store's cache row for `key`: from the tool's rows read once per run (when there
@@ -287,26 +340,29 @@ class Durable:
         assert isinstance(table, dict)
         return table.get(key)
 
-    def _reuse(self, node_id: str, tool: str, digest: str | None) -> NodeRow | None:
+    def _reuse(self, node_id: str, tool: str, digest: str | None) -> int | None:
+        """The stored row (its index) that answers this call, if any; it is then used up."""
+        stored = self.stored
+        assert stored is not None
         used = self._used
         if not self.replay:
-            row = self._by_id.get(node_id)
+            k = self._by_id.get(node_id)
             if (
-                row is not None
-                and row[3] == tool
-                and node_id not in used
-                and (digest is None or row[14] is None or row[14] == digest)
+                k is not None
+                and stored.tools[k] == tool
+                and not used[k]
+                and (digest is None or stored.digests.get(node_id, digest) == digest)
             ):
-                used.add(node_id)
-                return row
+                used[k] = 1
+                return k
         if digest is None:
             return None
         queue = self._by_call.get((tool, digest))
         while queue:
-            row = queue.popleft()
-            if row[1] not in used:
-                used.add(row[1])
-                return row
+            k = queue.popleft()
+            if not used[k]:
+                used[k] = 1
+                return k
         return None
 
     def accept(self, node_id: str, tool: Any, outputs: Mapping[str, Any]) -> None:
@@ -344,8 +400,6 @@ class Durable:
             self._put(("run", self.row))
 
     def _running_row(self, node_id: str, started: _Started) -> NodeRow:
-        if node_id in self._by_id:  # never cover a stored DONE row with a RUNNING one
-            return self._by_id[node_id]
         seq, at, tool, attempt = started
         run_id = self.row[0]
         wall = self._wall(at)
@@ -368,11 +422,15 @@ class Durable:
                     now = _wall_now()
                     self._fresh_cache[note.key] = (outputs, now)
                     self._put(("cache", (note.key, event.tool, note.version, outputs, now)))
+            elif note is not None and note.skip:
+                return  # the stored row is this node's, DONE with these outputs
             elif note is not None and note.raw is not None:
-                if note.skip:
-                    return  # the stored row is this node's, DONE with these outputs
                 outputs = note.raw
             # else: a nested graph or a map, whose outputs are its inner nodes'
+        elif node_id in self._by_id:
+            # A stored DONE row this run did not reuse (it failed or was cancelled before it
+            # could): its committed outputs stay, for the next resume, as with RUNNING rows.
+            return
         if started is None:  # skipped, or cancelled before it started
             seq = self._seq
             self._seq = seq + 1

@@ -239,7 +239,7 @@ async def execute_run(
             )
         raise cancelled
     assert outputs is not None
-    failed = any(state is NodeState.FAILED for state in ledger.states)
+    failed = NodeState.FAILED in ledger.states  # members compare by identity: a C scan
     ledger.run_finished(NodeState.FAILED if failed and collect else NodeState.DONE)
     if options.record or collect:
         return RunResult(outputs=outputs, record=record)

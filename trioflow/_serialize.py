@@ -301,20 +301,28 @@ class Serializer:
         if self.name != "json" or not all(type(b) is str for b in blobs):
             return [self.loads(b) for b in blobs]
         try:
-            trees = json.loads("[" + ",".join(blobs) + "]")  # type: ignore[arg-type]
+            return self.loads_array("[" + ",".join(blobs) + "]", len(blobs))  # type: ignore[arg-type]
         except ValueError:
             return [self.loads(b) for b in blobs]  # raises for the first bad one, as itself
-        if len(trees) != len(blobs):  # not one object per blob: let loads say so
-            return [self.loads(b) for b in blobs]
-        out: list[dict[str, Any]] = []
-        for tree in trees:
-            if type(tree) is not dict:
-                raise TypeError(f"a stored value is not a dict of names: {tree!r}")
-            if all(type(v) in _SCALARS for v in tree.values()):
-                out.append(tree)  # decode would return every value as it is
-            else:
-                out.append({k: decode(v) for k, v in tree.items()})
-        return out
+
+    def loads_array(self, text: str, count: int) -> list[dict[str, Any]]:
+        """The dicts of `count` JSON-stored values joined into one JSON array text, parsed at
+        once; a `ValueError` when the text is not an array of `count` objects."""
+        trees = json.loads(text)
+        if type(trees) is not list or len(trees) != count:
+            raise ValueError(f"expected a JSON array of {count} stored values")
+        if not set(map(type, trees)) <= {dict}:
+            raise ValueError("a stored value is not a dict of names")
+        if '"$t"' not in text:
+            # No tagged value anywhere (a tag is the key "$t", which no string inside JSON text
+            # can spell since its quotes are escaped): every tree is its value already.
+            return trees
+        return [
+            tree
+            if all(type(v) in _SCALARS for v in tree.values())
+            else {k: decode(v) for k, v in tree.items()}
+            for tree in trees
+        ]
 
     def digest(self, values: Mapping[str, Any]) -> str:
         """The digest of argument values; pickle stores fall back to pickling them."""

@@ -11,6 +11,7 @@ traceback from sqlite.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sqlite3
 import threading
@@ -39,6 +40,9 @@ __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
 SCHEMA_VERSION = 1
 _APP = "trioflow"
+# json_group_array is built in from SQLite 3.38 (and aggregate FILTER from 3.30): older
+# libraries read a resumed run row by row.
+_JSON_AGGREGATES = sqlite3.sqlite_version_info >= (3, 38, 0)
 T = TypeVar("T")
 
 _SCHEMA = f"""
@@ -66,6 +70,32 @@ _PUT_NODE = f"INSERT OR REPLACE INTO nodes ({NODE_COLUMNS}) VALUES ({', '.join('
 _PUT_RUN = f"INSERT OR REPLACE INTO runs ({RUN_COLUMNS}) VALUES ({', '.join('?' * 10)})"
 _PUT_CACHE = "INSERT OR REPLACE INTO cache VALUES (?, ?, ?, ?, ?)"
 _NODES_OF = f"SELECT {NODE_COLUMNS} FROM nodes WHERE run_id = ? ORDER BY seq"
+# What a resume reads, in one scan and one row: the DONE nodes' ids and tools as JSON arrays and
+# their outputs as one JSON array text (each stored output is JSON text), so that 100k nodes cost
+# a few strings to parse, not 100k row tuples. `nontext` counts outputs that are not text
+# (pickled bytes, which this cannot join): the rows are read one by one then. Argument digests
+# (graph_fn calls, cached tools; a static graph's nodes have none) are read only if there are,
+# in the order the calls ran.
+_REUSABLE = "state = 'DONE' AND outputs IS NOT NULL"
+_RESUME = f"""
+SELECT max(seq), json_group_array(node_id) FILTER (WHERE done),
+    json_group_array(tool) FILTER (WHERE done),
+    '[' || coalesce(group_concat(outputs, ',') FILTER (WHERE done), '') || ']',
+    count(*) FILTER (WHERE done AND typeof(outputs) != 'text'),
+    count(args_digest) FILTER (WHERE done)
+FROM (
+    SELECT seq, node_id, tool, args_digest, outputs, {_REUSABLE} AS done
+    FROM nodes WHERE run_id = ?
+)
+"""
+_DIGESTS = (
+    "SELECT node_id, args_digest FROM nodes "
+    f"WHERE run_id = ? AND {_REUSABLE} AND args_digest IS NOT NULL ORDER BY seq"
+)
+_RESUME_ROWS = (
+    f"SELECT seq, node_id, tool, args_digest, outputs FROM nodes WHERE run_id = ? AND {_REUSABLE}"
+)
+_MAX_SEQ = "SELECT max(seq) FROM nodes WHERE run_id = ?"
 _RUN = f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?"
 
 
@@ -295,9 +325,45 @@ class SQLiteStore:
                     return None
                 if not resume:
                     raise run_exists_error(run_id, f"store {str(self.path)!r}", found[2])
-                return StoredRun(row=found, nodes=conn.execute(_NODES_OF, (run_id,)).fetchall())
+                return self._stored(conn, found)
 
         return self._guard(claim)
+
+    def _stored(self, conn: sqlite3.Connection, row: RunRow) -> StoredRun:
+        """What a resume of the run of `row` needs (in the caller's transaction)."""
+        run_id = row[0]
+        if self._serializer.name == "json" and _JSON_AGGREGATES:
+            try:
+                last, ids, tools, outputs, nontext, keyed = conn.execute(
+                    _RESUME, (run_id,)
+                ).fetchone()
+                digests = {}
+                if keyed and not nontext:
+                    digests = dict(conn.execute(_DIGESTS, (run_id,)).fetchall())
+            except (sqlite3.OperationalError, sqlite3.DataError):
+                # A library built without JSON functions, or outputs too big to join into one
+                # string (SQLite's length limit): read the rows one by one instead (and if the
+                # file is what failed, that read fails too, and says so).
+                nontext = True
+            if not nontext:
+                return StoredRun(
+                    row=row,
+                    next_seq=0 if last is None else last + 1,
+                    ids=json.loads(ids),
+                    tools=json.loads(tools),
+                    digests=digests,
+                    outputs=outputs,
+                )
+        last = conn.execute(_MAX_SEQ, (run_id,)).fetchone()[0]
+        rows = sorted(conn.execute(_RESUME_ROWS, (run_id,)).fetchall())  # by seq
+        return StoredRun(
+            row=row,
+            next_seq=0 if last is None else last + 1,
+            ids=[r[1] for r in rows],
+            tools=[r[2] for r in rows],
+            digests={r[1]: r[3] for r in rows if r[3] is not None},
+            outputs=[r[4] for r in rows],
+        )
 
     def write(self, ops: Sequence[Op]) -> None:
         """Apply a batch of rows in one transaction."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import attrs
@@ -99,10 +99,35 @@ RunInfo.__module__ = "trioflow"
 
 @attrs.frozen
 class StoredRun:
-    """What resuming a run needs from the store: its row and every node row."""
+    """What resuming a run needs from the store: its row, the next free `seq`, and its DONE
+    nodes that have outputs, as columns (`ids`, `tools`, `outputs`, in any one order).
+
+    `outputs` holds one blob per node, or — from a JSON store, read in one query — all of them
+    as one JSON array text, which the run parses at once, only if it reuses anything.
+    `digests` maps those of the nodes that have an argument digest to it, in the order they
+    ran (replay matches equal calls by occurrence).
+    """
 
     row: RunRow
-    nodes: list[NodeRow]
+    next_seq: int
+    ids: list[str]
+    tools: list[str]
+    digests: dict[str, str]
+    outputs: list[Blob] | str
+
+    @classmethod
+    def of_rows(cls, row: RunRow, nodes: Iterable[NodeRow]) -> StoredRun:
+        """The stored run of a run row and its node rows (in any order)."""
+        nodes = sorted(nodes, key=lambda n: n[2])
+        done = [n for n in nodes if n[4] == "DONE" and n[15] is not None]
+        return cls(
+            row=row,
+            next_seq=nodes[-1][2] + 1 if nodes else 0,
+            ids=[n[1] for n in done],
+            tools=[n[3] for n in done],
+            digests={n[1]: n[14] for n in done if n[14] is not None},
+            outputs=[n[15] for n in done],  # type: ignore[misc]  # not None: filtered above
+        )
 
     @property
     def graph(self) -> str:
@@ -281,8 +306,7 @@ class MemoryStore:
                 return None
             if not resume:
                 raise run_exists_error(run_id, repr(self), found[2])
-            nodes = sorted(self._nodes.get(run_id, {}).values(), key=lambda n: n[2])
-            return StoredRun(row=found, nodes=nodes)
+            return StoredRun.of_rows(found, self._nodes.get(run_id, {}).values())
 
     def write(self, ops: Sequence[Op]) -> None:
         with self._lock:

@@ -8,7 +8,7 @@ needs to run at all is the memo's (`_runstate.NodeMemo`); the ledger records wha
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -65,13 +65,12 @@ async def execute_node(
             and tool.retry is None
             and tool.timeout is None
             and tool.rate_limit is None
-            and tool.context_param is None
-            and not getattr(executor, "ships", False)
+            and (fn := _one_attempt_fn(run, idx, tool, inputs, frame.node_id, executor)) is not None
         ):
-            # The common case, kept short: one attempt in this process, nothing around it.
+            # The common case, kept short: one attempt, nothing around it.
             frame.attempt = 1
             try:
-                result = await executor.run(tool.fn, **inputs)
+                result = await executor.run(fn, **inputs)
                 if key != "loop":
                     # A run deadline (or outer cancel) that passed while a thread ran.
                     await _checkpoint_if_cancelled()
@@ -88,6 +87,27 @@ async def execute_node(
 
 
 _checkpoint_if_cancelled = trio.lowlevel.checkpoint_if_cancelled
+
+
+def _one_attempt_fn(
+    run: RunState,
+    idx: int,
+    tool: Tool,
+    inputs: Mapping[str, Any],
+    node_id: str,
+    executor: Any,
+) -> Callable[..., Any] | None:
+    """The function to hand the executor for a node of one plain attempt, after the shipping
+    check where it ships; None if the node needs the general path (a context, or outputs that
+    stay remote)."""
+    fn = tool.fn
+    if not getattr(executor, "ships", False):
+        return fn if tool.context_param is None else None
+    if run.remote_outputs and idx in run.remote_outputs:
+        return None
+    if not run.executors.was_checked(inputs):
+        check_shippable(node_id, fn, inputs, tool.context_param)
+    return shippable(fn) if tool.is_async else fn
 
 
 async def _attempts(

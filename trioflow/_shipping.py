@@ -236,9 +236,15 @@ def _is_ray_object_ref(value: object) -> bool:
 _async_wrappers: weakref.WeakKeyDictionary[Any, Callable[..., Any]] = weakref.WeakKeyDictionary()
 
 
+_sync_functions = _Checked()  # seen before and not `async def`: shipped as they are
+
+
 def shippable(fn: Callable[..., Any]) -> Callable[..., Any]:
     """The function to ship for `fn`: an `async def` is wrapped to run under `trio.run`."""
+    if fn in _sync_functions:  # (the executors ask on every call)
+        return fn
     if not inspect.iscoroutinefunction(fn):
+        _sync_functions.add(fn)
         return fn
     try:
         found = _async_wrappers.get(fn)

@@ -10,11 +10,13 @@ already warm:
 Like with like: the same function and argument, the same harness (one call in flight, or 64
 tasks in flight with a task per call), the same concurrency (threads: no cap below the 64 in
 flight on either side — Trio's default of 40 threads would cap the hand-driven side only;
-processes: one worker per CPU on both sides), rounds interleaved with the order of the paths
-rotated, and the median of the rounds reported for wall time and for this process's CPU time
-(worker threads included; worker processes not). Then a CPU-bound graph (64 nodes x ~50 ms
-of pure Python) on "thread" vs "process", and the time from cancel to return per executor.
-Each case checks its own answer.
+processes: one worker per CPU on both sides), wall time and this process's CPU time (worker
+threads included, worker processes not). The machine is shared and its speed drifts, so the
+paths take turns inside one run: call by call at 1 in flight (mean per call, preempted calls
+left out), batch by batch at 64 (median batch; the ratio is the median of each batch's ratio
+to the hand-driven batch of its turn). Then a CPU-bound graph (64 nodes x ~50 ms of pure
+Python) on "thread" vs "process", and the time from cancel to return per executor. Each case
+checks its own answer.
 
     python benchmarks/bench_executors.py [--smoke] [--no-ray] [--rounds N] [--n N]
 """
@@ -122,15 +124,22 @@ async def alternate(paths: dict[str, Call], n: int) -> dict[str, tuple[float, fl
 
 async def alternate_wide(
     paths: dict[str, Call], n: int, batches: int
-) -> dict[str, tuple[float, float]]:
+) -> dict[str, tuple[float, float, float, float]]:
     """Wall and CPU seconds per call with 64 in flight, the paths taking turns batch by batch
-    (the order rotated); the median batch of each path."""
+    (the order rotated): the median batch of each path, and the median of each batch's ratio
+    to the hand-driven batch of its turn (machine speed drifts between turns more than
+    within one)."""
     got: dict[str, list[tuple[float, float]]] = {path: [] for path in paths}
     order = list(paths.items())
     for b in range(batches):
         for path, call in order[b % 3 :] + order[: b % 3]:
             got[path].append(await in_flight(call, n))
-    return {path: median_of(pairs) for path, pairs in got.items()}
+    hand = got[order[0][0]]
+    found = {}
+    for path, pairs in got.items():
+        ratios = [(w / hw, c / hc) for (w, c), (hw, hc) in zip(pairs, hand, strict=True)]
+        found[path] = (*median_of(pairs), *median_of(ratios))
+    return found
 
 
 def ray_by_hand() -> Callable[[int], Awaitable[int]]:
@@ -257,14 +266,16 @@ async def main(args: argparse.Namespace) -> None:
                     await in_graph(lambda call=call: in_flight(call, 64))
                 one = await in_graph(lambda paths=paths: alternate(paths, n1 * rounds))
                 wide = await in_graph(lambda paths=paths: alternate_wide(paths, n64, rounds))
-                for width, got in ((1, one), (64, wide)):
-                    base_wall, base_cpu = got["by hand"]
-                    for path, (wall, cpu) in got.items():
-                        print(
-                            f"  {kind:8} {width:9} {path:18} {wall * 1e6:6.1f} us "
-                            f"{wall / base_wall:7.2f}x {cpu * 1e6:6.1f} us "
-                            f"{cpu / base_cpu:7.2f}x"
-                        )
+                base_wall, base_cpu = one["by hand"]
+                rows = [
+                    (1, path, wall, wall / base_wall, cpu, cpu / base_cpu)
+                    for path, (wall, cpu) in one.items()
+                ] + [(64, path, w, w_x, c, c_x) for path, (w, c, w_x, c_x) in wide.items()]
+                for width, path, wall, wall_x, cpu, cpu_x in rows:
+                    print(
+                        f"  {kind:8} {width:9} {path:18} {wall * 1e6:6.1f} us "
+                        f"{wall_x:7.2f}x {cpu * 1e6:6.1f} us {cpu_x:7.2f}x"
+                    )
 
             print(f"\nCPU-bound graph: {cpu_nodes} nodes x burn({burn_n}) (~50 ms each)")
             walls = {}
@@ -338,9 +349,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks it still runs")
     parser.add_argument(
-        "--n", type=int, default=200, help="calls per path and round at 1 in flight (x4 at 64)"
+        "--n", type=int, default=100, help="calls per path and round at 1 in flight (x4 at 64)"
     )
-    parser.add_argument("--rounds", type=int, default=10, help="rounds (batches at 64)")
+    parser.add_argument("--rounds", type=int, default=20, help="rounds (batches at 64)")
     parser.add_argument(
         "--no-ray", action="store_true", help="skip Ray (it takes seconds to start)"
     )

@@ -11,6 +11,7 @@ import contextlib
 import itertools
 import os
 import pathlib
+import pickle
 import time
 from collections.abc import AsyncIterator
 
@@ -313,6 +314,53 @@ async def test_a_context_tool_in_a_static_graph_fails_before_any_node_starts(key
     with pytest.raises(trioflow.ConfigError, match=r"'uses_context_1'.*context"):
         await trioflow.run_async(static, {"path": str(marker)})
     assert not marker.exists()
+
+
+def nbytes(data: object) -> int:
+    return memoryview(data).nbytes  # type: ignore[arg-type]
+
+
+async def test_a_large_buffer_argument_ships(key: str) -> None:
+    # Large buffers (a numpy array, a PickleBuffer) reach the pickler's file as a PickleBuffer;
+    # the check before submission used to refuse them as unpicklable.
+    size = trioflow.tool(outputs=["n"], executor=key)(nbytes)
+
+    @trioflow.graph_fn(name="g", outputs=["n"])
+    async def g() -> int:
+        return (await size(data=pickle.PickleBuffer(bytearray(300_000))))["n"]
+
+    with trio.fail_after(120):
+        assert await trioflow.run_async(g) == {"n": 300_000}
+
+
+class Counted:
+    """Counts how often it is pickled in this process (the workers only unpickle it)."""
+
+    pickled = 0
+
+    def __reduce__(self) -> tuple[type, tuple[()]]:
+        Counted.pickled += 1
+        return (Counted, ())
+
+
+def type_name(v: object) -> str:
+    return type(v).__name__
+
+
+async def test_a_graph_fn_call_is_walked_once_by_the_check_then_once_to_ship() -> None:
+    name_of = trioflow.tool(outputs=["y"], executor="process")(type_name)
+
+    @trioflow.graph_fn(name="g", outputs=["y"])
+    async def g() -> str:
+        return (await name_of(v=Counted()))["y"]
+
+    with trio.fail_after(120):
+        async with trioflow.open_runtime(executors={"process": trioflow.ProcessExecutor(1)}):
+            Counted.pickled = 0
+            assert await trioflow.run_async(g) == {"y": "Counted"}
+    # Once before the node takes a slot, once by trio-parallel to send it; not a third time
+    # when the node starts with the very inputs that were just checked.
+    assert Counted.pickled == 2
 
 
 async def test_an_unknown_executor_key_fails_the_run_before_anything_starts(tmp_path) -> None:

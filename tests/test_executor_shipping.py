@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import threading
 
 import attrs
@@ -10,6 +11,7 @@ import trio
 from hypothesis import given, strategies as st
 
 import trioflow
+from trioflow import _shipping
 from trioflow._shipping import check_shippable, restore, shippable
 
 
@@ -168,3 +170,62 @@ def test_a_trio_object_anywhere_is_found(value, path) -> None:
     check_shippable("n_1", square, (), {"v": value})
     with pytest.raises(trioflow.ConfigError, match="trio.Event"):
         check_shippable("n_1", square, (), {"v": plant(value, path, trio.Event())})
+
+
+# -- what a check costs: each class and function is walked once, each value every time ------
+
+
+def test_a_large_out_of_band_buffer_passes_the_check() -> None:
+    # Protocol 5 hands large buffers (numpy arrays, PickleBuffer) to the file as a
+    # PickleBuffer, which has no len(): the check used to refuse every such argument.
+    check_shippable("n_1", square, (), {"data": pickle.PickleBuffer(bytearray(200_000))})
+
+
+def test_a_class_is_walked_once_but_its_instances_every_time() -> None:
+    @attrs.define
+    class Local:  # defined here: cloudpickle ships it by value, a walk through its body
+        value: object
+
+    walked: list[object] = []
+
+    class Recording(_shipping._Checked):
+        __slots__ = ()
+
+        def add(self, obj: object) -> None:
+            walked.append(obj)  # called for what a successful check walked through
+            super().add(obj)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_shipping, "_checked", Recording())
+        check_shippable("n_1", square, (), {"v": Local(1)})
+        assert Local in walked
+        walked.clear()
+        check_shippable("n_2", square, (), {"v": Local(2)})
+        assert Local not in walked  # met again: looked up, not walked
+    with pytest.raises(trioflow.ConfigError, match=r"'n_3'.*trio.Event"):
+        check_shippable("n_3", square, (), {"v": Local(trio.Event())})
+
+
+def test_a_function_that_failed_the_check_is_checked_again() -> None:
+    lock = threading.Lock()
+
+    def uses_lock() -> None:
+        with lock:
+            pass
+
+    for node in ("n_1", "n_2"):
+        with pytest.raises(trioflow.ConfigError, match=rf"'{node}'.*lock"):
+            check_shippable(node, uses_lock, (), {})
+
+
+@pytest.mark.parametrize("size", [10, 63, 64, 65, 5_000])
+@pytest.mark.parametrize("kind", [list, tuple, "dict"])
+def test_big_containers_of_atoms_pass_and_a_trio_object_past_the_fast_path_is_found(
+    size: int, kind
+) -> None:
+    items: list[object] = list(range(size))
+    make = (lambda xs: dict(enumerate(xs))) if kind == "dict" else kind
+    check_shippable("n_1", square, (), {"v": make(items)})
+    items[-1] = trio.Event()
+    with pytest.raises(trioflow.ConfigError, match="trio.Event"):
+        check_shippable("n_1", square, (), {"v": make(items)})

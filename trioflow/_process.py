@@ -14,9 +14,9 @@ from collections.abc import Callable
 from typing import Any, ClassVar, Self
 
 import attrs
-import trio
 
 from ._errors import ConfigError, ConfigTypeError, TrioflowError
+from ._executor import QuickLimiter
 from ._shipping import Failure, call_and_capture, require, restore, shippable
 
 __all__ = ["ProcessExecutor"]
@@ -65,7 +65,7 @@ class ProcessExecutor:
 
     _cm: Any = attrs.field(default=None, init=False, repr=False)
     _context: Any = attrs.field(default=None, init=False, repr=False)
-    _limiter: trio.CapacityLimiter | None = attrs.field(default=None, init=False, repr=False)
+    _limiter: QuickLimiter | None = attrs.field(default=None, init=False, repr=False)
     _broken: type[BaseException] = attrs.field(default=Exception, init=False, repr=False)
 
     async def __aenter__(self) -> Self:
@@ -80,7 +80,7 @@ class ProcessExecutor:
         )
         self._context = await cm.__aenter__()
         self._cm = cm
-        self._limiter = trio.CapacityLimiter(workers)
+        self._limiter = QuickLimiter(workers)  # a free worker is taken without a yield
         self._broken = trio_parallel.BrokenWorkerError  # a worker died: not about pickling
         return self
 
@@ -103,7 +103,7 @@ class ProcessExecutor:
                 args,
                 kwargs,
                 kill_on_cancel=self.kill_on_cancel,
-                limiter=limiter,
+                limiter=limiter.as_limiter,
             )
         except Failure as failure:
             raise restore(failure) from None

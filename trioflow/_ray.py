@@ -58,20 +58,22 @@ def _restore_sigint() -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-def ray_task(fn: Callable[..., Any], n_args: int, names: tuple[str, ...], *values: Any) -> Any:
+def ray_task(fn: Callable[..., Any], names: tuple[str, ...], *values: Any) -> Any:
     """The Ray task that runs one call (on the worker).
 
-    Arguments arrive flat, so that object refs among them are resolved by Ray on the worker.
+    Arguments arrive flat, so that object refs among them are resolved by Ray on the worker:
+    the positional ones, then one per keyword in `names` (each Ray argument costs time).
     """
     _restore_sigint()
     values = _fetch_nested(values)
+    n_args = len(values) - len(names)
     kwargs = dict(zip(names, values[n_args:], strict=True))
     return call_and_capture(fn, values[:n_args], kwargs)
 
 
 def _bind(fn: Callable[..., Any]) -> Callable[..., Any]:
-    def task(n_args: int, names: tuple[str, ...], *values: Any) -> Any:
-        return ray_task(fn, n_args, names, *values)
+    def task(names: tuple[str, ...], *values: Any) -> Any:
+        return ray_task(fn, names, *values)
 
     task.__qualname__ = task.__name__ = f"trioflow:{getattr(fn, '__qualname__', 'call')}"
     return task
@@ -92,7 +94,6 @@ def ray_task_outputs(
     owner: str,
     outputs: tuple[str, ...],
     fn: Callable[..., Any],
-    n_args: int,
     names: tuple[str, ...],
     *values: Any,
 ) -> tuple[Any, ...]:
@@ -102,6 +103,7 @@ def ray_task_outputs(
     """
     _restore_sigint()
     values = _fetch_nested(values)
+    n_args = len(values) - len(names)
     kwargs = dict(zip(names, values[n_args:], strict=True))
     produced = call_and_capture(_call_and_split, (owner, outputs, fn, values[:n_args], kwargs), {})
     return (None, *produced)
@@ -274,8 +276,8 @@ class RayExecutor:
         fn = shippable(fn)
         bound = self._bound_task(fn)
         if bound is not None:
-            return bound.remote(len(args), tuple(kwargs), *args, *kwargs.values())
-        return self._remote.remote(fn, len(args), tuple(kwargs), *args, *kwargs.values())
+            return bound.remote(tuple(kwargs), *args, *kwargs.values())
+        return self._remote.remote(fn, tuple(kwargs), *args, *kwargs.values())
 
     def _bound_task(self, fn: Callable[..., Any]) -> Any:
         """A Ray task with `fn` built in, for a function called more than once: Ray exports
@@ -319,7 +321,7 @@ class RayExecutor:
             remote = self._remote_outputs[n] = ray.remote(**self.options, num_returns=n)(
                 ray_task_outputs
             )
-        refs = remote.remote(owner, outputs, shippable(fn), 0, tuple(kwargs), *kwargs.values())
+        refs = remote.remote(owner, outputs, shippable(fn), tuple(kwargs), *kwargs.values())
         await self.result(refs[0])  # the status: raises the task's exception
         produced: dict[str, Any] = {}
         for name, ref in zip(outputs, refs[1:], strict=True):

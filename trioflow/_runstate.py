@@ -9,7 +9,7 @@ the rate-limit turns, and the memo (outputs reused from a stored run or the resu
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import attrs
@@ -164,9 +164,11 @@ class RunState:
 
     # -- the reactive (graph_fn) entry points, implemented in `_reactive` --------------------
 
-    async def call(self, call: ToolCall, parent: Frame) -> dict[str, Any]:
-        """Run an awaited tool call as a node, inline in the awaiting task."""
-        return await _reactive.call_tool(self, call, parent)
+    def call(self, call: ToolCall, parent: Frame) -> Coroutine[Any, Any, dict[str, Any]]:
+        """Run an awaited tool call as a node, inline in the awaiting task. (The coroutine of
+        `call_tool` itself, not one awaiting it: one frame fewer on each of its suspensions,
+        which an executor's node crosses several times.)"""
+        return _reactive.call_tool(self, call, parent)
 
     async def fan_out(
         self, parent: Frame | None, calls: Iterable[ToolCall | Callable[[], Awaitable[Any]]]

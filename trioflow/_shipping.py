@@ -20,7 +20,7 @@ import sys
 import traceback
 import weakref
 from collections.abc import Callable, Mapping
-from types import ModuleType
+from types import FunctionType, ModuleType
 from typing import Any
 
 import trio
@@ -76,7 +76,43 @@ class _Sink(io.RawIOBase):
         return True
 
     def write(self, b: Any) -> int:
-        return len(b)
+        # Large buffers arrive as a `pickle.PickleBuffer` (protocol 5), which has no len().
+        with memoryview(b) as view:
+            return view.nbytes
+
+
+class _Checked:
+    """Functions and classes already checked whole, by identity; forgotten when collected.
+
+    A function or class is checked once, like the tool's own function: after that, meeting it
+    again (the class of every argument of that type, a helper a closure refers to) costs a
+    lookup instead of a walk through its code, globals and class body. Instances are always
+    walked: what they hold may change from call to call.
+    """
+
+    __slots__ = ("_ids",)
+
+    def __init__(self) -> None:
+        self._ids: dict[int, weakref.ref[Any]] = {}
+
+    def __contains__(self, obj: object) -> bool:
+        return id(obj) in self._ids
+
+    def add(self, obj: object) -> None:
+        key, ids = id(obj), self._ids
+        if key in ids:
+            return
+
+        def forget(_: object) -> None:
+            ids.pop(key, None)
+
+        with contextlib.suppress(TypeError):  # not weak-referenceable: checked every time
+            ids[key] = weakref.ref(obj, forget)
+
+
+_checked = _Checked()
+# What the checker writes instead of an object it need not walk (the bytes are never read).
+_STAND_IN = (len, ())
 
 
 def _checking_pickler() -> type[pickle.Pickler]:
@@ -87,10 +123,18 @@ def _checking_pickler() -> type[pickle.Pickler]:
     class Checker(cloudpickle.Pickler):  # type: ignore[misc]
         last: object = None
 
+        def __init__(self, file: Any, protocol: int) -> None:
+            super().__init__(file, protocol=protocol)
+            self.met: list[object] = []  # functions and classes walked in this check
+
         def reducer_override(self, obj: Any) -> Any:
             self.last = obj
+            if isinstance(obj, type | FunctionType):
+                if obj in _checked:
+                    return _STAND_IN  # checked whole before: no walk
+                self.met.append(obj)
             if _is_ray_object_ref(obj):
-                return (str, ())  # Ray resolves its own references; nothing to check
+                return _STAND_IN  # Ray resolves its own references; nothing to check
             if _is_trio_object(obj):
                 raise _Refused(
                     obj,
@@ -110,7 +154,7 @@ def _pickler_class() -> type[pickle.Pickler]:
 
 
 def _check_one(node_id: str, what: str, value: object) -> None:
-    pickler = _pickler_class()(_Sink(), protocol=pickle.HIGHEST_PROTOCOL)
+    pickler: Any = _pickler_class()(_Sink(), protocol=pickle.HIGHEST_PROTOCOL)
     try:
         pickler.dump(value)
     except _Refused as refused:
@@ -126,6 +170,8 @@ def _check_one(node_id: str, what: str, value: object) -> None:
             f"process: {_type_name(culprit)} ({type(exc).__name__}: {exc}); pass picklable "
             "values (create clients, locks and files inside the tool)"
         ) from exc
+    for obj in pickler.met:  # the whole walk succeeded: each of them shipped whole
+        _checked.add(obj)
 
 
 def _type_name(obj: object) -> str:
@@ -133,22 +179,32 @@ def _type_name(obj: object) -> str:
     return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
 
 
+# Values that hold nothing else, so need no walk through the pickler.
 _ATOMS = frozenset({int, float, str, bytes, bool, type(None), complex})
-_checked_functions: weakref.WeakSet[Any] = weakref.WeakSet()
+_PLAIN_BUDGET = 64
 
 
 def _plain(value: object, budget: list[int]) -> bool:
-    """Built-in data only (no walk through the pickler needed): the common case, made cheap."""
+    """Built-in data only (no walk through the pickler needed): the common case, made cheap.
+
+    `budget` bounds the items looked at; past it the pickler walks the value instead (in C,
+    faster than this loop for big containers of atoms)."""
     t = type(value)
     if t in _ATOMS:
         return True
-    budget[0] -= 1
-    if budget[0] < 0:
-        return False
     if t is list or t is tuple:
-        return all(_plain(v, budget) for v in value)  # type: ignore[attr-defined]
+        budget[0] -= len(value)  # type: ignore[arg-type]
+        if budget[0] < 0:
+            return False
+        return all(type(v) in _ATOMS or _plain(v, budget) for v in value)  # type: ignore[attr-defined]
     if t is dict:
-        return all(_plain(k, budget) and _plain(v, budget) for k, v in value.items())  # type: ignore[attr-defined]
+        budget[0] -= 2 * len(value)  # type: ignore[arg-type]
+        if budget[0] < 0:
+            return False
+        return all(
+            (type(k) in _ATOMS or _plain(k, budget)) and (type(v) in _ATOMS or _plain(v, budget))
+            for k, v in value.items()  # type: ignore[attr-defined]
+        )
     return False
 
 
@@ -161,15 +217,14 @@ def check_shippable(
     channels, nurseries, cancel scopes, ...) and node contexts anywhere inside the function
     or its arguments.
     """
-    if fn not in _checked_functions:
+    if fn not in _checked:
         _check_one(node_id, f"the function {getattr(fn, '__qualname__', fn)!r}", fn)
-        with contextlib.suppress(TypeError):  # not weak-referenceable: checked every time
-            _checked_functions.add(fn)
+        _checked.add(fn)
     for i, value in enumerate(args):
-        if not _plain(value, [64]):
+        if type(value) not in _ATOMS and not _plain(value, [_PLAIN_BUDGET]):
             _check_one(node_id, f"positional argument {i}", value)
     for name, value in kwargs.items():
-        if not _plain(value, [64]):
+        if type(value) not in _ATOMS and not _plain(value, [_PLAIN_BUDGET]):
             _check_one(node_id, f"argument {name!r}", value)
 
 
@@ -181,9 +236,15 @@ def _is_ray_object_ref(value: object) -> bool:
 _async_wrappers: weakref.WeakKeyDictionary[Any, Callable[..., Any]] = weakref.WeakKeyDictionary()
 
 
+_sync_functions = _Checked()  # seen before and not `async def`: shipped as they are
+
+
 def shippable(fn: Callable[..., Any]) -> Callable[..., Any]:
     """The function to ship for `fn`: an `async def` is wrapped to run under `trio.run`."""
+    if fn in _sync_functions:  # (the executors ask on every call)
+        return fn
     if not inspect.iscoroutinefunction(fn):
+        _sync_functions.add(fn)
         return fn
     try:
         found = _async_wrappers.get(fn)

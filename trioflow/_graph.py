@@ -599,9 +599,10 @@ def _canonical_json(graph: TaskGraph) -> str:
             [(name, value)] = args.items()
             text = (heads.get(name) or head_json(name)) + value_json(value)
         else:
-            text = ",".join(
-                [(heads.get(k) or head_json(k)) + value_json(args[k]) for k in sorted(args)]
-            )
+            parts = []  # a loop, not a comprehension: no function object per node
+            for name in sorted(args):
+                parts.append((heads.get(name) or head_json(name)) + value_json(args[name]))
+            text = ",".join(parts)
         deps = node.deps
         if not deps:
             deps_text = ""

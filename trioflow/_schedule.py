@@ -359,8 +359,8 @@ class _PlanRun:
         ledger = run.ledger
         start, done, fail, cancel = ledger.start, ledger.done, ledger.fail, ledger.cancel
         accept = run.memo.accept if run.memo is not None else None
-        # Nobody looks at a node's outputs dict: a one-output tool's value goes straight to its
-        # slot (listeners are fixed when a run starts).
+        # Nobody looks at a node's outputs dict: a one-output tool's value goes to its slot
+        # without one (listeners are fixed when a run starts).
         bare = accept is None and ledger.listener is None
         base, node_ids = self.base, self.node_ids
         ready, later = self.ready, self.later
@@ -412,12 +412,18 @@ class _PlanRun:
                         start(idx, kwargs, now)
                         target = targets[i]
                         result = await target.fn(**kwargs)
-                        if bare and type(result) is not dict and len(target.outputs) == 1:
+                        outs = target.outputs
+                        if type(result) is not dict and len(outs) == 1:  # one output, bare
+                            if bare:
+                                outputs = None
+                            else:
+                                outputs = {outs[0]: result}
+                                if accept is not None:  # a store encodes them first: an
+                                    accept(node_ids[i], target, outputs)  # unstorable one fails
                             values[out_base[i]] = result
-                            outputs = None
                         else:
                             outputs = target.normalize(result)
-                            if accept is not None:  # a store encodes them: unstorable ones fail
+                            if accept is not None:
                                 accept(node_ids[i], target, outputs)
                             self.store(i, outputs)
                     except Exception as exc:

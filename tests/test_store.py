@@ -454,3 +454,16 @@ def test_two_processes_writing_one_store_file_lose_nothing(tmp_path: pathlib.Pat
     assert all(r.state is trioflow.NodeState.DONE for r in runs)
     for r in runs:
         assert store.outputs(r.run_id) == {f"n_{i}": {"out": i} for i in range(200)}
+
+
+@given(
+    st.text(max_size=6) | st.sampled_from(["$t", '"$t"', "\\", "é", "\u2028"]),
+    st.integers() | st.text(max_size=6) | st.sampled_from(["$t", '"$t"', "\\", "\x00", "é"]),
+)
+def test_one_int_or_str_output_is_stored_as_the_general_encoder_writes_it(
+    name: str, value: int | str
+) -> None:
+    """The short path for the commonest outputs writes the very text of the general one."""
+    from trioflow._serialize import _dumps
+
+    assert Serializer("json").dumps({name: value}) == _dumps({name: value})

@@ -277,6 +277,13 @@ class Serializer:
             except Exception as exc:
                 raise Unserialisable(_first_unpicklable(value), where, repr(exc)) from None
         out = value if type(value) is dict else dict(value)
+        if len(out) == 1:  # the commonest case: one output, an int or a str (same text)
+            ((key, item),) = out.items()
+            kind = type(item)
+            if kind is int and type(key) is str:
+                return f"{{{encode_basestring_ascii(key)}:{int.__repr__(item)}}}"
+            if kind is str and type(key) is str:
+                return f"{{{encode_basestring_ascii(key)}:{encode_basestring_ascii(item)}}}"
         if all(type(v) in _SCALARS for v in out.values()):
             return _dumps(out)  # the common case: scalars only
         return _dumps({k: encode(v, f"{where} {k!r}") for k, v in out.items()})

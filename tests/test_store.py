@@ -341,13 +341,19 @@ def test_a_file_that_is_not_a_database_is_a_store_error(tmp_path: pathlib.Path) 
     assert info.value.__context__ is None or info.value.__suppress_context__
 
 
-def test_a_truncated_store_is_a_store_error(tmp_path: pathlib.Path) -> None:
+def _store_of_2000_rows(tmp_path: pathlib.Path) -> pathlib.Path:
+    """A closed store file of one run with 2000 node rows, its WAL checkpointed into it."""
     path = tmp_path / "runs.db"
     store = trioflow.SQLiteStore(path)
     store.begin(run_row("r1"), resume=False)
     store.write([("node", node_row("r1", f"work_{i}", i)) for i in range(2000)])
     store.close()
     _checkpoint(path)
+    return path
+
+
+def test_a_truncated_store_is_a_store_error(tmp_path: pathlib.Path) -> None:
+    path = _store_of_2000_rows(tmp_path)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(trioflow.StoreError, match="truncated"):
@@ -355,12 +361,7 @@ def test_a_truncated_store_is_a_store_error(tmp_path: pathlib.Path) -> None:
 
 
 def test_a_corrupted_page_is_a_store_error_not_a_sqlite_traceback(tmp_path: pathlib.Path) -> None:
-    path = tmp_path / "runs.db"
-    store = trioflow.SQLiteStore(path)
-    store.begin(run_row("r1"), resume=False)
-    store.write([("node", node_row("r1", f"work_{i}", i)) for i in range(2000)])
-    store.close()
-    _checkpoint(path)
+    path = _store_of_2000_rows(tmp_path)
     data = bytearray(path.read_bytes())
     page = int.from_bytes(data[16:18], "big")
     for offset in range(2 * page, len(data) - page, page):  # scribble over every b-tree page

@@ -138,7 +138,8 @@ class NodeRef:
 
 
 _new = object.__new__
-# `make_node_spec` and `make_output_ref` of _graph, inlined in `GraphTracer._add`.
+# Slot setters of `NodeSpec` and `OutputRef` (`make_output_ref` of _graph, inlined in
+# `GraphTracer._add` with the node's own).
 (_set_id, _set_tool, _set_args, _set_deps, _set_outputs, _set_kind, _set_map_param, _set_target) = (
     NODE_SPEC_SETTERS
 )
@@ -324,8 +325,8 @@ class GraphTracer:
                     args[key] = value[:]  # a copy: the caller may change its list later
                     continue
             args[key] = self._prepare(value, deps, node_id)
-        # The NodeSpec, then the NodeRef with its output refs (`make_node_spec`, `NodeRef()`
-        # and `make_output_ref`, inlined: a trace makes one of each per node).
+        # The NodeSpec, then the NodeRef with its output refs, their slots set directly
+        # (`NodeRef()` and `make_output_ref` inlined: a trace makes one of each per node).
         node = _new(NodeSpec)
         _set_id(node, node_id)
         _set_tool(node, name)

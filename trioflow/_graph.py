@@ -32,7 +32,6 @@ __all__ = [
     "OutputRef",
     "TaskGraph",
     "iter_refs",
-    "make_node_spec",
     "make_output_ref",
     "resolve",
 ]
@@ -205,7 +204,7 @@ class OutputRef(_RefOps):
 # values the tracer has already checked: the objects are the same as the classes' own.
 
 _new = object.__new__
-# The slots' setters, in field order (the tracer inlines `make_output_ref` and `make_node_spec`).
+# The slots' setters, in field order (the tracer sets a node's and its refs' slots itself).
 OUTPUT_REF_SETTERS = tuple(OutputRef.__dict__[f].__set__ for f in ("node", "output", "path"))
 _set_node, _set_output, _set_path = OUTPUT_REF_SETTERS
 
@@ -279,32 +278,6 @@ NODE_SPEC_SETTERS = tuple(
     NodeSpec.__dict__[f].__set__
     for f in ("id", "tool", "args", "deps", "outputs", "kind", "map_param", "target")
 )
-(_set_id, _set_tool, _set_args, _set_deps, _set_outputs, _set_kind, _set_map_param, _set_target) = (
-    NODE_SPEC_SETTERS
-)
-
-
-def make_node_spec(
-    id: str,
-    tool: str,
-    args: dict[str, Any],
-    deps: tuple[str, ...],
-    outputs: tuple[str, ...],
-    kind: NodeKind,
-    map_param: str | None,
-    target: str,
-) -> NodeSpec:
-    """`NodeSpec(...)` with every field given, made cheaply (a trace makes one per node)."""
-    node = _new(NodeSpec)
-    _set_id(node, id)
-    _set_tool(node, tool)
-    _set_args(node, args)
-    _set_deps(node, deps)
-    _set_outputs(node, outputs)
-    _set_kind(node, kind)
-    _set_map_param(node, map_param)
-    _set_target(node, target)
-    return node
 
 
 @attrs.frozen

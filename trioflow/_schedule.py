@@ -300,28 +300,17 @@ class _PlanRun:
         for k, name in enumerate(self.plan.targets[i].outputs):
             values[base + k] = outputs[name]
 
-    def produced(self, i: int) -> bool:
-        """Whether node i's outputs are in their slots."""
-        plan = self.plan
-        return not plan.targets[i].outputs or self.values[plan.out_base[i]] is not _UNSET
-
     # -- the ready queue -------------------------------------------------------------------
 
-    def pop_ready(self) -> int:
-        """The next ready node, or -1 when none is ready."""
-        ready, later = self.ready, self.later
-        rng = self.run.rng
-        if rng is not None:
-            if not ready:
-                return -1
-            k = rng.randrange(len(ready))
-            ready[k], ready[-1] = ready[-1], ready[k]
-            return ready.pop()
-        if later:
-            if ready and ready[0] < later[0]:
-                return ready.popleft()
-            return heapq.heappop(later)
-        return ready.popleft() if ready else -1
+    def pop_random(self) -> int:
+        """A random ready node (a run with an `rng`), or -1 when none is ready. Without one,
+        the worker pops the lowest ready index itself."""
+        ready = self.ready
+        if not ready:
+            return -1
+        k = self.run.rng.randrange(len(ready))  # type: ignore[union-attr]
+        ready[k], ready[-1] = ready[-1], ready[k]
+        return ready.pop()
 
     def push_ready(self, i: int) -> None:
         ready = self.ready
@@ -377,7 +366,7 @@ class _PlanRun:
         try:
             while True:
                 if not ordered:
-                    i = self.pop_ready()
+                    i = self.pop_random()
                 elif later:
                     i = ready.popleft() if ready and ready[0] < later[0] else heappop(later)
                 elif ready:

@@ -411,6 +411,47 @@ def test_a_sync_tool_does_not_make_virtual_time_jump() -> None:
     assert outcome.elapsed == 0  # the 5 s timeout did not fire early
 
 
+def test_a_sync_tool_counts_as_busy_until_its_result_is_back_in_trio() -> None:
+    # Trio's thread cache marks a worker idle just before it hands the result back; the kit
+    # must not read that as "everything is blocked" and let virtual time jump to a timeout.
+    import threading
+
+    from trioflow._executor import threads_waited_on
+    from trioflow.testing._watchdog import threads_busy
+
+    seen: list[tuple[bool, int]] = []
+    release = threading.Event()
+
+    def waits() -> None:
+        release.wait(5)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trioflow.ThreadExecutor().run, waits)
+            await trio.testing.wait_all_tasks_blocked()
+            seen.append((threads_busy(), threads_waited_on()))
+            release.set()
+        seen.append((threads_busy(), threads_waited_on()))
+
+    trio.run(main)
+    assert seen == [(True, 1), (False, 0)]
+
+    @trioflow.tool(outputs=["out"], timeout=5)
+    def quick(x: int) -> int:
+        return x
+
+    @trioflow.graph_fn(name="many_sync", outputs=["out"])
+    async def many_sync() -> int:
+        total = 0
+        for i in range(200):
+            total += (await quick(x=i))["out"]
+        return total
+
+    outcome = run_virtual(many_sync)
+    assert outcome.ok, outcome.error
+    assert (outcome.outputs, outcome.elapsed) == ({"out": sum(range(200))}, 0)
+
+
 def test_the_docs_page_names_every_public_name() -> None:
     import trioflow.testing as kit
 

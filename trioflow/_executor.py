@@ -32,7 +32,38 @@ __all__ = [
     "QuickLimiter",
     "ThreadExecutor",
     "check_executors",
+    "threads_waited_on",
+    "to_thread",
 ]
+
+# Worker-thread jobs trioflow is waiting on, in this process: exact from before the job is
+# handed to a thread until its result is back in Trio. The testing kit reads it to keep virtual
+# time still while a thread runs (Trio's own thread cache marks a worker idle a moment before
+# its result arrives, which is too early to go by).
+_waited_on = 0
+
+
+def threads_waited_on() -> int:
+    """How many worker-thread jobs trioflow's tasks are waiting on right now."""
+    return _waited_on
+
+
+async def to_thread(
+    fn: Callable[[], Any],
+    *,
+    limiter: trio.CapacityLimiter | None = None,
+    thread_name: str | None = None,
+    abandon_on_cancel: bool = False,
+) -> Any:
+    """`trio.to_thread.run_sync(fn)`, counted in `threads_waited_on()` while it runs."""
+    global _waited_on
+    _waited_on += 1
+    try:
+        return await trio.to_thread.run_sync(
+            fn, limiter=limiter, thread_name=thread_name, abandon_on_cancel=abandon_on_cancel
+        )
+    finally:
+        _waited_on -= 1
 
 
 @runtime_checkable
@@ -101,7 +132,7 @@ class ThreadExecutor:
         # Named here: Trio's default name looks up the task's name and the partial's missing
         # __name__ (an AttributeError) on every call.
         name = f"trioflow: {getattr(fn, '__qualname__', 'call')}"
-        return await trio.to_thread.run_sync(call, limiter=tokens.as_limiter, thread_name=name)
+        return await to_thread(call, limiter=tokens.as_limiter, thread_name=name)
 
 
 class QuickLimiter:

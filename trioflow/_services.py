@@ -28,6 +28,7 @@ import trio
 
 from ._context import NodeContext, current_context, current_runtime
 from ._errors import ConfigError, ServiceError
+from ._executor import to_thread
 
 __all__ = [
     "BUILTIN_NAMES",
@@ -125,7 +126,7 @@ async def call_hook(method: Callable[[], Any]) -> None:
     if inspect.iscoroutinefunction(method):
         await method()
         return
-    result = await trio.to_thread.run_sync(method)
+    result = await to_thread(method)
     if inspect.isawaitable(result):  # a plain def that hands back an awaitable
         await result
 
@@ -368,6 +369,6 @@ class Service:
         """
         runtime = current_runtime()
         limiter = runtime.thread_limiter if runtime is not None else None
-        return await trio.to_thread.run_sync(
-            fn, *args, abandon_on_cancel=abandon_on_cancel, limiter=limiter
-        )
+        call = functools.partial(fn, *args) if args else fn
+        result: R = await to_thread(call, limiter=limiter, abandon_on_cancel=abandon_on_cancel)
+        return result

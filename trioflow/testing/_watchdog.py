@@ -18,6 +18,7 @@ from typing import Any
 import trio
 import trio.testing
 
+from .._executor import threads_waited_on
 from .._records import RunRecord
 
 __all__ = ["Deadlock", "Stall", "threads_busy", "watch_progress"]
@@ -56,8 +57,13 @@ class Stall(Deadlock):
 
 
 def threads_busy() -> bool:
-    """Whether a Trio worker thread (`trio.to_thread`, whatever its limiter) is running a job."""
-    if trio.to_thread.current_default_thread_limiter().borrowed_tokens > 0:
+    """Whether a Trio worker thread (`trio.to_thread`, whatever its limiter) is running a job.
+
+    Exact for trioflow's own threads (sync tools, `run_blocking`) and for `trio.to_thread` on
+    Trio's default limiter; other threads are seen through Trio's thread cache, which marks a
+    worker idle a moment before its result is back.
+    """
+    if threads_waited_on() or trio.to_thread.current_default_thread_limiter().borrowed_tokens:
         return True
     try:  # trio's thread cache: a worker that is not idle is running a job
         from trio._core._thread_cache import THREAD_CACHE, WorkerThread

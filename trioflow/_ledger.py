@@ -106,6 +106,22 @@ class Ledger:
         self.executors.append(executor)
         return len(self.ids) - 1
 
+    def add_running(
+        self, node_id: str, tool: str, executor: str, inputs: Mapping[str, Any] | None
+    ) -> int:
+        """`add` and `start` at once, for a node whose capacity was free: returns its index."""
+        self.ids.append(node_id)
+        self.tools.append(tool)
+        self.states.append(_RUNNING)
+        self.started.append(at := self.now())
+        self.finished.append(_NOT_YET)
+        self.attempts.append(1)
+        self.executors.append(executor)
+        idx = len(self.ids) - 1
+        if self.listener is not None:
+            self._emit("node_started", idx, _RUNNING, at, None, inputs, None)
+        return idx
+
     def add_many(self, node_ids: list[str], tools: list[str], executors: list[str]) -> int:
         """Append PENDING rows for a whole static graph; returns the first row's index."""
         base = len(self.ids)

@@ -19,6 +19,7 @@ from ._attempt import execute_node, node_failed
 from ._context import FRAME, Frame
 from ._errors import ConfigError, NodeFailed, is_run_failure
 from ._pace import Pacer
+from ._shipping import ATOMS, check_shippable, shippable
 from ._slots import Limiters, Slot
 from ._tool import ToolCall
 
@@ -62,28 +63,80 @@ async def take_capacity(run: RunState, idx: int, slot: Slot, limiters: Limiters)
 
 
 async def call_tool(run: RunState, call: ToolCall, parent: Frame) -> dict[str, Any]:
-    """An awaited tool call: a node run inline in the awaiting task."""
+    """An awaited tool call: a node run inline in the awaiting task.
+
+    Two cases are inlined here rather than run through `execute_node`: a plain async tool in
+    the loop, and one plain attempt on an entered executor (a thread, a process, ...), whose
+    round trip is short enough that every call and coroutine on the way shows.
+    """
     tool = call.tool
-    limiters = run.check_tool(tool)  # before the node takes a slot
+    inputs = call.inputs
+    limiters = run.checked.get(tool) or run.check_tool(tool)  # before the node takes a slot
     node_id = run.node_id(parent.graph_id, tool.name)
+    key = tool.executor_key
+    executor: Any = None
+    fn = tool.fn
     if not tool.plain:  # a plain tool runs in the loop: nothing is shipped
-        run.executors.check_call(node_id, tool, call.inputs)
+        found = run.on_executor.get(tool)
+        if found is not None:  # one attempt on an executor, its function checked
+            executor, fn, ships = found
+            if ships:
+                for value in inputs.values():
+                    if type(value) not in ATOMS:  # (`check_shippable`'s first test, inlined)
+                        check_shippable(node_id, tool.fn, (), inputs)
+                        break
+        else:
+            if tool.one_attempt and run.memo is None:
+                executor = run.executors.entered(key)
+            if executor is None:  # the general path (or the executor's first use)
+                run.executors.check_call(node_id, tool, inputs)
+            else:
+                ships = bool(getattr(executor, "ships", False))
+                if ships:
+                    check_shippable(node_id, fn, (), inputs)
+                    if tool.is_async:
+                        fn = shippable(fn)
+                run.on_executor[tool] = (executor, fn, ships)
     ledger = run.ledger
-    idx = ledger.add(node_id, tool.name, tool.executor_key)
-    lent = lend(parent)
+    held = parent.slot  # (`lend`, inlined)
+    lent = held.give_back() if held is not None and held.held else ()
     slot = Slot()
+    idx = -1  # the node's ledger row: added once its capacity is taken, or it must wait
+    suspended = False
     try:
-        await take_capacity(run, idx, slot, limiters)
+        if not slot.take_nowait(limiters):
+            idx = ledger.add(node_id, tool.name, key)
+            await take_capacity(run, idx, slot, limiters)
         frame = Frame(run, parent.graph_id, node_id, 1, slot)
         token = FRAME.set(frame)
         try:
-            if not tool.plain or run.memo is not None:
-                outputs = await execute_node(run, idx, tool, call.inputs, frame)
+            if executor is None and (not tool.plain or run.memo is not None):
+                if idx < 0:
+                    idx = ledger.add(node_id, tool.name, key)
+                outputs = await execute_node(run, idx, tool, inputs, frame)
             else:
-                # The hot path, inlined: execute_node minus executors, timeout, retry, reuse.
-                ledger.start(idx, call.inputs)
+                # The hot paths, inlined: execute_node's one attempt with nothing around it,
+                # on an executor or (a plain async tool) in the loop itself.
+                if idx < 0:
+                    idx = ledger.add_running(node_id, tool.name, key, inputs)
+                else:
+                    ledger.start(idx, inputs)
                 try:
-                    outputs = tool.normalize(await tool.fn(**call.inputs))
+                    if executor is None:
+                        outputs = tool.normalize(await fn(**inputs))
+                    else:
+                        task = _current_task()
+                        points = task._schedule_points
+                        result = await executor.run(fn, **inputs)
+                        suspended = task._schedule_points != points
+                        if key != "loop":
+                            # A run deadline (or outer cancel) that passed while a thread ran.
+                            await _checkpoint_if_cancelled()
+                        names = tool.outputs
+                        if len(names) == 1 and type(result) is not dict:
+                            outputs = {names[0]: result}  # (`normalize`'s common case, inlined)
+                        else:
+                            outputs = tool.normalize(result)
                 except Exception as exc:
                     ledger.fail(idx, exc)
                     raise node_failed(node_id, tool.name, exc) from exc
@@ -94,10 +147,18 @@ async def call_tool(run: RunState, call: ToolCall, parent: Frame) -> dict[str, A
         finally:
             FRAME.reset(token)
             slot.give_back()
-        await run.pacer.tick()
+        if not suspended or key == "loop":
+            # A node whose executor went through the scheduler (and then checked for a
+            # cancel) has given every other task its turn already: no pacing needed.
+            await run.pacer.tick()
         return outputs
     finally:
-        await reclaim(parent, lent)
+        if lent:
+            await reclaim(parent, lent)
+
+
+_current_task = trio.lowlevel.current_task
+_checkpoint_if_cancelled = trio.lowlevel.checkpoint_if_cancelled
 
 
 def _waited_for(limiters: Limiters) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 import attrs
 import trio
@@ -99,7 +99,13 @@ class RunState:
     pacer: Pacer = attrs.field(factory=Pacer, init=False)
     _counters: dict[str, int] = attrs.field(factory=dict, init=False)
     _limiters: dict[tuple[str, ...], Limiters] = attrs.field(factory=dict, init=False)
-    _checked: set[int] = attrs.field(factory=set, init=False)
+    # Tools `check_tool` passed, with their limiters (a graph_fn call looks here first).
+    checked: dict[Tool, Limiters] = attrs.field(factory=dict, init=False)
+    # Tools whose awaited calls are one attempt on an entered executor: that executor, the
+    # function to hand it (checked for shipping), and whether it ships (`call_tool`).
+    on_executor: dict[Tool, tuple[Any, Callable[..., Any], bool]] = attrs.field(
+        factory=dict, init=False
+    )
 
     # -- identities and capacity ---------------------------------------------------------
 
@@ -139,7 +145,7 @@ class RunState:
         any node of a static graph starts, and before a graph_fn call takes a slot.
         """
         limiters = self.limiters_for(tool.limits)
-        if id(tool) not in self._checked:
+        if tool not in self.checked:
             self.executors.check(tool.executor_key, f"tool {tool.name!r}")
             if tool.cache is not None and self.memo is None:
                 raise ConfigError(
@@ -154,7 +160,7 @@ class RunState:
                         "trioflow.RateLimit(...)} to trioflow.run() or open_runtime()"
                     )
                 self.rates.check(tool.rate_limit)
-            self._checked.add(id(tool))
+            self.checked[tool] = limiters
         return limiters
 
     def check_tools(self, tools: Iterable[Tool]) -> None:
@@ -164,11 +170,12 @@ class RunState:
 
     # -- the reactive (graph_fn) entry points, implemented in `_reactive` --------------------
 
-    def call(self, call: ToolCall, parent: Frame) -> Coroutine[Any, Any, dict[str, Any]]:
-        """Run an awaited tool call as a node, inline in the awaiting task. (The coroutine of
-        `call_tool` itself, not one awaiting it: one frame fewer on each of its suspensions,
-        which an executor's node crosses several times.)"""
-        return _reactive.call_tool(self, call, parent)
+    call: ClassVar[Callable[[RunState, ToolCall, Frame], Coroutine[Any, Any, dict[str, Any]]]] = (
+        _reactive.call_tool
+    )
+    """`run.call(call, parent)`: run an awaited tool call as a node, inline in the awaiting
+    task. (`call_tool` itself as the method, so awaiting it costs no call and no frame in
+    between: an executor's node crosses its frames on each of several suspensions.)"""
 
     async def fan_out(
         self, parent: Frame | None, calls: Iterable[ToolCall | Callable[[], Awaitable[Any]]]

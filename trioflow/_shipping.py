@@ -180,7 +180,7 @@ def _type_name(obj: object) -> str:
 
 
 # Values that hold nothing else, so need no walk through the pickler.
-_ATOMS = frozenset({int, float, str, bytes, bool, type(None), complex})
+ATOMS = frozenset({int, float, str, bytes, bool, type(None), complex})
 _PLAIN_BUDGET = 64
 
 
@@ -190,19 +190,19 @@ def _plain(value: object, budget: list[int]) -> bool:
     `budget` bounds the items looked at; past it the pickler walks the value instead (in C,
     faster than this loop for big containers of atoms)."""
     t = type(value)
-    if t in _ATOMS:
+    if t in ATOMS:
         return True
     if t is list or t is tuple:
         budget[0] -= len(value)  # type: ignore[arg-type]
         if budget[0] < 0:
             return False
-        return all(type(v) in _ATOMS or _plain(v, budget) for v in value)  # type: ignore[attr-defined]
+        return all(type(v) in ATOMS or _plain(v, budget) for v in value)  # type: ignore[attr-defined]
     if t is dict:
         budget[0] -= 2 * len(value)  # type: ignore[arg-type]
         if budget[0] < 0:
             return False
         return all(
-            (type(k) in _ATOMS or _plain(k, budget)) and (type(v) in _ATOMS or _plain(v, budget))
+            (type(k) in ATOMS or _plain(k, budget)) and (type(v) in ATOMS or _plain(v, budget))
             for k, v in value.items()  # type: ignore[attr-defined]
         )
     return False
@@ -221,10 +221,10 @@ def check_shippable(
         _check_one(node_id, f"the function {getattr(fn, '__qualname__', fn)!r}", fn)
         _checked.add(fn)
     for i, value in enumerate(args):
-        if type(value) not in _ATOMS and not _plain(value, [_PLAIN_BUDGET]):
+        if type(value) not in ATOMS and not _plain(value, [_PLAIN_BUDGET]):
             _check_one(node_id, f"positional argument {i}", value)
     for name, value in kwargs.items():
-        if type(value) not in _ATOMS and not _plain(value, [_PLAIN_BUDGET]):
+        if type(value) not in ATOMS and not _plain(value, [_PLAIN_BUDGET]):
             _check_one(node_id, f"argument {name!r}", value)
 
 

@@ -7,11 +7,32 @@ while the node waits on nested work, so that nesting never deadlocks even at a c
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import trio
 
 __all__ = ["Slot"]
 
 Limiters = tuple[trio.CapacityLimiter, ...]
+
+
+def _quick_tokens() -> bool:
+    """Whether a free token can be taken and given back by hand (see `Slot`)."""
+    lim = trio.CapacityLimiter(1)
+    return (
+        type(getattr(lim, "_borrowers", None)) is set
+        and getattr(lim, "_total_tokens", None) == 1
+        and type(getattr(getattr(lim, "_lot", None), "_parked", None)) is OrderedDict
+    )
+
+
+# A token taken or given back while no task waits on the limiter is just its set of
+# borrowers changed: `CapacityLimiter`'s own methods do that and then look for a waiter to
+# wake (a parking-lot walk that costs more than the rest). A node takes and gives back tokens
+# on every call, so the common case does it by hand, on the limiter's private fields (its
+# borrowers, its token count, its parking lot's waiters); a waiter, or a future Trio whose
+# limiter looks different, goes through the public methods.
+_QUICK = _quick_tokens()
 
 
 class Slot:
@@ -24,6 +45,14 @@ class Slot:
 
     def take_nowait(self, limiters: Limiters) -> bool:
         """Take every token without blocking; all or nothing."""
+        if _QUICK:
+            for lim in limiters:
+                if lim._lot._parked or len(lim._borrowers) >= lim._total_tokens:
+                    return False  # (what acquire_on_behalf_of_nowait would find)
+            for lim in limiters:  # every token is free and nobody waits for one
+                lim._borrowers.add(self)
+            self.held = limiters
+            return True
         taken = 0
         try:
             for lim in limiters:
@@ -58,5 +87,8 @@ class Slot:
         held = self.held
         self.held = ()
         for lim in held:
-            lim.release_on_behalf_of(self)
+            if _QUICK and not lim._lot._parked:  # nobody to wake
+                lim._borrowers.remove(self)
+            else:
+                lim.release_on_behalf_of(self)
         return held

@@ -228,6 +228,9 @@ class Tool:
     # An async tool in the loop without context, timeout, retry, rate limit or cache: the
     # schedulers run it on their inlined fast path.
     plain: bool = attrs.field(repr=False)
+    # One attempt with nothing around it (no context, timeout, retry, rate limit or cache): an
+    # awaited call runs it on the executor directly (`_reactive.call_tool`).
+    one_attempt: bool = attrs.field(repr=False)
 
     @classmethod
     def build(
@@ -248,15 +251,14 @@ class Tool:
         spec = InputSpec.of(fn, f"tool {name!r}")
         is_async = inspect.iscoroutinefunction(fn)
         key = executor or ("loop" if is_async else "thread")
-        plain = (
-            is_async
-            and key == "loop"
-            and spec.context_param is None
+        one_attempt = (
+            spec.context_param is None
             and timeout is None
             and retry is None
             and rate_limit is None
             and cache is None
         )
+        plain = is_async and key == "loop" and one_attempt
         made = cls(
             fn=fn,
             name=name,
@@ -273,6 +275,7 @@ class Tool:
             context_param=spec.context_param,
             executor_key=key,
             plain=plain,
+            one_attempt=one_attempt,
         )
         adopt_metadata(made, fn)
         return made
@@ -285,7 +288,10 @@ class Tool:
             return tracer.call(self, args, kwargs)
         frame = FRAME.get()
         if frame is not None:
-            return ToolCall(self, self.spec.bind(args, kwargs), frame.run)
+            spec = self.spec
+            if args or not spec.named or not (spec.required <= kwargs.keys() <= spec.params):
+                kwargs = spec.bind(args, kwargs)  # (the common case, inlined: every input named)
+            return ToolCall(self, kwargs, frame.run)
         return self.fn(*args, **kwargs)
 
     def invoke(self, inputs: Mapping[str, Any], context: NodeContext | None) -> Any:

@@ -138,7 +138,8 @@ class ThreadExecutor:
         name = f"trioflow: {getattr(fn, '__qualname__', 'call')}"
         _waited_on += 1  # `to_thread`, inlined: one coroutine fewer on a node's round trip
         try:
-            return await _run_sync(call, limiter=tokens.as_limiter, thread_name=name)
+            # (`tokens.as_limiter`, without a call: it is the same object)
+            return await _run_sync(call, limiter=tokens, thread_name=name)  # type: ignore[arg-type]
         finally:
             _waited_on -= 1
 

@@ -126,9 +126,9 @@ async def call_tool(run: RunState, call: ToolCall, parent: Frame) -> dict[str, A
                         outputs = tool.normalize(await fn(**inputs))
                     else:
                         task = _current_task()
-                        points = task._schedule_points
+                        points = task._schedule_points if _COUNTS_TRIPS else -1
                         result = await executor.run(fn, **inputs)
-                        suspended = task._schedule_points != points
+                        suspended = points >= 0 and task._schedule_points != points
                         if key != "loop":
                             # A run deadline (or outer cancel) that passed while a thread ran.
                             await _checkpoint_if_cancelled()
@@ -158,6 +158,9 @@ async def call_tool(run: RunState, call: ToolCall, parent: Frame) -> dict[str, A
 
 
 _current_task = trio.lowlevel.current_task
+# Trio counts each task's trips through the scheduler (`Task._schedule_points`, private, read
+# only): a node whose executor made one needs no pacing. Without it every node is paced.
+_COUNTS_TRIPS = hasattr(trio.lowlevel.Task, "_schedule_points")
 _checkpoint_if_cancelled = trio.lowlevel.checkpoint_if_cancelled
 
 

@@ -237,11 +237,12 @@ _async_wrappers: weakref.WeakKeyDictionary[Any, Callable[..., Any]] = weakref.We
 
 
 _sync_functions = _Checked()  # seen before and not `async def`: shipped as they are
+_sync_ids = _sync_functions._ids
 
 
 def shippable(fn: Callable[..., Any]) -> Callable[..., Any]:
     """The function to ship for `fn`: an `async def` is wrapped to run under `trio.run`."""
-    if fn in _sync_functions:  # (the executors ask on every call)
+    if id(fn) in _sync_ids:  # (the executors ask on every call)
         return fn
     if not inspect.iscoroutinefunction(fn):
         _sync_functions.add(fn)

@@ -321,17 +321,28 @@ class GraphTracer:
         entry = self.known[name] = _entry(target, name, kind)
         return entry
 
-    def _add(
+    def call(
         self,
-        name: str,
-        node_id: str,
         target: Any,
-        args: dict[str, Any],
-        kind: NodeKind | None = None,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
         map_param: str | None = None,
     ) -> NodeRef:
-        """Record a node and its plan. `args` (the call's own dict) becomes its arguments,
-        each value checked, with lists copied and node refs replaced by their one output."""
+        """A tool call (or a nested graph call: a subgraph node) in the body: record a node
+        and its plan (with `map_param`, the one node of a `map`: see `map`).
+
+        `kwargs` is the call's own `**kwargs` dict: the node keeps it as its arguments, each
+        value checked, with lists copied and node refs replaced by their one output."""
+        name = target.name
+        if map_param is None:
+            spec = target.spec
+            if args or not spec.named or kwargs.keys() != spec.params:
+                kwargs = spec.bind(args, kwargs)  # else every input is given by name: as is
+            counters = self.counters
+            k = counters[name] = counters.get(name, 0) + 1
+            node_id = f"{name}_{k}"
+        else:
+            node_id = self._new_id("map")
         entry = self.known.get(name)
         if entry is None or entry[0] is not target:
             entry = self._register(name, target)
@@ -343,7 +354,7 @@ class GraphTracer:
         # Each argument checked and filed into the plan (`_prepare` and `classify_arg`, inlined
         # for constants, whole output refs and lists of them, a fan-in); anything else, and any
         # mistake, takes the general path.
-        for key, value in args.items():
+        for key, value in kwargs.items():
             vtype = type(value)
             if vtype is OutputRef:
                 j = index.get(value.node)
@@ -378,10 +389,10 @@ class GraphTracer:
                                 continue
                     break
                 else:
-                    args[key] = value[:]  # a copy: the caller may change its list later
+                    kwargs[key] = value[:]  # a copy: the caller may change its list later
                     gathers.append((key, fan_in(got)))
                     continue
-            args[key] = value = self._prepare(value, deps, node_id)
+            kwargs[key] = value = self._prepare(value, deps, node_id)
             classify_arg(key, value, self._slot_of, slots, pairs, gathers, trees)
         i = len(out_base)
         dependents = self.dependents
@@ -390,8 +401,8 @@ class GraphTracer:
         dependents.append([])
         self.indegree.append(len(deps))
         outputs = target.outputs
-        if kind is not None:  # a map node
-            entry = _entry(target, name, kind)
+        if map_param is not None:  # a map node
+            entry = _entry(target, name, "map")
         self.entries.append(entry)
         targets.append(target)
         out_base.append(len(slots))
@@ -403,7 +414,7 @@ class GraphTracer:
         node = _new(NodeSpec)
         _set_id(node, node_id)
         _set_tool(node, name)
-        _set_args(node, args)
+        _set_args(node, kwargs)
         _set_deps(node, tuple(deps))
         _set_outputs(node, outputs)
         _set_kind(node, entry[1])
@@ -428,23 +439,9 @@ class GraphTracer:
         outputs: tuple[str, ...] = self.targets[j].outputs
         return self.out_base[j] + outputs.index(ref.output)
 
-    def call(self, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> NodeRef:
-        """A tool call (or a nested graph call: a subgraph node) in the body: record a node.
-
-        `kwargs` is the call's own `**kwargs` dict: the node keeps it as its arguments."""
-        spec = target.spec
-        if args or not spec.named or kwargs.keys() != spec.params:
-            kwargs = spec.bind(args, kwargs)  # else every input is given by name: as is
-        name = target.name
-        counters = self.counters
-        k = counters[name] = counters.get(name, 0) + 1
-        return self._add(name, f"{name}_{k}", target, kwargs)
-
     def map(self, tool: Tool, items: Any, param: str, fixed: Mapping[str, Any]) -> NodeRef:
         """`trioflow.map(tool, items)` in the body: one node that fans out at run time."""
-        return self._add(
-            tool.name, self._new_id("map"), tool, {**fixed, param: items}, "map", param
-        )
+        return self.call(tool, (), {**fixed, param: items}, param)
 
     def plan(self, graph: TaskGraph) -> Plan:
         """The plan built with `graph`'s nodes (its trace was this one)."""

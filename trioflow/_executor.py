@@ -138,7 +138,7 @@ class ThreadExecutor:
         name = f"trioflow: {getattr(fn, '__qualname__', 'call')}"
         _waited_on += 1  # `to_thread`, inlined: one coroutine fewer on a node's round trip
         try:
-            # (`tokens.as_limiter`, without a call: it is the same object)
+            # A QuickLimiter is what Trio's signature calls a CapacityLimiter (see its docstring).
             return await _run_sync(call, limiter=tokens, thread_name=name)  # type: ignore[arg-type]
         finally:
             _waited_on -= 1
@@ -160,11 +160,6 @@ class QuickLimiter:
 
     def __init__(self, total: float) -> None:
         self._limiter = None if total == math.inf else trio.CapacityLimiter(total)
-
-    @property
-    def as_limiter(self) -> trio.CapacityLimiter:
-        """This object, typed as what Trio's and trio-parallel's signatures name."""
-        return self  # type: ignore[return-value]  # (a cast() is a call, on every job)
 
     async def acquire_on_behalf_of(self, borrower: object) -> None:
         # A cancelled call stops here, as at a CapacityLimiter: trio-parallel would otherwise

@@ -103,7 +103,7 @@ class ProcessExecutor:
                 args,
                 kwargs,
                 kill_on_cancel=self.kill_on_cancel,
-                limiter=limiter,  # (`as_limiter`, without a call: the same object)
+                limiter=limiter,  # a QuickLimiter: a free worker is taken without a yield
             )
         except Failure as failure:
             raise restore(failure) from None

@@ -1,8 +1,10 @@
 """Running one node to the end: reuse, rate turns, attempts on an executor, timeouts, retries.
 
 Both schedulers call `execute_node` for every node that is not on their inlined fast path (a
-plain async tool). Where an attempt runs is the executor's business (`_executor`); whether it
-needs to run at all is the memo's (`_runstate.NodeMemo`); the ledger records what happened.
+plain async tool; for an awaited graph_fn call, also one plain attempt on an entered executor,
+see `_reactive.call_tool`). Where an attempt runs is the executor's business (`_executor`);
+whether it needs to run at all is the memo's (`_runstate.NodeMemo`); the ledger records what
+happened.
 """
 
 from __future__ import annotations

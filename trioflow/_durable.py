@@ -14,6 +14,7 @@ cancelled or interrupted run still commits every completion that happened before
 
 from __future__ import annotations
 
+import bisect
 import collections
 import contextlib
 import functools
@@ -23,6 +24,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from json.encoder import encode_basestring_ascii
 from typing import Any, TypeVar, cast
 
 import attrs
@@ -32,11 +34,22 @@ from ._cache import Cache, cache_keyer, unkeyable
 from ._errors import ConfigError, ConfigTypeError, ResumeMismatch, StoreError, TrioflowError
 from ._events import combine_listeners
 from ._gcpause import gc_paused
+from ._ledger import Ledger
 from ._records import ErrorInfo, NodeState
 from ._run import execute_run
 from ._schedule import CompiledGraph, plan_for
 from ._serialize import Serializer, Unserialisable, describe
-from ._store import Blob, NodeRow, Op, RunRow, RunStore, StoredRun, check_store
+from ._store import (
+    Blob,
+    DoneRow,
+    NodeRow,
+    Op,
+    RunRow,
+    RunStore,
+    StoredRun,
+    check_store,
+    done_rows,
+)
 
 __all__ = ["Durable", "check_durable", "durable_run", "run_durable", "run_row"]
 
@@ -46,6 +59,7 @@ _PREFETCH = 100_000  # a run reads up to this many cache rows of a tool at once
 _UNREAD = object()
 _DONE = NodeState.DONE
 _RUNNING = NodeState.RUNNING.value
+_RUNNING_STATE = NodeState.RUNNING
 
 
 def _wall_now() -> float:
@@ -125,6 +139,15 @@ class Durable:
     _executors: dict[str, str] = attrs.field(factory=dict)  # tool nodes not on "loop"
     _tool_caches: dict[tuple[str, str], Any] = attrs.field(factory=dict)
     _keyers: dict[Any, tuple[str, Callable[[str], str]]] = attrs.field(factory=dict)
+    # As a sink (a fresh run of a static graph): the run's ledger, whose log says which rows
+    # changed; the plan runs whose value slots hold their fast nodes' outputs (by first row);
+    # and the rows written RUNNING that have not finished yet (row -> seq).
+    _ledger: Ledger | None = None
+    _plan_runs: list[Any] = attrs.field(factory=list)
+    _bases: list[int] = attrs.field(factory=list)
+    _open: dict[int, int] = attrs.field(factory=dict)
+    _keys: dict[str, str] = attrs.field(factory=dict)  # output name -> its JSON text + ":"
+    reads_slots: bool = False
     serializer: Serializer = attrs.field(init=False)
     # Wall clock = _epoch + (Trio clock - _at0): POSIX seconds without a datetime per row.
     _epoch: float = attrs.field(init=False)
@@ -149,6 +172,33 @@ class Durable:
     def run_id(self) -> str:
         return self.row[0]
 
+    @property
+    def sinks(self) -> bool:
+        """Whether this run feeds the store as a sink (reading changed rows from the ledger)
+        rather than as a listener: a fresh run of a static graph, which reuses nothing."""
+        return not self.replay and self.stored is None
+
+    # -- the sink ---------------------------------------------------------------------------
+
+    def attach(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+        ledger.wake = self._nudge
+        # JSON stores encode a one-output tool's scalar value from its slot, at the batch.
+        self.reads_slots = self.serializer.name == "json"
+
+    def run_started(self, at: float) -> None:
+        pass  # the run row was written when the run id was claimed
+
+    @trio.lowlevel.enable_ki_protection
+    def run_finished(self, outcome: NodeState, at: float) -> None:
+        self._run_finished(outcome, at)
+
+    def _run_finished(self, outcome: NodeState | None, at: float) -> None:
+        row = self.row
+        state = outcome.value if outcome is not None else "CANCELLED"
+        self.row = (*row[:2], state, *row[3:7], at, row[8], self._wall(at))
+        self._put(("run", self.row))
+
     def _wall(self, at: float) -> float:
         return self._epoch + (at - self._at0)
 
@@ -156,7 +206,12 @@ class Durable:
 
     def _put(self, op: Op) -> None:
         self._pending.append(op)
-        if len(self._pending) == 1 and self._wake is not None:
+        if len(self._pending) == 1:
+            self._nudge()
+
+    def _nudge(self) -> None:
+        """Wake the writer: there is something to write."""
+        if self._wake is not None:
             # WouldBlock: the writer is due to look anyway; Broken: it failed, and its error
             # is what the run raises.
             with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
@@ -167,6 +222,13 @@ class Durable:
         """Everything queued, plus a RUNNING row for each node that started since the last
         batch and is still running (a node that finishes within a batch is written once)."""
         batch, self._pending = self._pending, []
+        ledger = self._ledger
+        if ledger is not None:
+            log = ledger.log
+            if log:
+                ledger.log = []
+                self._logged_rows(ledger, log, batch)
+            return batch
         announced = self._announced
         for node_id, started in self._running.items():
             if node_id not in announced:
@@ -174,6 +236,132 @@ class Durable:
                 if node_id not in self._by_id:  # never cover a stored DONE row with RUNNING
                     batch.append(("node", self._running_row(node_id, started)))
         return batch
+
+    def _logged_rows(self, ledger: Ledger, log: list[int], batch: list[Op]) -> None:
+        """The rows of the ledger's log (see `Ledger.log`): a RUNNING row for each node that
+        started and is still running, a final row for each node that finished (once, even if
+        it also started within this batch). `seq` counts starts, as in the listener's rows.
+
+        Plain DONE rows (no error, note, cache or wait) go to the store as one `"done"` op, as
+        short tuples (see `_store.Op`), when the store takes them; the rest as node rows."""
+        states, ids, tools = ledger.states, ledger.ids, ledger.tools
+        started, finished, attempts = ledger.started, ledger.finished, ledger.attempts
+        executors, errors, waited = ledger.executors, ledger.errors, ledger.waited
+        cached = ledger.cached
+        run_id, epoch, at0 = self.row[0], self._epoch, self._at0
+        opened = self._open
+        notes, encoded = self._notes, self._encoded
+        seqs: dict[int, int] = {}
+        seq = self._seq
+        add = batch.append
+        done: list[DoneRow] = []
+        plain = done.append
+        for x in log:
+            if x >= 0:  # started
+                if states[x] is _RUNNING_STATE:
+                    at = started[x]
+                    opened[x] = seq
+                    wall = epoch + (at - at0)
+                    row = (run_id, ids[x], seq, tools[x], _RUNNING, at, None, wall, None,
+                           attempts[x], executors[x], 0, 0.0, None, None, None)  # fmt: skip
+                    add(("node", row))
+                else:
+                    seqs[x] = seq
+                seq += 1
+                continue
+            i = ~x
+            k = seqs.pop(i, None)
+            if k is None:
+                k = opened.pop(i, None)
+                if k is None:  # skipped, or cancelled before it started
+                    k = seq
+                    seq += 1
+            state = states[i]
+            node_id = ids[i]
+            at, end = started[i], finished[i]
+            note = notes.pop(node_id, None) if notes else None
+            outputs: Blob | None = None
+            error: str | None = None
+            if state is _DONE:
+                blob = encoded.pop(node_id, None) if encoded else None
+                if blob is not None:
+                    outputs = blob
+                    if note is not None and note.key is not None:
+                        now = _wall_now()
+                        self._fresh_cache[note.key] = (blob, now)
+                        add(("cache", (note.key, tools[i], note.version, blob, now)))
+                elif note is not None and note.raw is not None:
+                    outputs = note.raw
+                else:
+                    outputs = self._slot_output(i)
+                if (
+                    note is None
+                    and at == at
+                    and i not in cached
+                    and (not waited or i not in waited)
+                ):
+                    plain((node_id, k, tools[i], at, end, attempts[i], executors[i], outputs))
+                    continue
+            elif i in errors:
+                error = json.dumps(_error_dict(ledger.error_info(i)))
+            add(
+                (
+                    "node",
+                    (
+                        run_id,
+                        node_id,
+                        k,
+                        tools[i],
+                        state.value,
+                        None if at != at else at,  # NaN: never started
+                        None if end != end else end,
+                        None if at != at else epoch + (at - at0),
+                        None if end != end else epoch + (end - at0),
+                        attempts[i],
+                        executors[i],
+                        int(i in cached or (note is not None and note.cached)),
+                        waited.get(i, 0.0) if waited else 0.0,
+                        error,
+                        None if note is None else note.digest,
+                        outputs,
+                    ),
+                )
+            )
+        self._seq = seq
+        if done:
+            payload = (run_id, epoch, at0, done)
+            if getattr(self.store, "bulk_rows", False):
+                add(("done", payload))
+            else:  # a store of another kind: node rows, as the protocol has them
+                batch.extend(("node", row) for row in done_rows(payload))
+
+    def _slot_output(self, i: int) -> Blob | None:
+        """The stored text of ledger row i's outputs when they are a fast tool node's scalar
+        value in its plan run's slot (else None: a map or nested graph, whose outputs are its
+        inner nodes')."""
+        bases = self._bases
+        k = bisect.bisect_right(bases, i) - 1
+        if k < 0:
+            return None
+        plan_run = self._plan_runs[k]
+        j = i - bases[k]
+        plan = plan_run.plan
+        if j >= len(plan.kinds) or plan.kinds[j] != 0:
+            return None
+        (name,) = plan.targets[j].outputs
+        value = plan_run.values[plan.out_base[j]]
+        kind = type(value)
+        if kind is int:
+            key = self._keys.get(name)
+            if key is None:
+                key = self._keys[name] = "{" + encode_basestring_ascii(name) + ":"
+            return f"{key}{int.__repr__(value)}}}"
+        if kind is str:
+            key = self._keys.get(name)
+            if key is None:
+                key = self._keys[name] = "{" + encode_basestring_ascii(name) + ":"
+            return f"{key}{encode_basestring_ascii(value)}}}"
+        return self.serializer.dumps({name: value}, "output")
 
     # -- the memo ---------------------------------------------------------------------------
 
@@ -232,6 +420,9 @@ class Durable:
         plan (topological) order, without a task or a trip through the scheduler each. What is
         left is scheduled as usual; `lookup` still answers for the rest (maps' items, nested
         graphs)."""
+        if self._ledger is not None:  # a sink: this plan's outputs are in its slots
+            self._bases.append(plan_run.base)
+            self._plan_runs.append(plan_run)
         if self.replay or self.stored is None:
             return
         plan = plan_run.plan
@@ -392,10 +583,7 @@ class Durable:
             # No row yet: `take` writes one if the node is still running at the next batch.
             self._running[event.node_id] = (seq, event.at, event.tool, event.attempt)
         elif kind == "run_finished":
-            row = self.row
-            state = event.state.value if event.state is not None else "CANCELLED"
-            self.row = (*row[:2], state, *row[3:7], event.at, row[8], self._wall(event.at))
-            self._put(("run", self.row))
+            self._run_finished(event.state, event.at)
         elif kind == "run_started" and self.stored is not None:
             self._put(("run", self.row))
 
@@ -549,11 +737,15 @@ async def _off_loop(store: RunStore, fn: Callable[[], T]) -> T:
 def _coalesce(batch: list[Op]) -> list[Op]:
     """Keep the last row per node (a start and its finish in one batch write once)."""
     last: dict[tuple[str, Any, Any], Op] = {}
+    kept: list[Op] = []
     for op in batch:
         kind, row = op
+        if kind == "done":  # a sink's rows: one per node already
+            kept.append(op)
+            continue
         last.pop((kind, row[0], row[1] if kind == "node" else None), None)
         last[(kind, row[0], row[1] if kind == "node" else None)] = op
-    return list(last.values())
+    return [*last.values(), *kept]
 
 
 @asynccontextmanager
@@ -691,6 +883,9 @@ async def run_durable(
         replay=plan is None,
         resume=resume,
     ) as durable:
-        listener = combine_listeners([durable, seams.listener])
-        seams = attrs.evolve(seams, listener=listener, memo=durable)
+        if durable.sinks:  # no events for the store: it reads the ledger in bulk
+            seams = attrs.evolve(seams, sink=durable, memo=durable)
+        else:
+            listener = combine_listeners([durable, seams.listener])
+            seams = attrs.evolve(seams, listener=listener, memo=durable)
         return await execute_run(runtime, graph, options, seams)

@@ -38,6 +38,7 @@ __all__ = ["CompiledGraph", "Plan", "Traceable", "lower", "plan_for", "plan_of_g
 _TOOL, _MAP, _GRAPH = 0, 1, 2
 _KINDS = {"tool": _TOOL, "map": _MAP, "graph": _GRAPH}
 _PENDING = NodeState.PENDING
+_SCALARS = frozenset({int, str, float, bool, type(None)})  # values a store encodes as they are
 
 
 class _Unset:
@@ -349,8 +350,14 @@ class _PlanRun:
         start, done, fail, cancel = ledger.start, ledger.done, ledger.fail, ledger.cancel
         accept = run.memo.accept if run.memo is not None else None
         # Nobody looks at a node's outputs dict: a one-output tool's value goes to its slot
-        # without one (listeners are fixed when a run starts).
+        # without one (listeners are fixed when a run starts). A memo that `reads_slots` (a
+        # store) reads a one-output tool's scalar value from its slot later, in bulk.
         bare = accept is None and ledger.listener is None
+        lazy = (
+            accept is not None
+            and ledger.listener is None
+            and getattr(run.memo, "reads_slots", False)
+        )
         base, node_ids = self.base, self.node_ids
         ready, later = self.ready, self.later
         ordered = run.rng is None
@@ -403,7 +410,7 @@ class _PlanRun:
                         result = await target.fn(**kwargs)
                         outs = target.outputs
                         if type(result) is not dict and len(outs) == 1:  # one output, bare
-                            if bare:
+                            if bare or (lazy and type(result) in _SCALARS):
                                 outputs = None
                             else:
                                 outputs = {outs[0]: result}
@@ -661,8 +668,10 @@ async def run_plan(
         # run with a store) keeps the fast path, which hands it the outputs (`accept`).
         fast=plan.fast if run.memo is None or not run.memo.reuses else [False] * len(ids),
     )
-    if run.memo is not None and run.memo.reuses:
-        run.memo.prefill(state)  # a resumed graph's stored DONE nodes: DONE now, no task each
+    if run.memo is not None:
+        # A resumed graph's stored DONE nodes: DONE now, no task each (a store that reads
+        # outputs from their slots notes where this plan's are).
+        run.memo.prefill(state)
     async with trio.open_nursery() as nursery:
         state.nursery = nursery
         state.wake(len(ready))

@@ -205,8 +205,8 @@ async def test_one_writer_commits_batches_not_one_transaction_per_node(
 
     class Counting(trioflow.MemoryStore):
         def write(self, ops: Any) -> None:
-            # Rows per transaction: a "done" op holds many plain DONE rows of one run.
-            writes.append(sum(len(row[3]) if kind == "done" else 1 for kind, row in ops))
+            # Rows per transaction: a "done" op holds many plain DONE rows of one run (columns).
+            writes.append(sum(len(row[3][0]) if kind == "done" else 1 for kind, row in ops))
             super().write(ops)
 
     @trioflow.tool(outputs=["out"])
@@ -568,8 +568,8 @@ class _Counting:
 
     def write(self, ops: Any) -> None:
         for kind, row in ops:
-            if kind == "done":  # many plain DONE node rows of one run: (node_id, ...) each
-                self.written += [("node", done[0]) for done in row[3]]
+            if kind == "done":  # many plain DONE node rows of one run, as columns
+                self.written += [("node", node_id) for node_id in row[3][0]]
             else:
                 self.written.append((kind, row[1]))
         self.store.write(ops)

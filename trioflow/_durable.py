@@ -18,6 +18,7 @@ import bisect
 import collections
 import contextlib
 import functools
+import itertools
 import json
 import operator
 import time
@@ -38,10 +39,9 @@ from ._ledger import Ledger
 from ._records import ErrorInfo, NodeState
 from ._run import execute_run
 from ._schedule import CompiledGraph, plan_for
-from ._serialize import Serializer, Unserialisable, describe
+from ._serialize import Serializer, Unserialisable, describe, json_text
 from ._store import (
     Blob,
-    DoneRow,
     NodeRow,
     Op,
     RunRow,
@@ -59,7 +59,8 @@ _PREFETCH = 100_000  # a run reads up to this many cache rows of a tool at once
 _UNREAD = object()
 _DONE = NodeState.DONE
 _RUNNING = NodeState.RUNNING.value
-_RUNNING_STATE = NodeState.RUNNING
+_ALWAYS_RUNNING = itertools.repeat(NodeState.RUNNING)
+_CLOSE = "%s%s}"  # '{"<output>":' and the value's JSON text, closed
 
 
 def _wall_now() -> float:
@@ -140,13 +141,13 @@ class Durable:
     _tool_caches: dict[tuple[str, str], Any] = attrs.field(factory=dict)
     _keyers: dict[Any, tuple[str, Callable[[str], str]]] = attrs.field(factory=dict)
     # As a sink (a fresh run of a static graph): the run's ledger, whose log says which rows
-    # changed; the plan runs whose value slots hold their fast nodes' outputs (by first row);
-    # and the rows written RUNNING that have not finished yet (row -> seq).
+    # changed; the plan runs whose value slots hold their fast nodes' outputs (by first row).
     _ledger: Ledger | None = None
     _plan_runs: list[Any] = attrs.field(factory=list)
     _bases: list[int] = attrs.field(factory=list)
-    _open: dict[int, int] = attrs.field(factory=dict)
-    _keys: dict[str, str] = attrs.field(factory=dict)  # output name -> its JSON text + ":"
+    _seq0: int = 0  # the seq of ledger row 0
+    _heads: dict[Any, str] = attrs.field(factory=dict)  # one-output tool -> '{"<output>":'
+
     reads_slots: bool = False
     serializer: Serializer = attrs.field(init=False)
     # Wall clock = _epoch + (Trio clock - _at0): POSIX seconds without a datetime per row.
@@ -182,6 +183,7 @@ class Durable:
 
     def attach(self, ledger: Ledger) -> None:
         self._ledger = ledger
+        self._seq0 = self._seq
         ledger.wake = self._nudge
         # JSON stores encode a one-output tool's scalar value from its slot, at the batch.
         self.reads_slots = self.serializer.name == "json"
@@ -224,10 +226,7 @@ class Durable:
         batch, self._pending = self._pending, []
         ledger = self._ledger
         if ledger is not None:
-            log = ledger.log
-            if log:
-                ledger.log = []
-                self._logged_rows(ledger, log, batch)
+            self._sink_rows(ledger, batch)
             return batch
         announced = self._announced
         for node_id, started in self._running.items():
@@ -237,131 +236,124 @@ class Durable:
                     batch.append(("node", self._running_row(node_id, started)))
         return batch
 
-    def _logged_rows(self, ledger: Ledger, log: list[int], batch: list[Op]) -> None:
-        """The rows of the ledger's log (see `Ledger.log`): a RUNNING row for each node that
-        started and is still running, a final row for each node that finished (once, even if
-        it also started within this batch). `seq` counts starts, as in the listener's rows.
+    def _sink_rows(self, ledger: Ledger, batch: list[Op]) -> None:
+        """The rows that changed since the last batch, read from the ledger's columns (see
+        `Sink`): a RUNNING row for each node that started and is still running, a final row
+        for each node that finished. A node's `seq` is its ledger row (after the stored run's,
+        on resume): the record loads in the order the run's own record has.
 
-        Plain DONE rows (no error, note, cache or wait) go to the store as one `"done"` op, as
-        short tuples (see `_store.Op`), when the store takes them; the rest as node rows."""
+        DONE rows whose outputs the scheduler left in their slots are read column by column
+        (no Python loop per row) and go to the store as one `"done"` op (see `_store.Op`)."""
+        starts, lazy, log = ledger.starts, ledger.lazy, ledger.log
+        assert starts is not None and lazy is not None and log is not None
+        ledger.starts, ledger.lazy, ledger.log = [], [], []
         states, ids, tools = ledger.states, ledger.ids, ledger.tools
         started, finished, attempts = ledger.started, ledger.finished, ledger.attempts
-        executors, errors, waited = ledger.executors, ledger.errors, ledger.waited
-        cached = ledger.cached
-        run_id, epoch, at0 = self.row[0], self._epoch, self._at0
-        opened = self._open
-        notes, encoded = self._notes, self._encoded
-        seqs: dict[int, int] = {}
-        seq = self._seq
+        executors = ledger.executors
+        run_id, epoch, at0, seq0 = self.row[0], self._epoch, self._at0, self._seq0
         add = batch.append
-        done: list[DoneRow] = []
-        plain = done.append
-        for x in log:
-            if x >= 0:  # started
-                if states[x] is _RUNNING_STATE:
-                    at = started[x]
-                    opened[x] = seq
-                    wall = epoch + (at - at0)
-                    row = (run_id, ids[x], seq, tools[x], _RUNNING, at, None, wall, None,
-                           attempts[x], executors[x], 0, 0.0, None, None, None)  # fmt: skip
-                    add(("node", row))
-                else:
-                    seqs[x] = seq
-                seq += 1
-                continue
-            i = ~x
-            k = seqs.pop(i, None)
-            if k is None:
-                k = opened.pop(i, None)
-                if k is None:  # skipped, or cancelled before it started
-                    k = seq
-                    seq += 1
-            state = states[i]
-            node_id = ids[i]
-            at, end = started[i], finished[i]
-            note = notes.pop(node_id, None) if notes else None
-            outputs: Blob | None = None
-            error: str | None = None
-            if state is _DONE:
-                blob = encoded.pop(node_id, None) if encoded else None
-                if blob is not None:
-                    outputs = blob
-                    if note is not None and note.key is not None:
-                        now = _wall_now()
-                        self._fresh_cache[note.key] = (blob, now)
-                        add(("cache", (note.key, tools[i], note.version, blob, now)))
-                elif note is not None and note.raw is not None:
-                    outputs = note.raw
-                else:
-                    outputs = self._slot_output(i)
-                if (
-                    note is None
-                    and at == at
-                    and i not in cached
-                    and (not waited or i not in waited)
-                ):
-                    plain((node_id, k, tools[i], at, end, attempts[i], executors[i], outputs))
-                    continue
-            elif i in errors:
-                error = json.dumps(_error_dict(ledger.error_info(i)))
-            add(
-                (
-                    "node",
-                    (
-                        run_id,
-                        node_id,
-                        k,
-                        tools[i],
-                        state.value,
-                        None if at != at else at,  # NaN: never started
-                        None if end != end else end,
-                        None if at != at else epoch + (at - at0),
-                        None if end != end else epoch + (end - at0),
-                        attempts[i],
-                        executors[i],
-                        int(i in cached or (note is not None and note.cached)),
-                        waited.get(i, 0.0) if waited else 0.0,
-                        error,
-                        None if note is None else note.digest,
-                        outputs,
-                    ),
-                )
+        if starts:
+            running = itertools.compress(
+                starts, map(operator.is_, map(states.__getitem__, starts), _ALWAYS_RUNNING)
             )
-        self._seq = seq
-        if done:
-            payload = (run_id, epoch, at0, done)
+            for i in running:
+                at = started[i]
+                row = (run_id, ids[i], seq0 + i, tools[i], _RUNNING, at, None, epoch + (at - at0),
+                       None, attempts[i], executors[i], 0, 0.0, None, None, None)  # fmt: skip
+                add(("node", row))
+        for i in log:
+            add(("node", self._final_row(ledger, i)))
+        if lazy:
+            with gc_paused():  # only strings, numbers and their lists: no garbage to look for
+                columns = (
+                    list(map(ids.__getitem__, lazy)),
+                    list(map(seq0.__add__, lazy)) if seq0 else lazy,
+                    list(map(tools.__getitem__, lazy)),
+                    list(map(started.__getitem__, lazy)),
+                    list(map(finished.__getitem__, lazy)),
+                    list(map(attempts.__getitem__, lazy)),
+                    list(map(executors.__getitem__, lazy)),
+                    self._slot_outputs(lazy),
+                )
+            payload = (run_id, epoch, at0, columns)
             if getattr(self.store, "bulk_rows", False):
                 add(("done", payload))
             else:  # a store of another kind: node rows, as the protocol has them
                 batch.extend(("node", row) for row in done_rows(payload))
 
-    def _slot_output(self, i: int) -> Blob | None:
-        """The stored text of ledger row i's outputs when they are a fast tool node's scalar
-        value in its plan run's slot (else None: a map or nested graph, whose outputs are its
-        inner nodes')."""
-        bases = self._bases
-        k = bisect.bisect_right(bases, i) - 1
-        if k < 0:
-            return None
-        plan_run = self._plan_runs[k]
-        j = i - bases[k]
-        plan = plan_run.plan
-        if j >= len(plan.kinds) or plan.kinds[j] != 0:
-            return None
-        (name,) = plan.targets[j].outputs
-        value = plan_run.values[plan.out_base[j]]
-        kind = type(value)
-        if kind is int:
-            key = self._keys.get(name)
-            if key is None:
-                key = self._keys[name] = "{" + encode_basestring_ascii(name) + ":"
-            return f"{key}{int.__repr__(value)}}}"
-        if kind is str:
-            key = self._keys.get(name)
-            if key is None:
-                key = self._keys[name] = "{" + encode_basestring_ascii(name) + ":"
-            return f"{key}{encode_basestring_ascii(value)}}}"
-        return self.serializer.dumps({name: value}, "output")
+    def _final_row(self, ledger: Ledger, i: int) -> NodeRow:
+        """The row of ledger row i, which finished with outputs given to the ledger (or none)."""
+        state = ledger.states[i]
+        node_id = ledger.ids[i]
+        tool = ledger.tools[i]
+        at, end = ledger.started[i], ledger.finished[i]
+        note = self._notes.pop(node_id, None) if self._notes else None
+        outputs: Blob | None = None
+        error: str | None = None
+        if state is _DONE:
+            blob = self._encoded.pop(node_id, None) if self._encoded else None
+            if blob is not None:
+                outputs = blob
+                if note is not None and note.key is not None:
+                    now = _wall_now()
+                    self._fresh_cache[note.key] = (blob, now)
+                    self._put(("cache", (note.key, tool, note.version, blob, now)))
+            elif note is not None and note.raw is not None:
+                outputs = note.raw
+            # else: a nested graph or a map, whose outputs are its inner nodes'
+        elif i in ledger.errors:
+            error = json.dumps(_error_dict(ledger.error_info(i)))
+        epoch, at0 = self._epoch, self._at0
+        return (
+            self.row[0],
+            node_id,
+            self._seq0 + i,
+            tool,
+            state.value,
+            None if at != at else at,  # NaN: never started
+            None if end != end else end,
+            None if at != at else epoch + (at - at0),
+            None if end != end else epoch + (end - at0),
+            ledger.attempts[i],
+            ledger.executors[i],
+            int(i in ledger.cached or (note is not None and note.cached)),
+            ledger.waited.get(i, 0.0),
+            error,
+            None if note is None else note.digest,
+            outputs,
+        )
+
+    def _slot_outputs(self, lazy: list[int]) -> list[Blob]:
+        """The stored texts of the outputs of DONE rows `lazy`, each a one-output tool's scalar
+        value left in its slot: encoded per plan run, all at once."""
+        bases, plan_runs = self._bases, self._plan_runs
+        if len(bases) == 1:
+            return self._encode_slots(plan_runs[0], lazy)
+        found: dict[int, Blob] = {}
+        groups: dict[int, list[int]] = {}
+        for i in lazy:  # several plan runs (nested graphs): grouped by the one holding i
+            groups.setdefault(bisect.bisect_right(bases, i) - 1, []).append(i)
+        for k, rows in groups.items():
+            found.update(zip(rows, self._encode_slots(plan_runs[k], rows), strict=True))
+        return list(map(found.__getitem__, lazy))
+
+    def _encode_slots(self, plan_run: Any, rows: list[int]) -> list[Blob]:
+        base, plan = plan_run.base, plan_run.plan
+        js = list(map((-base).__add__, rows)) if base else rows
+        values = list(map(plan_run.values.__getitem__, map(plan.out_base.__getitem__, js)))
+        heads = self._heads
+        targets = list(map(plan.targets.__getitem__, js))
+        for target in set(targets).difference(heads):
+            (name,) = target.outputs
+            heads[target] = "{" + encode_basestring_ascii(name) + ":"
+        kinds = set(map(type, values))
+        if kinds <= {int}:
+            texts: Any = map(int.__repr__, values)
+        elif kinds <= {str}:
+            texts = map(encode_basestring_ascii, values)
+        else:  # other scalars: as the serializer writes them inside its dict
+            texts = map(json_text, values)
+        return list(map(_CLOSE.__mod__, zip(map(heads.__getitem__, targets), texts, strict=True)))
 
     # -- the memo ---------------------------------------------------------------------------
 

@@ -5,8 +5,8 @@ ends first). Both schedulers change a node's state only through the methods here
 change is also the one place a `RunEvent` is emitted from. Rows are plain list columns, so a
 state change on the hot path is a few list stores; with no listener no event object is built,
 and exceptions are formatted only when a snapshot (or a listener) needs them. A durable sink
-(the run store) gets no events for nodes: each change appends the row's index to `log`, and the
-sink reads the changed rows from the columns in bulk.
+(the run store) gets no events for nodes: each change appends the row's index to a log (`starts`,
+`lazy`, `log`), and the sink reads the changed rows from the columns in bulk.
 """
 
 from __future__ import annotations
@@ -39,10 +39,12 @@ def _never() -> float:
 
 class Sink(Protocol):
     """A durable sink (the run store): instead of two events per node, it reads the rows that
-    changed since it last looked, in bulk, from the ledger's columns (`Ledger.log`).
+    changed since it last looked, in bulk, from the ledger's columns: the rows that started
+    (`Ledger.starts`), that finished DONE with outputs the ledger was not given (`Ledger.lazy`:
+    the scheduler left them in their slots), and that finished otherwise (`Ledger.log`).
 
     `attach` is given the ledger when the run's ledger is made; it may set `ledger.wake`,
-    which is called whenever the log stops being empty. Listeners are unaffected.
+    which is called whenever a log stops being empty. Listeners are unaffected.
     """
 
     def attach(self, ledger: Ledger) -> None: ...
@@ -65,6 +67,7 @@ class Ledger:
         "graph_id",
         "ids",
         "infos",
+        "lazy",
         "listener",
         "listener_error",
         "log",
@@ -73,6 +76,7 @@ class Ledger:
         "run_id",
         "sink",
         "started",
+        "starts",
         "states",
         "t0",
         "tools",
@@ -94,10 +98,11 @@ class Ledger:
         self.now = now
         self.listener = listener
         self.sink = sink
-        # With a sink: the rows whose state changed since the sink last took the log, in the
-        # order they changed: `idx` when a node started, `~idx` when it finished.
+        # With a sink, the rows that changed since the sink last took these logs (see `Sink`).
+        self.starts: list[int] | None = None
+        self.lazy: list[int] | None = None
         self.log: list[int] | None = None
-        self.wake: Callable[[], None] = _nothing  # called when the log stops being empty
+        self.wake: Callable[[], None] = _nothing  # called when a log stops being empty
         self.listener_error: Exception | None = None
         self.on_listener_error: Callable[[], None] = _nothing
         self.ids: list[str] = []
@@ -116,7 +121,7 @@ class Ledger:
         self.wall0 = datetime.now(UTC)
         self.epoch = self.wall0 - timedelta(seconds=self.t0)
         if sink is not None:
-            self.log = []
+            self.starts, self.lazy, self.log = [], [], []
             sink.attach(self)
 
     def __len__(self) -> int:
@@ -165,11 +170,11 @@ class Ledger:
         self.attempts[idx] = 1
         if self.listener is not None:
             self._emit("node_started", idx, _RUNNING, at, None, inputs, None)
-        log = self.log
-        if log is not None:
-            if not log:
+        starts = self.starts
+        if starts is not None:
+            if not starts:
                 self.wake()
-            log.append(idx)
+            starts.append(idx)
 
     def retry(self, idx: int, attempt: int) -> None:
         """The node begins attempt number `attempt` (2, 3, ...)."""
@@ -182,11 +187,15 @@ class Ledger:
         self.finished[idx] = at = self.now()
         if self.listener is not None:
             self._emit("node_finished", idx, _DONE, at, None, None, outputs)
-        log = self.log
-        if log is not None:
-            if not log:
-                self.wake()
-            log.append(~idx)
+        if self.log is not None:
+            if outputs is None:  # left in their slots by the scheduler, for the sink to read
+                lazy = self.lazy
+                assert lazy is not None
+                if not lazy:
+                    self.wake()
+                lazy.append(idx)
+            else:
+                self._logged(idx)
         return at
 
     def reuse(self, idx: int, outputs: Mapping[str, Any], cached: bool) -> None:
@@ -264,7 +273,7 @@ class Ledger:
         assert log is not None
         if not log:
             self.wake()
-        log.append(~idx)
+        log.append(idx)
 
     def add_wait(self, idx: int, seconds: float) -> None:
         """Count `seconds` the node spent waiting for capacity or a rate-limit turn."""

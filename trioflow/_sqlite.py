@@ -407,11 +407,11 @@ class SQLiteStore:
 def _write_done(conn: sqlite3.Connection, payload: tuple[Any, ...]) -> None:
     """A "done" op's rows, `size` rows a statement (fewer when the library allows fewer
     bound values than the largest size needs)."""
-    run_id, epoch, at0, rows = payload
+    run_id, epoch, at0, columns = payload
     head = (run_id, epoch, at0)
     limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-    flat = tuple(itertools.chain.from_iterable(rows))
-    n, k = len(rows), 0
+    flat = tuple(itertools.chain.from_iterable(zip(*columns, strict=True)))  # row by row
+    n, k = len(columns[0]), 0
     for size in _DONE_SIZES:
         if 3 + 8 * size > limit or n - k < size:
             continue

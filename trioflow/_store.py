@@ -25,7 +25,7 @@ from ._serialize import Serializer, check_serializer
 
 __all__ = [
     "CacheRow",
-    "DoneRow",
+    "DoneColumns",
     "MemoryStore",
     "NodeRow",
     "RunInfo",
@@ -75,23 +75,25 @@ RUN_COLUMNS = (
 )
 # One row per cached call: (key, tool, version, outputs, stored_at as POSIX seconds).
 CacheRow = tuple[str, str, str, Blob, float]
-# A plain DONE node of a run, short: (node_id, seq, tool, started_at, finished_at, attempts,
-# executor, outputs); its state is DONE, it has no error or argument digest, is not cached and
-# did not wait, and its walls are `epoch + (at - at0)` of the run's (see `done_rows`).
-DoneRow = tuple[str, int, str, float, float, int, str, Blob | None]
+# Many plain DONE nodes of one run, as equally long columns: (node_ids, seqs, tools,
+# started_ats, finished_ats, attempts, executors, outputs). Their state is DONE, they have no
+# error or argument digest, are not cached and did not wait, and their walls are
+# `epoch + (at - at0)` of the run's (see `done_rows`).
+DoneColumns = tuple[
+    list[str], list[int], list[str], list[float], list[float], list[int], list[str], list[Blob]
+]
 # What the writer sends: ("run", RunRow) | ("node", NodeRow) | ("cache", CacheRow), and, to a
-# store whose `bulk_rows` is true, ("done", (run_id, epoch, at0, list[DoneRow])): many plain
-# DONE rows of one run at once.
+# store whose `bulk_rows` is true, ("done", (run_id, epoch, at0, DoneColumns)).
 Op = tuple[str, tuple[Any, ...]]
 
 
 def done_rows(payload: tuple[Any, ...]) -> list[NodeRow]:
     """The node rows of a `"done"` op's payload."""
-    run_id, epoch, at0, rows = payload
+    run_id, epoch, at0, columns = payload
     return [
         (run_id, node_id, seq, tool, "DONE", at, end, epoch + (at - at0), epoch + (end - at0),
          attempts, executor, 0, 0.0, None, None, outputs)
-        for node_id, seq, tool, at, end, attempts, executor, outputs in rows
+        for node_id, seq, tool, at, end, attempts, executor, outputs in zip(*columns, strict=True)
     ]  # fmt: skip
 
 

@@ -23,7 +23,7 @@ import json
 import operator
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from json.encoder import encode_basestring_ascii
 from typing import Any, TypeVar, cast
@@ -60,7 +60,7 @@ _UNREAD = object()
 _DONE = NodeState.DONE
 _RUNNING = NodeState.RUNNING.value
 _ALWAYS_RUNNING = itertools.repeat(NodeState.RUNNING)
-_CLOSE = "%s%s}"  # '{"<output>":' and the value's JSON text, closed
+_repeat = itertools.repeat
 
 
 def _wall_now() -> float:
@@ -323,13 +323,13 @@ class Durable:
             outputs,
         )
 
-    def _slot_outputs(self, lazy: list[int]) -> list[Blob]:
+    def _slot_outputs(self, lazy: list[int]) -> list[str]:
         """The stored texts of the outputs of DONE rows `lazy`, each a one-output tool's scalar
         value left in its slot: encoded per plan run, all at once."""
         bases, plan_runs = self._bases, self._plan_runs
         if len(bases) == 1:
             return self._encode_slots(plan_runs[0], lazy)
-        found: dict[int, Blob] = {}
+        found: dict[int, str] = {}
         groups: dict[int, list[int]] = {}
         for i in lazy:  # several plan runs (nested graphs): grouped by the one holding i
             groups.setdefault(bisect.bisect_right(bases, i) - 1, []).append(i)
@@ -337,23 +337,36 @@ class Durable:
             found.update(zip(rows, self._encode_slots(plan_runs[k], rows), strict=True))
         return list(map(found.__getitem__, lazy))
 
-    def _encode_slots(self, plan_run: Any, rows: list[int]) -> list[Blob]:
+    def _encode_slots(self, plan_run: Any, rows: list[int]) -> list[str]:
         base, plan = plan_run.base, plan_run.plan
         js = list(map((-base).__add__, rows)) if base else rows
         values = list(map(plan_run.values.__getitem__, map(plan.out_base.__getitem__, js)))
-        heads = self._heads
         targets = list(map(plan.targets.__getitem__, js))
-        for target in set(targets).difference(heads):
-            (name,) = target.outputs
-            heads[target] = "{" + encode_basestring_ascii(name) + ":"
-        kinds = set(map(type, values))
-        if kinds <= {int}:
-            texts: Any = map(int.__repr__, values)
-        elif kinds <= {str}:
-            texts = map(encode_basestring_ascii, values)
-        else:  # other scalars: as the serializer writes them inside its dict
-            texts = map(json_text, values)
-        return list(map(_CLOSE.__mod__, zip(map(heads.__getitem__, targets), texts, strict=True)))
+        distinct = set(targets)
+        if len(distinct) == 1:
+            return _encode_values(self._head(targets[0]), values)
+        if len(distinct) > 4:  # many tools in one batch: value by value
+            return [
+                head + text + "}"
+                for head, text in zip(map(self._head, targets), _value_texts(values), strict=True)
+            ]
+        # A few tools (a fan-out and its fan-in): each tool's values at once, put back in order.
+        found: list[Any] = values  # each value replaced by its text (tools' rows are disjoint)
+        every = range(len(js))
+        for target in distinct:
+            at = list(itertools.compress(every, map(operator.is_, targets, _repeat(target))))
+            texts = _encode_values(self._head(target), list(map(values.__getitem__, at)))
+            for k, text in zip(at, texts, strict=True):
+                found[k] = text
+        return found
+
+    def _head(self, tool: Any) -> str:
+        """'{"<output>":' of a one-output tool."""
+        head = self._heads.get(tool)
+        if head is None:
+            (name,) = tool.outputs
+            head = self._heads[tool] = "{" + encode_basestring_ascii(name) + ":"
+        return head
 
     # -- the memo ---------------------------------------------------------------------------
 
@@ -644,6 +657,24 @@ class Durable:
         )
 
 
+def _value_texts(values: list[Any]) -> Iterable[str]:
+    """The JSON texts of scalar values, as the serializer writes them inside its dict."""
+    kinds = set(map(type, values))
+    if kinds <= {int}:
+        return map(int.__repr__, values)
+    if kinds <= {str}:
+        return map(encode_basestring_ascii, values)
+    return map(json_text, values)
+
+
+def _encode_values(head: str, values: list[Any]) -> list[str]:
+    """`head + <value's JSON text> + "}"` for each of `values` (scalars), with one join and one
+    split (a NUL is never in JSON text: `encode_basestring_ascii` escapes it)."""
+    if not values:
+        return []
+    return (head + ("}\0" + head).join(_value_texts(values)) + "}").split("\0")
+
+
 def _error_dict(error: ErrorInfo | BaseException) -> dict[str, str]:
     if isinstance(error, BaseException):
         error = ErrorInfo.from_exception(error)
@@ -806,6 +837,10 @@ async def durable_run(
 
 
 def _cancelled(exc: BaseException) -> bool:
+    """Whether `exc` is only cancellation (a `Cancelled`, or a group of nothing else: the
+    body's nurseries cancelled by the writer's failure)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(map(_cancelled, exc.exceptions))
     return isinstance(exc, trio.Cancelled)
 
 

@@ -277,3 +277,50 @@ async def test_a_store_failing_mid_run_fails_the_run_with_its_error(autojump_clo
                 raised = exc
         assert isinstance(raised, trioflow.StoreError), repr(raised)
         assert "disk full" in str(raised)
+
+
+class _ProtocolOnly:
+    """A `RunStore` of another kind: only the protocol's methods (no `bulk_rows`)."""
+
+    blocking = False  # in memory: called inline, so virtual time stays exact
+
+    def __init__(self) -> None:
+        self.inner = trioflow.MemoryStore()
+        self.kinds: set[str] = set()
+
+    @property
+    def serializer(self) -> Any:
+        return self.inner.serializer
+
+    def runs(self) -> list[trioflow.RunInfo]:
+        return self.inner.runs()
+
+    def load(self, run_id: str) -> trioflow.RunRecord:
+        return self.inner.load(run_id)
+
+    def outputs(self, run_id: str) -> dict[str, dict[str, Any]]:
+        return self.inner.outputs(run_id)
+
+    def begin(self, row: Any, *, resume: bool) -> Any:
+        return self.inner.begin(row, resume=resume)
+
+    def write(self, ops: Any) -> None:
+        self.kinds.update(kind for kind, _ in ops)
+        self.inner.write(ops)
+
+    def cache_get(self, key: str) -> Any:
+        return self.inner.cache_get(key)
+
+    def cache_of(self, tool: str, version: str, limit: int) -> Any:
+        return self.inner.cache_of(tool, version, limit)
+
+
+async def test_a_store_of_another_kind_gets_node_rows(autojump_clock: Any) -> None:
+    store = _ProtocolOnly()
+    assert isinstance(store, trioflow.RunStore)
+    with trio.fail_after(60):
+        out = await trioflow.run_async(mixed, {"n": 6}, store=store, run_id="r")
+    assert out["out"] == sum(2 * i for i in range(6)) + 1
+    assert store.kinds == {"run", "node"}  # never a "done" op: it did not ask for them
+    assert store.outputs("r")["work_4"] == {"out": 6}
+    assert set(store.load("r").states().values()) == {NodeState.DONE}

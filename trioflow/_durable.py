@@ -1,12 +1,17 @@
-"""A durable run: the store listener, the memo for resume/replay/caching, and the one writer.
+"""A durable run: the store's sink or listener, the memo for resume/replay/caching, the writer.
 
 `durable_run()` claims the run id in the store, checks a resumed run against the stored one,
 and opens a nursery holding the run's one writer: a task woken through a memory channel when
-rows are queued, which takes every row queued since its last batch (a list swap, cheaper than
-a channel item per row) and commits them in one transaction in a worker thread. The `Durable`
-object it yields is both the run's event listener (it turns events into rows, synchronously
-and cheaply) and its memo (it answers "is this call already done?" from the stored run and the
-cache, and encodes new outputs before their node is DONE).
+there is something to write, which takes every row since its last batch (a list swap, cheaper
+than a channel item per row) and commits them in one transaction in a worker thread.
+
+The `Durable` object it yields is the run's memo (it answers "is this call already done?" from
+the stored run and the cache, and encodes new outputs before their node is DONE) and feeds the
+store in one of two ways. A fresh run of a static graph — the common, large case — makes it the
+ledger's sink (`_ledger.Sink`): no event per node; each batch reads the rows that changed from
+the ledger's columns, and the scalar outputs of one-output tools from the scheduler's slots, a
+column at a time. A resume or a graph_fn makes it an event listener (which turns events into
+rows), since what it writes there depends on what each call reused.
 
 On exit, normal or not, the writer drains what was queued — shielded, but bounded — so a
 cancelled or interrupted run still commits every completion that happened before it stopped.

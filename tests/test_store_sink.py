@@ -324,3 +324,24 @@ async def test_a_store_of_another_kind_gets_node_rows(autojump_clock: Any) -> No
     assert store.kinds == {"run", "node"}  # never a "done" op: it did not ask for them
     assert store.outputs("r")["work_4"] == {"out": 6}
     assert set(store.load("r").states().values()) == {NodeState.DONE}
+
+
+@trioflow.tool(outputs=["out"], cache=True)
+async def quick_cached(x: int) -> int:
+    return x + 1
+
+
+@trioflow.graphify(name="one_cached", outputs=["out"])
+def one_cached(x):  # type: ignore[no-untyped-def]
+    return quick_cached(x=x).out
+
+
+async def test_a_cache_row_is_written_with_its_node_in_the_last_batch(autojump_clock: Any) -> None:
+    """A cached node that finishes as the run ends: its cache row goes in the same (last) batch
+    as its node row, so the next run hits it."""
+    store = trioflow.MemoryStore()
+    with trio.fail_after(60):
+        assert (await trioflow.run_async(one_cached, {"x": 1}, store=store))["out"] == 2
+        again = await trioflow.run_async(one_cached, {"x": 1}, store=store, record=True)
+    assert again.outputs == {"out": 2}
+    assert again.record.nodes["quick_cached_1"].cached

@@ -267,7 +267,7 @@ class Durable:
                        None, attempts[i], executors[i], 0, 0.0, None, None, None)  # fmt: skip
                 add(("node", row))
         for i in log:
-            add(("node", self._final_row(ledger, i)))
+            add(("node", self._final_row(ledger, i, batch)))
         if lazy:
             with gc_paused():  # only strings, numbers and their lists: no garbage to look for
                 columns = (
@@ -286,8 +286,9 @@ class Durable:
             else:  # a store of another kind: node rows, as the protocol has them
                 batch.extend(("node", row) for row in done_rows(payload))
 
-    def _final_row(self, ledger: Ledger, i: int) -> NodeRow:
-        """The row of ledger row i, which finished with outputs given to the ledger (or none)."""
+    def _final_row(self, ledger: Ledger, i: int, batch: list[Op]) -> NodeRow:
+        """The row of ledger row i, which finished with outputs given to the ledger (or none);
+        a cache miss's new cache row goes into `batch` beside it."""
         state = ledger.states[i]
         node_id = ledger.ids[i]
         tool = ledger.tools[i]
@@ -302,7 +303,7 @@ class Durable:
                 if note is not None and note.key is not None:
                     now = _wall_now()
                     self._fresh_cache[note.key] = (blob, now)
-                    self._put(("cache", (note.key, tool, note.version, blob, now)))
+                    batch.append(("cache", (note.key, tool, note.version, blob, now)))
             elif note is not None and note.raw is not None:
                 outputs = note.raw
             # else: a nested graph or a map, whose outputs are its inner nodes'

@@ -61,11 +61,20 @@ def test_the_compiler_imports_no_trio() -> None:
     )
     assert out.returncode == 0, out.stderr
     # The compiler stands on the data layer and the trace seam only (not on tools or contexts),
-    # and on _gcpause (the standard library's gc only).
+    # on _gcpause (the standard library's gc only) and on _plan (the lowered form it builds).
     assert out.stdout.split("\n")[0] == str(
         [
             f"trioflow.{m}"
-            for m in ("_checks", "_compile", "_convert", "_errors", "_gcpause", "_graph", "_trace")
+            for m in (
+                "_checks",
+                "_compile",
+                "_convert",
+                "_errors",
+                "_gcpause",
+                "_graph",
+                "_plan",
+                "_trace",
+            )
         ]
     )
 

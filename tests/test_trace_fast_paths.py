@@ -311,3 +311,136 @@ def test_the_order_of_the_nodes_dict_is_not_content() -> None:
     graph = _base()  # the JSON's keys are sorted, as they always were
     reordered = attrs.evolve(graph, nodes=dict(reversed(list(graph.nodes.items()))))
     assert reordered.content_hash == graph.content_hash
+
+
+# -- the plan built while tracing ----------------------------------------------------------------
+
+
+@trioflow.tool(outputs=["out"], name="plan_one")
+async def plan_one(x: Any = None, y: Any = None, z: Any = None) -> Any:
+    return x
+
+
+@trioflow.tool(outputs=["a", "b"], name="plan_two")
+async def plan_two(x: Any = None, y: Any = None) -> dict[str, Any]:
+    return {"a": x, "b": y}
+
+
+def _plan_shape(plan: Any) -> dict[str, Any]:
+    """A plan with its slot numbers replaced by what they hold: an output (node, position) or
+    a constant (type, value)."""
+    owner: dict[int, Any] = {}
+    for j, base in enumerate(plan.out_base):
+        for k in range(len(plan.targets[j].outputs)):
+            owner[base + k] = ("output", j, k)
+
+    def slot(s: int) -> Any:
+        value = plan.initial[s]
+        return owner.get(s, ("constant", type(value), value))
+
+    def gather(g: Any) -> Any:
+        slots = [g] if isinstance(g, int) else list(g(range(len(plan.initial))))
+        return [slot(s) for s in slots]
+
+    return {
+        "nodes": (plan.ids, plan.names, plan.kinds, [id(t) for t in plan.targets]),
+        "how": (plan.fast, plan.executors, plan.index),
+        "edges": (plan.dependents, plan.indegree),
+        "args": [
+            (
+                [(name, slot(s)) for name, s in pairs],
+                [(name, gather(g)) for name, g in gathers],
+                list(trees),
+            )
+            for pairs, gathers, trees in plan.args
+        ],
+        # Every output slot starts unset, and nothing else does; every slot is used.
+        "unset": {s for s, v in enumerate(plan.initial) if v is trioflow._plan.UNSET} == set(owner),
+        "size": len(plan.initial),
+    }
+
+
+_plan_atoms = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.text(max_size=2), st.floats(allow_nan=False)
+)
+
+
+@st.composite
+def _programs(draw: st.DrawFn) -> list[tuple[str, dict[str, Any]]]:
+    """A graphify body as data: each node's tool and its arguments, as recipes over the refs
+    made so far (whole outputs, node refs, projections, fan-ins, mixed lists, tuples, dicts,
+    the graph's input)."""
+    program: list[tuple[str, dict[str, Any]]] = []
+    for k in range(draw(st.integers(1, 8))):
+        recipe = st.one_of(_plan_atoms.map(lambda v: ("const", v)), st.just(("input",)))
+        if k:
+            earlier = st.integers(0, k - 1)
+            item = st.one_of(earlier.map(lambda j: ("ref", j)), recipe)
+            recipe = st.one_of(
+                recipe,
+                earlier.map(lambda j: ("ref", j)),
+                earlier.map(lambda j: ("noderef", j)),
+                earlier.map(lambda j: ("path", j)),
+                st.lists(earlier, max_size=4).map(lambda js: ("fanin", js)),
+                st.lists(item, max_size=3).map(lambda xs: ("mixed", xs)),
+                st.lists(earlier, max_size=2).map(lambda js: ("tuple", js)),
+                earlier.map(lambda j: ("dict", j)),
+            )
+        tool = draw(st.sampled_from(["plan_one", "plan_two"]))
+        params = ["x", "y", "z"] if tool == "plan_one" else ["x", "y"]
+        names = draw(st.lists(st.sampled_from(params), unique=True, max_size=len(params)))
+        program.append((tool, {name: draw(recipe) for name in names}))
+    return program
+
+
+def _body_for(program: list[tuple[str, dict[str, Any]]]) -> Any:
+    tools = {"plan_one": plan_one, "plan_two": plan_two}
+
+    def body(vals: Any) -> Any:
+        refs: list[Any] = []
+
+        def whole(j: int) -> Any:
+            return refs[j]["out"] if "out" in refs[j].outputs else refs[j]["b"]
+
+        def build(recipe: Any) -> Any:
+            kind = recipe[0]
+            if kind == "const":
+                return recipe[1]
+            if kind == "input":
+                return vals
+            if kind == "ref":
+                return whole(recipe[1])
+            if kind == "noderef":  # a one-output node's ref stands for its output
+                j = recipe[1]
+                return refs[j] if len(refs[j].outputs) == 1 else refs[j].a
+            if kind == "path":
+                return whole(recipe[1])[0]
+            if kind == "fanin":
+                return [whole(j) for j in recipe[1]]
+            if kind == "mixed":
+                return [build(item) for item in recipe[1]]
+            if kind == "tuple":
+                return tuple(whole(j) for j in recipe[1])
+            return {"k": whole(recipe[1]), "c": 1}
+
+        for tool, recipes in program:
+            refs.append(tools[tool](**{name: build(r) for name, r in recipes.items()}))
+        return {"out": whole(len(refs) - 1)}
+
+    return body
+
+
+@given(_programs())
+def test_the_plan_a_trace_builds_is_the_plan_lowering_builds(
+    program: list[tuple[str, dict[str, Any]]],
+) -> None:
+    from trioflow._plan import _lower
+
+    graph = trioflow.graphify(name="planned", outputs=["out"])(_body_for(program)).compile()
+    traced = graph._lowered.plan
+    assert traced is not None and traced.graph is graph
+    assert _plan_shape(traced) == _plan_shape(_lower(graph))
+    # A graph read back from its dict has no plan until its first run lowers it.
+    again = TaskGraph.from_dict(graph.to_dict(), callables=graph.callables)
+    assert again._lowered.plan is None
+    assert _plan_shape(trioflow._plan.plan_of_graph(again)) == _plan_shape(traced)

@@ -15,6 +15,7 @@ import os
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -40,6 +41,7 @@ from ._graph import (
     make_output_ref,
     ref_as_text,
 )
+from ._plan import KINDS, MAP, UNSET, ArgPlan, Plan, classify_arg, is_fast
 from ._trace import TRACER, called_from_user_code
 
 if TYPE_CHECKING:
@@ -194,8 +196,22 @@ class GraphTracer:
     nodes: dict[str, NodeSpec] = attrs.field(factory=dict)
     callables: dict[str, Any] = attrs.field(factory=dict)
     counters: dict[str, int] = attrs.field(factory=dict)
-    # name → (callable, "tool" or "graph", import path): computed once per name
-    known: dict[str, tuple[Any, NodeKind, str]] = attrs.field(factory=dict)
+    # name → (callable, "tool" or "graph", import path, and for a call of it: its plan kind,
+    # whether it is fast, its executor key): computed once per name
+    known: dict[str, tuple[Any, NodeKind, str, int, bool, str]] = attrs.field(factory=dict)
+    # The graph's plan (`_plan.Plan`), built with its nodes: columns by node index. Each
+    # node's outputs and each constant argument get a slot in `slots` as the trace meets them.
+    index: dict[str, int] = attrs.field(factory=dict)
+    names: list[str] = attrs.field(factory=list)
+    kinds: list[int] = attrs.field(factory=list)
+    targets: list[Any] = attrs.field(factory=list)
+    fast: list[bool] = attrs.field(factory=list)
+    executors: list[str] = attrs.field(factory=list)
+    out_base: list[int] = attrs.field(factory=list)
+    slots: list[Any] = attrs.field(factory=list)
+    arg_plans: list[ArgPlan] = attrs.field(factory=list)
+    dependents: list[list[int]] = attrs.field(factory=list)
+    indegree: list[int] = attrs.field(factory=list)
 
     def known_value(self, ref: object) -> tuple[bool, Any]:
         """The value of an input ref, if this trace knows the inputs."""
@@ -217,15 +233,13 @@ class GraphTracer:
             hints=("refs cannot cross graphs; pass the value as a subgraph input",),
         )
 
-    def _prepare(self, value: Any, deps: dict[str, None], node_id: str) -> Any:
+    def _prepare(self, value: Any, deps: dict[str, int], node_id: str) -> Any:
         """Validate an argument tree: refs belong to this trace; node refs become outputs.
 
         `node_id` names the node (or the output) being built, for error messages."""
         kind = type(value)
         if kind is OutputRef:  # the common cases first, by exact type
-            if value.node not in self.nodes:
-                raise self._foreign(node_id, value)
-            deps[value.node] = None
+            self._slot(value, deps, node_id)
             return value
         if kind in _ATOMS or value is None or isinstance(value, str | int | float | bool):
             return value
@@ -240,9 +254,7 @@ class GraphTracer:
                 )
             value = value[value.outputs[0]]
         if isinstance(value, OutputRef):
-            if value.node not in self.nodes:
-                raise self._foreign(node_id, value)
-            deps[value.node] = None
+            self._slot(value, deps, node_id)
             return value
         if isinstance(value, InputRef):
             if value.name not in self.inputs:
@@ -259,8 +271,25 @@ class GraphTracer:
             return {k: self._prepare(v, deps, node_id) for k, v in value.items()}
         return value
 
-    def _register(self, name: str, target: Any) -> tuple[Any, NodeKind, str]:
-        """Remember the callable behind `name`: `(target, kind, import path)`. A different one
+    def _slot(self, ref: OutputRef, deps: dict[str, int], node_id: str) -> int:
+        """The value slot of `ref`'s output (a dependency of node `node_id`, noted in `deps`);
+        a ref of another graph, or of an output its node does not have, is an error."""
+        j = self.index.get(ref.node)
+        if j is None:
+            raise self._foreign(node_id, ref)
+        outputs: tuple[str, ...] = self.targets[j].outputs
+        if ref.output not in outputs:
+            raise GraphBuildError(
+                f"node {node_id!r}: node {ref.node!r} has no output {ref.output!r}",
+                code="unknown-output",
+                hints=(f"its outputs are {list(outputs)}",),
+            )
+        deps[ref.node] = j
+        return self.out_base[j] + outputs.index(ref.output)
+
+    def _register(self, name: str, target: Any) -> tuple[Any, NodeKind, str, int, bool, str]:
+        """Remember the callable behind `name`: `(target, kind, import path, and its plan
+        kind, fast path and executor key)`. A different one
         under the same name is an error, since nodes find their callable by name (one of them
         would run the other's code). A graph is checked for recursion when first seen."""
         known = self.callables.get(name)
@@ -280,7 +309,16 @@ class GraphTracer:
         if kind == "graph":
             _check_recursion(target)
         self.callables[name] = target
-        entry = self.known[name] = (target, kind, _target_path(target))
+        plan_kind = KINDS[kind]
+        executor = "loop" if kind == "graph" else target.executor_key
+        entry = self.known[name] = (
+            target,
+            kind,
+            _target_path(target),
+            plan_kind,
+            is_fast(target, plan_kind),
+            executor,
+        )
         return entry
 
     def _add(
@@ -292,39 +330,78 @@ class GraphTracer:
         kind: NodeKind | None = None,
         map_param: str | None = None,
     ) -> NodeRef:
-        """Record a node. `args` (the call's own dict) becomes its arguments, each value
-        checked, with lists copied and node refs replaced by their one output."""
+        """Record a node and its plan. `args` (the call's own dict) becomes its arguments,
+        each value checked, with lists copied and node refs replaced by their one output."""
         entry = self.known.get(name)
         if entry is None or entry[0] is not target:
             entry = self._register(name, target)
-        nodes = self.nodes
-        deps: dict[str, None] = {}
-        # `_prepare` of each argument, inlined for constants, output refs and lists of them
-        # (a fan-in); anything else, and any mistake, takes the general path.
+        index, out_base, slots, targets = self.index, self.out_base, self.slots, self.targets
+        deps: dict[str, int] = {}
+        pairs: list[tuple[str, int]] = []
+        gathers: list[tuple[str, int | itemgetter[Any]]] = []
+        trees: list[tuple[str, Any]] = []
+        # Each argument checked and filed into the plan (`_prepare` and `classify_arg`, inlined
+        # for constants, whole output refs and lists of them, a fan-in); anything else, and any
+        # mistake, takes the general path.
         for key, value in args.items():
             vtype = type(value)
             if vtype is OutputRef:
-                dep = value.node
-                if dep in nodes:
-                    deps[dep] = None
-                    continue
-            elif vtype in _ATOMS or value is None:
-                continue
-            elif vtype is list:
-                for item in value:
-                    itype = type(item)
-                    if itype is OutputRef:
-                        dep = item.node
-                        if dep in nodes:
-                            deps[dep] = None
-                            continue
-                    elif itype in _ATOMS or item is None:
+                j = index.get(value.node)
+                if j is not None and not value.path:
+                    outputs = targets[j].outputs
+                    if value.output in outputs:
+                        deps[value.node] = j
+                        pairs.append((key, out_base[j] + outputs.index(value.output)))
                         continue
+            elif vtype in _ATOMS or value is None:
+                pairs.append((key, len(slots)))
+                slots.append(value)
+                continue
+            elif vtype is list and value:
+                got: list[int] = []
+                for item in value:
+                    if type(item) is OutputRef:
+                        j = index.get(item.node)
+                        if j is not None and not item.path:
+                            outputs = targets[j].outputs
+                            if item.output in outputs:
+                                deps[item.node] = j
+                                got.append(out_base[j] + outputs.index(item.output))
+                                continue
                     break
                 else:
                     args[key] = value[:]  # a copy: the caller may change its list later
+                    gathers.append((key, got[0] if len(got) == 1 else itemgetter(*got)))
                     continue
-            args[key] = self._prepare(value, deps, node_id)
+            args[key] = value = self._prepare(value, deps, node_id)
+            classify_arg(key, value, self._slot_of, slots, pairs, gathers, trees)
+        i = len(out_base)
+        if deps:
+            dependents = self.dependents
+            for j in deps.values():
+                dependents[j].append(i)
+        self.dependents.append([])
+        self.indegree.append(len(deps))
+        outputs = target.outputs
+        if kind is None:
+            plan_kind, fast, executor = entry[3], entry[4], entry[5]
+        else:  # a map node
+            plan_kind, fast, executor = MAP, False, target.executor_key
+        self.names.append(name)
+        self.kinds.append(plan_kind)
+        targets.append(target)
+        self.fast.append(fast)
+        self.executors.append(executor)
+        out_base.append(len(slots))
+        slots.extend([UNSET] * len(outputs))
+        self.arg_plans.append(
+            (
+                tuple(pairs),
+                tuple(gathers) if gathers else _NONE,
+                tuple(trees) if trees else _NONE,
+            )
+        )
+        index[node_id] = i
         # The NodeSpec, then the NodeRef with its output refs, their slots set directly
         # (`NodeRef()` and `make_output_ref` inlined: a trace makes one of each per node).
         node = _new(NodeSpec)
@@ -332,12 +409,11 @@ class GraphTracer:
         _set_tool(node, name)
         _set_args(node, args)
         _set_deps(node, tuple(deps))
-        outputs: tuple[str, ...] = target.outputs
         _set_outputs(node, outputs)
         _set_kind(node, kind or entry[1])
         _set_map_param(node, map_param)
         _set_target(node, entry[2])
-        nodes[node_id] = node
+        self.nodes[node_id] = node
         ref: NodeRef = _new(NodeRef)
         ref.id = node_id
         ref.outputs = outputs
@@ -350,6 +426,11 @@ class GraphTracer:
                 _set_path(output, ())
                 refs[out] = output
         return ref
+
+    def _slot_of(self, ref: OutputRef) -> int:
+        j = self.index[ref.node]
+        outputs: tuple[str, ...] = self.targets[j].outputs
+        return self.out_base[j] + outputs.index(ref.output)
 
     def call(self, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> NodeRef:
         """A tool call (or a nested graph call: a subgraph node) in the body: record a node.
@@ -368,6 +449,27 @@ class GraphTracer:
         return self._add(
             tool.name, self._new_id("map"), tool, {**fixed, param: items}, "map", param
         )
+
+    def plan(self, graph: TaskGraph) -> Plan:
+        """The plan built with `graph`'s nodes (its trace was this one)."""
+        return Plan(
+            graph=graph,
+            ids=list(self.nodes),
+            names=self.names,
+            kinds=self.kinds,
+            targets=self.targets,
+            args=self.arg_plans,
+            dependents=self.dependents,
+            indegree=self.indegree,
+            index=self.index,
+            fast=self.fast,
+            executors=self.executors,
+            out_base=self.out_base,
+            initial=self.slots,
+        )
+
+
+_NONE: tuple[Any, ...] = ()
 
 
 def _check_recursion(target: Any) -> None:
@@ -473,7 +575,7 @@ def trace(
     except (TypeError, ValueError) as exc:
         raise GraphBuildError(str(exc), code="bad-outputs", graph=name) from None
     bindings = {out: tracer._prepare(result[out], {}, f"output {out}") for out in outputs}
-    return TaskGraph(
+    graph = TaskGraph(
         name=name,
         inputs=inputs,
         nodes=tracer.nodes,
@@ -481,3 +583,5 @@ def trace(
         defaults=dict(defaults or {}),
         callables=tracer.callables,
     )
+    graph._lowered.plan = tracer.plan(graph)
+    return graph

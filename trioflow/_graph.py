@@ -27,6 +27,7 @@ __all__ = [
     "NODE_SPEC_SETTERS",
     "OUTPUT_REF_SETTERS",
     "InputRef",
+    "Lowered",
     "NodeKind",
     "NodeSpec",
     "OutputRef",
@@ -280,6 +281,19 @@ NODE_SPEC_SETTERS = tuple(
 )
 
 
+class Lowered:
+    """Where a graph keeps its lowered plan (see `_plan`): made by its trace or on its first
+    run, and not part of the graph's data (not compared, not serialised, not pickled)."""
+
+    __slots__ = ("plan",)
+
+    def __init__(self) -> None:
+        self.plan: Any = None
+
+    def __reduce__(self) -> tuple[type[Lowered], tuple[()]]:
+        return (Lowered, ())  # a copy is lowered again when it runs
+
+
 @attrs.frozen
 class TaskGraph:
     """A compiled static graph: nodes in insertion order (a topological order), their edges,
@@ -293,6 +307,7 @@ class TaskGraph:
     defaults: dict[str, Any] = attrs.field(factory=dict)
     # The callables behind the nodes (tool/graph name → object); not data, not compared.
     callables: Mapping[str, Any] = attrs.field(factory=dict, eq=False, repr=False)
+    _lowered: Lowered = attrs.field(factory=Lowered, init=False, eq=False, repr=False)
 
     def check_inputs(self, inputs: Mapping[str, Any] | None) -> dict[str, Any]:
         """A run's inputs with the defaults filled in; unknown or missing names raise

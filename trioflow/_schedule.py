@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import collections
 import heapq
-import weakref
 from collections.abc import Mapping
-from operator import itemgetter
 from time import perf_counter
 from typing import Any, Protocol
 
@@ -24,9 +22,9 @@ from trio.lowlevel import checkpoint_if_cancelled
 from ._attempt import execute_node, node_failed
 from ._context import FRAME, Frame
 from ._errors import DependencyFailed, GraphBuildError, NodeFailed, is_run_failure
-from ._gcpause import gc_paused
 from ._graph import InputRef, OutputRef, TaskGraph, resolve
 from ._pace import interval
+from ._plan import MAP, TOOL, UNSET, Gathers, Plan, Trees, lower, plan_of_graph
 from ._reactive import FanOut
 from ._records import ErrorInfo, NodeState
 from ._runstate import RunState
@@ -35,196 +33,8 @@ from ._tool import Tool, ToolCall
 
 __all__ = ["CompiledGraph", "Plan", "Traceable", "lower", "plan_for", "plan_of_graph", "run_plan"]
 
-_TOOL, _MAP, _GRAPH = 0, 1, 2
-_KINDS = {"tool": _TOOL, "map": _MAP, "graph": _GRAPH}
 _PENDING = NodeState.PENDING
 _SCALARS = frozenset({int, str, float, bool, type(None)})  # values a store encodes as they are
-
-
-class _Unset:
-    """The value of an output slot whose node has not produced it."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "<unset>"
-
-
-_UNSET: Any = _Unset()
-
-# How a node gets its arguments. Every value a node reads sits in one flat list per run: the
-# outputs of every node first (`Plan.out_base[i]` is node i's first), then the graph's constant
-# arguments. `pairs` are arguments read from one slot (a constant or a whole output); `gathers`
-# build a list (a fan-in: one slot, or an `itemgetter` over several); `trees` are anything
-# else, resolved ref by ref.
-Pairs = tuple[tuple[str, int], ...]
-Gathers = tuple[tuple[str, "int | itemgetter[Any]"], ...]
-Trees = tuple[tuple[str, Any], ...]
-ArgPlan = tuple[Pairs, Gathers, Trees]
-
-
-@attrs.frozen(eq=False)
-class Plan:
-    """A TaskGraph lowered to index arrays, once per graph."""
-
-    graph: TaskGraph
-    ids: list[str]
-    names: list[str]
-    kinds: list[int]
-    targets: list[Any]
-    args: list[ArgPlan]
-    dependents: list[list[int]]
-    indegree: list[int]
-    index: dict[str, int]
-    # True for plain async tools (no timeout, retry, limits or context): the inline fast path.
-    fast: list[bool]
-    executors: list[str]
-    # Node i's outputs are slots out_base[i] ... out_base[i] + len(targets[i].outputs) - 1.
-    out_base: list[int]
-    # The flat value list a run starts from: `width` unset outputs, then the constants.
-    initial: list[Any]
-    width: int
-
-    def tools(self) -> list[Tool]:
-        """The distinct tools of the graph (each checked once before a run, not per node)."""
-        return list({id(t): t for t in self.targets if isinstance(t, Tool)}.values())
-
-    def slot(self, i: int, output: str) -> int:
-        """The value slot of node i's output `output`."""
-        outputs: tuple[str, ...] = self.targets[i].outputs
-        return self.out_base[i] + outputs.index(output)
-
-    def shipped_args(self, i: int) -> dict[str, Any]:
-        """Node i's arguments that are not plain outputs of other nodes: what a shipping
-        executor must be able to send before the node runs (refs inside trees pickle as
-        plain data)."""
-        pairs, _, trees = self.args[i]
-        initial, width = self.initial, self.width
-        found = {name: initial[s] for name, s in pairs if s >= width}
-        found.update(trees)
-        return found
-
-
-_TREES = frozenset({InputRef, OutputRef, list, tuple, dict})
-_ATOMS = frozenset({int, str, float, bool, type(None)})
-
-
-def _is_fast(target: Any, kind: int) -> bool:
-    return kind == _TOOL and target.plain and not target.limits
-
-
-def lower(graph: TaskGraph) -> Plan:
-    """Index arrays for a graph: ids, targets, argument plans, dependents, in-degrees."""
-    with gc_paused():  # every object made here stays alive with the plan
-        return _lower(graph)
-
-
-def _lower(graph: TaskGraph) -> Plan:
-    nodes = list(graph.nodes.values())
-    ids = [node.id for node in nodes]
-    index = {node_id: i for i, node_id in enumerate(ids)}
-    dependents: list[list[int]] = [[] for _ in nodes]
-    indegree = [0] * len(nodes)
-    for i, node in enumerate(nodes):
-        deps = node.deps
-        if deps:
-            indegree[i] = len(deps)
-            for dep in deps:
-                dependents[index[dep]].append(i)
-    kinds: list[int] = []
-    targets: list[Any] = []
-    fast: list[bool] = []
-    executors: list[str] = []
-    out_base: list[int] = []
-    width = 0
-    # Per (tool name, kind): nodes of one tool share their target and everything derived from it.
-    seen: dict[tuple[str, str], tuple[int, Any, bool, str, int]] = {}
-    for node in nodes:
-        key = (node.tool, node.kind)
-        found = seen.get(key)
-        if found is None:
-            kind = _KINDS[node.kind]
-            target = graph.callable_for(node)
-            executor = target.executor_key if kind != _GRAPH else "loop"
-            fast_ = _is_fast(target, kind)
-            found = seen[key] = (kind, target, fast_, executor, len(target.outputs))
-        kinds.append(found[0])
-        targets.append(found[1])
-        fast.append(found[2])
-        executors.append(found[3])
-        out_base.append(width)
-        width += found[4]
-    values: list[Any] = [_UNSET] * width
-    add_const = values.append
-    args: list[ArgPlan] = []
-    add_args = args.append
-    no_gathers: Gathers = ()
-    no_trees: Trees = ()
-    for node in nodes:
-        pairs: list[tuple[str, int]] = []
-        gathers: list[tuple[str, int | itemgetter[Any]]] = []
-        trees: list[tuple[str, Any]] = []
-        for name, value in node.args.items():
-            kind_ = type(value)
-            if kind_ in _ATOMS:
-                pairs.append((name, len(values)))
-                add_const(value)
-            elif kind_ is OutputRef and not value.path:
-                j = index[value.node]
-                pairs.append((name, out_base[j] + targets[j].outputs.index(value.output)))
-            elif kind_ is list and value:
-                slots = []
-                for v in value:
-                    if type(v) is not OutputRef or v.path:
-                        break
-                    j = index[v.node]
-                    slots.append(out_base[j] + targets[j].outputs.index(v.output))
-                else:  # a list of plain output refs: a fan-in
-                    gathers.append((name, slots[0] if len(slots) == 1 else itemgetter(*slots)))
-                    continue
-                trees.append((name, value))
-            elif kind_ in _TREES or isinstance(value, InputRef | OutputRef | list | tuple | dict):
-                trees.append((name, value))
-            else:
-                pairs.append((name, len(values)))
-                add_const(value)
-        add_args(
-            (
-                tuple(pairs),
-                tuple(gathers) if gathers else no_gathers,
-                tuple(trees) if trees else no_trees,
-            )
-        )
-    return Plan(
-        graph=graph,
-        ids=ids,
-        names=[node.tool for node in nodes],
-        kinds=kinds,
-        targets=targets,
-        args=args,
-        dependents=dependents,
-        indegree=indegree,
-        index=index,
-        fast=fast,
-        executors=executors,
-        out_base=out_base,
-        initial=values,
-        width=width,
-    )
-
-
-_plans: dict[int, tuple[weakref.ref[TaskGraph], Plan]] = {}
-
-
-def plan_of_graph(graph: TaskGraph) -> Plan:
-    """The lowered plan of a compiled graph, lowered once and reused by every run of it."""
-    key = id(graph)
-    found = _plans.get(key)
-    if found is not None and found[0]() is graph:
-        return found[1]
-    plan = lower(graph)
-    _plans[key] = (weakref.ref(graph, lambda _: _plans.pop(key, None)), plan)
-    return plan
 
 
 class Traceable(Protocol):
@@ -483,7 +293,7 @@ class _PlanRun:
         if isinstance(ref, InputRef):
             return self.inputs[ref.name]
         value = self.values[self.plan.slot(self.plan.index[ref.node], ref.output)]
-        if value is _UNSET:
+        if value is UNSET:
             raise _Missing(ref.node)
         return value
 
@@ -502,12 +312,12 @@ class _PlanRun:
                 run.ledger.fail(idx, exc)
                 raise node_failed(node_id, plan.names[i], exc) from exc
             kind = plan.kinds[i]
-            if kind == _TOOL:
+            if kind == TOOL:
                 if target.limits:
                     outputs = await self.run_limited(target, kwargs, idx, slot, frame)
                 else:
                     outputs = await execute_node(run, idx, target, kwargs, frame)
-            elif kind == _MAP:
+            elif kind == MAP:
                 outputs = await self.run_map(i, target, kwargs, node_id, slot)
             else:
                 outputs = await run.run_composite(

@@ -193,6 +193,17 @@ class Durable:
         # JSON stores encode a one-output tool's scalar value from its slot, at the batch.
         self.reads_slots = self.serializer.name == "json"
 
+    def detach(self) -> None:
+        """The run is over and its rows written: let go of its ledger and plan runs (which
+        refer back to this object), so that the run's memory is freed at once, not by a full
+        collection of the cyclic garbage collector."""
+        if self._ledger is not None:
+            self._ledger.sink = None
+            self._ledger.wake = _no_wake
+            self._ledger = None
+        self._plan_runs.clear()
+        self._bases.clear()
+
     def run_started(self, at: float) -> None:
         pass  # the run row was written when the run id was claimed
 
@@ -663,6 +674,10 @@ class Durable:
         )
 
 
+def _no_wake() -> None:
+    pass
+
+
 def _value_texts(values: list[Any]) -> Iterable[str]:
     """The JSON texts of scalar values, as the serializer writes them inside its dict."""
     kinds = set(map(type, values))
@@ -832,6 +847,8 @@ async def durable_run(
                 send.close()
     except BaseExceptionGroup as group:  # only Cancelled can land here (an outer cancel)
         leftover = group
+    finally:
+        durable.detach()
     if writer_error is not None and (body_error is None or _cancelled(body_error)):
         raise writer_error
     if body_error is not None:

@@ -367,15 +367,18 @@ class Durable:
                 head + text + "}"
                 for head, text in zip(map(self._head, targets), _value_texts(values), strict=True)
             ]
-        # A few tools (a fan-out and its fan-in): each tool's values at once, put back in order.
-        found: list[Any] = values  # each value replaced by its text (tools' rows are disjoint)
+        # A few tools (a fan-out and its fan-in, say): every value at once as the commonest
+        # tool's, then the other tools' rows put right one by one.
+        ((major, _),) = collections.Counter(targets).most_common(1)
+        texts = _encode_values(self._head(major), values)
         every = range(len(js))
         for target in distinct:
-            at = list(itertools.compress(every, map(operator.is_, targets, _repeat(target))))
-            texts = _encode_values(self._head(target), list(map(values.__getitem__, at)))
-            for k, text in zip(at, texts, strict=True):
-                found[k] = text
-        return found
+            if target is not major:
+                head = self._head(target)
+                for k in itertools.compress(every, map(operator.is_, targets, _repeat(target))):
+                    (text,) = _value_texts([values[k]])
+                    texts[k] = head + text + "}"
+        return texts
 
     def _head(self, tool: Any) -> str:
         """'{"<output>":' of a one-output tool."""

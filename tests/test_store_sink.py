@@ -345,3 +345,23 @@ async def test_a_cache_row_is_written_with_its_node_in_the_last_batch(autojump_c
         again = await trioflow.run_async(one_cached, {"x": 1}, store=store, record=True)
     assert again.outputs == {"out": 2}
     assert again.record.nodes["quick_cached_1"].cached
+
+
+async def test_long_ints_are_stored_or_fail_their_node_as_without_the_sink(
+    autojump_clock: Any,
+) -> None:
+    """An int too long to print in bulk later goes through the store's per-node encoding."""
+    VALUES[:] = [10**700, -(10**650), 7]
+    store = trioflow.MemoryStore()
+    with trio.fail_after(60):
+        await trioflow.run_async(SPREAD[1], {"n": 3}, store=store, run_id="r")
+    outputs = store.outputs("r")
+    assert [outputs[f"emit0_{k}"]["y"] for k in (1, 2, 3)] == VALUES
+    VALUES[:] = [10**5000]  # beyond Python's own limit for printing an int: the node fails
+    with trio.fail_after(60):
+        try:
+            await trioflow.run_async(SPREAD[1], {"n": 1}, store=trioflow.MemoryStore())
+        except trioflow.NodeFailed as exc:
+            assert exc.node_id == "emit0_1" and isinstance(exc.__cause__, ValueError)
+        else:
+            raise AssertionError("the node should have failed")

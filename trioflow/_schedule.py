@@ -34,7 +34,10 @@ from ._tool import Tool, ToolCall
 __all__ = ["CompiledGraph", "Plan", "Traceable", "lower", "plan_for", "plan_of_graph", "run_plan"]
 
 _PENDING = NodeState.PENDING
-_SCALARS = frozenset({int, str, float, bool, type(None)})  # values a store encodes as they are
+# Values a store encodes as they are, never failing: scalars, and ints short enough to print
+# (`sys.get_int_max_str_digits`: a longer one fails its node when encoded, as it always did).
+_SCALARS = frozenset({str, float, bool, type(None)})
+_INT_LIMIT = 10**600  # printable under any limit (the lowest one allowed is 640 digits)
 
 
 class Traceable(Protocol):
@@ -220,7 +223,13 @@ class _PlanRun:
                         result = await target.fn(**kwargs)
                         outs = target.outputs
                         if type(result) is not dict and len(outs) == 1:  # one output, bare
-                            if bare or (lazy and type(result) in _SCALARS):
+                            if bare or (
+                                lazy
+                                and (
+                                    type(result) in _SCALARS
+                                    or (type(result) is int and -_INT_LIMIT < result < _INT_LIMIT)
+                                )
+                            ):
                                 outputs = None
                             else:
                                 outputs = {outs[0]: result}
@@ -475,7 +484,8 @@ async def run_plan(
         ready=ready,
         remaining=len(ids),
         # A memo that may reuse outputs must see every node; one that only stores them (a fresh
-        # run with a store) keeps the fast path, which hands it the outputs (`accept`).
+        # run with a store) keeps the fast path, which hands it the outputs (`accept`), or leaves
+        # a scalar in its slot for a store that `reads_slots`.
         fast=plan.fast if run.memo is None or not run.memo.reuses else [False] * len(ids),
     )
     if run.memo is not None:

@@ -2,8 +2,9 @@
 
 The floor is a pool of `cap` workers fed by a memory channel, with dependency counters: a node
 is sent to the channel when its last dependency finishes. trioflow runs the same DAG, built by
-tracing a @graphify body (trace + lowering are timed separately; a graph whose shape does not
-depend on its inputs is traced once and reused). Every case checks its own answer.
+tracing a @graphify body (trace + lowering are timed separately; since this round the tracer
+builds the plan as it goes, so "lower" only finds it; a graph whose shape does not depend on
+its inputs is traced once and reused). Every case checks its own answer.
 
     python benchmarks/bench_static.py [--smoke] [--big] [--memory]
 

@@ -444,3 +444,39 @@ def test_the_plan_a_trace_builds_is_the_plan_lowering_builds(
     again = TaskGraph.from_dict(graph.to_dict(), callables=graph.callables)
     assert again._lowered.plan is None
     assert _plan_shape(trioflow._plan.plan_of_graph(again)) == _plan_shape(traced)
+
+
+def test_a_ref_to_an_output_a_node_lacks_is_a_build_error() -> None:
+    @trioflow.tool(outputs=[], name="plan_none")
+    async def plan_none() -> None:
+        return None
+
+    @trioflow.graphify(outputs=["out"])
+    def bad() -> Any:
+        ref = plan_none()
+        return plan_one(x=OutputRef(ref.id, "missing"))
+
+    with pytest.raises(GraphBuildError, match="has no output 'missing'"):
+        bad.compile()
+
+
+def test_a_graph_traced_for_one_run_is_freed_with_its_plan() -> None:
+    # The run takes the plan out of a graph traced for it alone, so the two do not hold each
+    # other: dropping the plan frees the graph at once, without the cyclic collector.
+    import weakref
+
+    from trioflow._schedule import plan_for
+
+    @trioflow.graphify(outputs=["out"])
+    def shaped(vals: list[int]) -> Any:
+        return plan_one(x=[plan_one(x=v).out for v in vals]).out
+
+    gc.disable()
+    try:
+        plan = plan_for(shaped, {"vals": [1, 2, 3]})
+        assert len(plan.ids) == 4
+        graph = weakref.ref(plan.graph)
+        del plan
+        assert graph() is None
+    finally:
+        gc.enable()

@@ -15,7 +15,6 @@ import os
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
-from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -41,7 +40,7 @@ from ._graph import (
     make_output_ref,
     ref_as_text,
 )
-from ._plan import KINDS, MAP, UNSET, ArgPlan, Plan, classify_arg, is_fast
+from ._plan import KINDS, UNSET, ArgPlan, Plan, classify_arg, fan_in, is_fast
 from ._trace import TRACER, called_from_user_code
 
 if TYPE_CHECKING:
@@ -186,6 +185,20 @@ _ATOMS = frozenset({str, int, float, bool})
 _PROMOTE_NODES = 1000
 
 
+# What a trace knows of a callable, by name: (callable, "tool" or "graph", its import path,
+# name, and for the plan: its kind, whether it takes the fast path, its executor key, and one
+# unset slot per output).
+_Entry = tuple[Any, NodeKind, str, str, int, bool, str, list[Any]]
+
+
+def _entry(target: Any, name: str, kind: NodeKind) -> _Entry:
+    plan_kind = KINDS[kind]
+    executor = "loop" if kind == "graph" else target.executor_key
+    unset = [UNSET] * len(target.outputs)
+    path = _target_path(target)
+    return (target, kind, path, name, plan_kind, is_fast(target, plan_kind), executor, unset)
+
+
 @attrs.define(eq=False)
 class GraphTracer:
     """Records the calls a graphify body makes (the `Tracer` of `_trace`)."""
@@ -196,17 +209,14 @@ class GraphTracer:
     nodes: dict[str, NodeSpec] = attrs.field(factory=dict)
     callables: dict[str, Any] = attrs.field(factory=dict)
     counters: dict[str, int] = attrs.field(factory=dict)
-    # name → (callable, "tool" or "graph", import path, and for a call of it: its plan kind,
-    # whether it is fast, its executor key): computed once per name
-    known: dict[str, tuple[Any, NodeKind, str, int, bool, str]] = attrs.field(factory=dict)
-    # The graph's plan (`_plan.Plan`), built with its nodes: columns by node index. Each
-    # node's outputs and each constant argument get a slot in `slots` as the trace meets them.
+    # name → its `_Entry`: computed once per name
+    known: dict[str, _Entry] = attrs.field(factory=dict)
+    # The graph's plan (`_plan.Plan`), built with its nodes: columns by node index (the
+    # columns that depend on the tool only are read off `entries` at the end). Each node's
+    # outputs and each constant argument get a slot in `slots` as the trace meets them.
     index: dict[str, int] = attrs.field(factory=dict)
-    names: list[str] = attrs.field(factory=list)
-    kinds: list[int] = attrs.field(factory=list)
+    entries: list[_Entry] = attrs.field(factory=list)
     targets: list[Any] = attrs.field(factory=list)
-    fast: list[bool] = attrs.field(factory=list)
-    executors: list[str] = attrs.field(factory=list)
     out_base: list[int] = attrs.field(factory=list)
     slots: list[Any] = attrs.field(factory=list)
     arg_plans: list[ArgPlan] = attrs.field(factory=list)
@@ -287,9 +297,8 @@ class GraphTracer:
         deps[ref.node] = j
         return self.out_base[j] + outputs.index(ref.output)
 
-    def _register(self, name: str, target: Any) -> tuple[Any, NodeKind, str, int, bool, str]:
-        """Remember the callable behind `name`: `(target, kind, import path, and its plan
-        kind, fast path and executor key)`. A different one
+    def _register(self, name: str, target: Any) -> _Entry:
+        """Remember the callable behind `name` (its `_Entry`). A different one
         under the same name is an error, since nodes find their callable by name (one of them
         would run the other's code). A graph is checked for recursion when first seen."""
         known = self.callables.get(name)
@@ -309,46 +318,52 @@ class GraphTracer:
         if kind == "graph":
             _check_recursion(target)
         self.callables[name] = target
-        plan_kind = KINDS[kind]
-        executor = "loop" if kind == "graph" else target.executor_key
-        entry = self.known[name] = (
-            target,
-            kind,
-            _target_path(target),
-            plan_kind,
-            is_fast(target, plan_kind),
-            executor,
-        )
+        entry = self.known[name] = _entry(target, name, kind)
         return entry
 
-    def _add(
+    def call(
         self,
-        name: str,
-        node_id: str,
         target: Any,
-        args: dict[str, Any],
-        kind: NodeKind | None = None,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
         map_param: str | None = None,
     ) -> NodeRef:
-        """Record a node and its plan. `args` (the call's own dict) becomes its arguments,
-        each value checked, with lists copied and node refs replaced by their one output."""
+        """A tool call (or a nested graph call: a subgraph node) in the body: record a node
+        and its plan (with `map_param`, the one node of a `map`: see `map`).
+
+        `kwargs` is the call's own `**kwargs` dict: the node keeps it as its arguments, each
+        value checked, with lists copied and node refs replaced by their one output."""
+        name = target.name
+        if map_param is None:
+            spec = target.spec
+            if args or not spec.named or kwargs.keys() != spec.params:
+                kwargs = spec.bind(args, kwargs)  # else every input is given by name: as is
+            counters = self.counters
+            k = counters[name] = counters.get(name, 0) + 1
+            node_id = f"{name}_{k}"
+        else:
+            node_id = self._new_id("map")
         entry = self.known.get(name)
         if entry is None or entry[0] is not target:
             entry = self._register(name, target)
         index, out_base, slots, targets = self.index, self.out_base, self.slots, self.targets
         deps: dict[str, int] = {}
         pairs: list[tuple[str, int]] = []
-        gathers: list[tuple[str, int | itemgetter[Any]]] = []
+        gathers: list[tuple[str, int | Callable[[list[Any]], Any]]] = []
         trees: list[tuple[str, Any]] = []
         # Each argument checked and filed into the plan (`_prepare` and `classify_arg`, inlined
         # for constants, whole output refs and lists of them, a fan-in); anything else, and any
         # mistake, takes the general path.
-        for key, value in args.items():
+        for key, value in kwargs.items():
             vtype = type(value)
             if vtype is OutputRef:
                 j = index.get(value.node)
                 if j is not None and not value.path:
                     outputs = targets[j].outputs
+                    if outputs and outputs[0] == value.output:  # (most tools have one)
+                        deps[value.node] = j
+                        pairs.append((key, out_base[j]))
+                        continue
                     if value.output in outputs:
                         deps[value.node] = j
                         pairs.append((key, out_base[j] + outputs.index(value.output)))
@@ -357,60 +372,52 @@ class GraphTracer:
                 pairs.append((key, len(slots)))
                 slots.append(value)
                 continue
-            elif vtype is list and value:
+            elif vtype is list:
                 got: list[int] = []
                 for item in value:
                     if type(item) is OutputRef:
                         j = index.get(item.node)
                         if j is not None and not item.path:
                             outputs = targets[j].outputs
+                            if outputs and outputs[0] == item.output:
+                                deps[item.node] = j
+                                got.append(out_base[j])
+                                continue
                             if item.output in outputs:
                                 deps[item.node] = j
                                 got.append(out_base[j] + outputs.index(item.output))
                                 continue
                     break
                 else:
-                    args[key] = value[:]  # a copy: the caller may change its list later
-                    gathers.append((key, got[0] if len(got) == 1 else itemgetter(*got)))
+                    kwargs[key] = value[:]  # a copy: the caller may change its list later
+                    gathers.append((key, fan_in(got)))
                     continue
-            args[key] = value = self._prepare(value, deps, node_id)
+            kwargs[key] = value = self._prepare(value, deps, node_id)
             classify_arg(key, value, self._slot_of, slots, pairs, gathers, trees)
         i = len(out_base)
-        if deps:
-            dependents = self.dependents
-            for j in deps.values():
-                dependents[j].append(i)
-        self.dependents.append([])
+        dependents = self.dependents
+        for j in deps.values():
+            dependents[j].append(i)
+        dependents.append([])
         self.indegree.append(len(deps))
         outputs = target.outputs
-        if kind is None:
-            plan_kind, fast, executor = entry[3], entry[4], entry[5]
-        else:  # a map node
-            plan_kind, fast, executor = MAP, False, target.executor_key
-        self.names.append(name)
-        self.kinds.append(plan_kind)
+        if map_param is not None:  # a map node
+            entry = _entry(target, name, "map")
+        self.entries.append(entry)
         targets.append(target)
-        self.fast.append(fast)
-        self.executors.append(executor)
         out_base.append(len(slots))
-        slots.extend([UNSET] * len(outputs))
-        self.arg_plans.append(
-            (
-                tuple(pairs),
-                tuple(gathers) if gathers else _NONE,
-                tuple(trees) if trees else _NONE,
-            )
-        )
+        slots += entry[7]
+        self.arg_plans.append((pairs, gathers or _NONE, trees or _NONE))
         index[node_id] = i
         # The NodeSpec, then the NodeRef with its output refs, their slots set directly
         # (`NodeRef()` and `make_output_ref` inlined: a trace makes one of each per node).
         node = _new(NodeSpec)
         _set_id(node, node_id)
         _set_tool(node, name)
-        _set_args(node, args)
+        _set_args(node, kwargs)
         _set_deps(node, tuple(deps))
         _set_outputs(node, outputs)
-        _set_kind(node, kind or entry[1])
+        _set_kind(node, entry[1])
         _set_map_param(node, map_param)
         _set_target(node, entry[2])
         self.nodes[node_id] = node
@@ -432,38 +439,25 @@ class GraphTracer:
         outputs: tuple[str, ...] = self.targets[j].outputs
         return self.out_base[j] + outputs.index(ref.output)
 
-    def call(self, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> NodeRef:
-        """A tool call (or a nested graph call: a subgraph node) in the body: record a node.
-
-        `kwargs` is the call's own `**kwargs` dict: the node keeps it as its arguments."""
-        spec = target.spec
-        if args or not spec.named or kwargs.keys() != spec.params:
-            kwargs = spec.bind(args, kwargs)  # else every input is given by name: as is
-        name = target.name
-        counters = self.counters
-        k = counters[name] = counters.get(name, 0) + 1
-        return self._add(name, f"{name}_{k}", target, kwargs)
-
     def map(self, tool: Tool, items: Any, param: str, fixed: Mapping[str, Any]) -> NodeRef:
         """`trioflow.map(tool, items)` in the body: one node that fans out at run time."""
-        return self._add(
-            tool.name, self._new_id("map"), tool, {**fixed, param: items}, "map", param
-        )
+        return self.call(tool, (), {**fixed, param: items}, param)
 
     def plan(self, graph: TaskGraph) -> Plan:
         """The plan built with `graph`'s nodes (its trace was this one)."""
+        entries = self.entries
         return Plan(
             graph=graph,
             ids=list(self.nodes),
-            names=self.names,
-            kinds=self.kinds,
+            names=[e[3] for e in entries],
+            kinds=[e[4] for e in entries],
             targets=self.targets,
             args=self.arg_plans,
             dependents=self.dependents,
             indegree=self.indegree,
             index=self.index,
-            fast=self.fast,
-            executors=self.executors,
+            fast=[e[5] for e in entries],
+            executors=[e[6] for e in entries],
             out_base=self.out_base,
             initial=self.slots,
         )

@@ -9,6 +9,7 @@ kept with the graph (`TaskGraph._lowered`) and reused by every later run of it.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
@@ -32,9 +33,11 @@ __all__ = [
     "Plan",
     "Trees",
     "classify_arg",
+    "fan_in",
     "is_fast",
     "lower",
     "plan_of_graph",
+    "take_plan",
 ]
 
 TOOL, MAP, GRAPH = 0, 1, 2
@@ -55,11 +58,11 @@ UNSET: Any = _Unset()
 # How a node gets its arguments. Every value a node reads sits in one flat list per run: each
 # node's outputs (`Plan.out_base[i]` is node i's first slot) and the graph's constant
 # arguments, the slots in the order the trace met them. `pairs` are arguments read from one
-# slot (a constant or a whole output); `gathers` build a list (a fan-in: one slot, or an
-# `itemgetter` over several); `trees` are anything else, resolved ref by ref.
-Pairs = tuple[tuple[str, int], ...]
-Gathers = tuple[tuple[str, "int | itemgetter[Any]"], ...]
-Trees = tuple[tuple[str, Any], ...]
+# slot (a constant or a whole output); `gathers` build a list (a fan-in: one slot, or a getter
+# of several or none, see `fan_in`); `trees` are anything else, resolved ref by ref.
+Pairs = Sequence[tuple[str, int]]
+Gathers = Sequence[tuple[str, "int | Callable[[list[Any]], Any]"]]
+Trees = Sequence[tuple[str, Any]]
 ArgPlan = tuple[Pairs, Gathers, Trees]
 
 # Exact types whose values are constants read from a slot as they are.
@@ -110,6 +113,18 @@ class Plan:
         return found
 
 
+def _no_slots(values: list[Any]) -> tuple[()]:
+    return ()
+
+
+def fan_in(slots: list[int]) -> int | Callable[[list[Any]], Any]:
+    """How a gather reads its list from the run's values: one slot, or a getter of several
+    (an `itemgetter`), or of none (an empty list argument is an empty fan-in)."""
+    if len(slots) == 1:
+        return slots[0]
+    return itemgetter(*slots) if slots else _no_slots
+
+
 def is_fast(target: Any, kind: int) -> bool:
     """Whether node runs of `target` take the scheduler's inline path (plain async tools)."""
     return kind == TOOL and target.plain and not target.limits
@@ -121,7 +136,7 @@ def classify_arg(
     slot_of: Any,
     values: list[Any],
     pairs: list[tuple[str, int]],
-    gathers: list[tuple[str, int | itemgetter[Any]]],
+    gathers: list[tuple[str, int | Callable[[list[Any]], Any]]],
     trees: list[tuple[str, Any]],
 ) -> None:
     """File one argument of a node into its plan: a constant gets a new slot in `values`, a
@@ -133,14 +148,14 @@ def classify_arg(
         values.append(value)
     elif kind is OutputRef and not value.path:
         pairs.append((name, slot_of(value)))
-    elif kind is list and value:
+    elif kind is list:
         slots = []
         for v in value:
             if type(v) is not OutputRef or v.path:
                 trees.append((name, value))
                 return
             slots.append(slot_of(v))
-        gathers.append((name, slots[0] if len(slots) == 1 else itemgetter(*slots)))
+        gathers.append((name, fan_in(slots)))
     elif kind in _TREES or isinstance(value, InputRef | OutputRef | list | tuple | dict):
         trees.append((name, value))
     else:
@@ -160,6 +175,15 @@ def plan_of_graph(graph: TaskGraph) -> Plan:
     if plan is None:
         with gc_paused():  # every object made here stays alive with the plan
             plan = box.plan = _lower(graph)
+    return plan
+
+
+def take_plan(graph: TaskGraph) -> Plan:
+    """The plan of a graph traced for one run only: taken out of the graph, so that the two
+    do not hold each other (the graph is then freed when the run drops its plan, not by a
+    later collection of the cycle)."""
+    plan = plan_of_graph(graph)
+    graph._lowered.plan = None
     return plan
 
 
@@ -207,7 +231,7 @@ def _lower(graph: TaskGraph) -> Plan:
     args: list[ArgPlan] = []
     for node in nodes:
         pairs: list[tuple[str, int]] = []
-        gathers: list[tuple[str, int | itemgetter[Any]]] = []
+        gathers: list[tuple[str, int | Callable[[list[Any]], Any]]] = []
         trees: list[tuple[str, Any]] = []
         for name, value in node.args.items():
             classify_arg(name, value, slot_of, values, pairs, gathers, trees)

@@ -24,7 +24,7 @@ from ._context import FRAME, Frame
 from ._errors import DependencyFailed, GraphBuildError, NodeFailed, is_run_failure
 from ._graph import InputRef, OutputRef, TaskGraph, resolve
 from ._pace import interval
-from ._plan import MAP, TOOL, UNSET, Gathers, Plan, Trees, lower, plan_of_graph
+from ._plan import MAP, TOOL, UNSET, Gathers, Plan, Trees, lower, plan_of_graph, take_plan
 from ._reactive import FanOut
 from ._records import ErrorInfo, NodeState
 from ._runstate import RunState
@@ -68,7 +68,7 @@ def plan_for(target: Traceable, inputs: Mapping[str, Any]) -> Plan:
             plan = lower(graph)
             cache.update(shape="static", plan=plan)
             return plan
-    return lower(target.trace(inputs))
+    return take_plan(target.trace(inputs))
 
 
 class _Missing(Exception):

@@ -205,7 +205,8 @@ async def test_one_writer_commits_batches_not_one_transaction_per_node(
 
     class Counting(trioflow.MemoryStore):
         def write(self, ops: Any) -> None:
-            writes.append(len(ops))
+            # Rows per transaction: a "done" op holds many plain DONE rows of one run (columns).
+            writes.append(sum(len(row[3][0]) if kind == "done" else 1 for kind, row in ops))
             super().write(ops)
 
     @trioflow.tool(outputs=["out"])
@@ -566,7 +567,11 @@ class _Counting:
         return self.store.serializer
 
     def write(self, ops: Any) -> None:
-        self.written += [(kind, row[1]) for kind, row in ops]
+        for kind, row in ops:
+            if kind == "done":  # many plain DONE node rows of one run, as columns
+                self.written += [("node", node_id) for node_id in row[3][0]]
+            else:
+                self.written.append((kind, row[1]))
         self.store.write(ops)
 
 

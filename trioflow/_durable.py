@@ -1,12 +1,17 @@
-"""A durable run: the store listener, the memo for resume/replay/caching, and the one writer.
+"""A durable run: the store's sink or listener, the memo for resume/replay/caching, the writer.
 
 `durable_run()` claims the run id in the store, checks a resumed run against the stored one,
 and opens a nursery holding the run's one writer: a task woken through a memory channel when
-rows are queued, which takes every row queued since its last batch (a list swap, cheaper than
-a channel item per row) and commits them in one transaction in a worker thread. The `Durable`
-object it yields is both the run's event listener (it turns events into rows, synchronously
-and cheaply) and its memo (it answers "is this call already done?" from the stored run and the
-cache, and encodes new outputs before their node is DONE).
+there is something to write, which takes every row since its last batch (a list swap, cheaper
+than a channel item per row) and commits them in one transaction in a worker thread.
+
+The `Durable` object it yields is the run's memo (it answers "is this call already done?" from
+the stored run and the cache, and encodes new outputs before their node is DONE) and feeds the
+store in one of two ways. A fresh run of a static graph — the common, large case — makes it the
+ledger's sink (`_ledger.Sink`): no event per node; each batch reads the rows that changed from
+the ledger's columns, and the scalar outputs of one-output tools from the scheduler's slots, a
+column at a time. A resume or a graph_fn makes it an event listener (which turns events into
+rows), since what it writes there depends on what each call reused.
 
 On exit, normal or not, the writer drains what was queued — shielded, but bounded — so a
 cancelled or interrupted run still commits every completion that happened before it stopped.
@@ -14,15 +19,18 @@ cancelled or interrupted run still commits every completion that happened before
 
 from __future__ import annotations
 
+import bisect
 import collections
 import contextlib
 import functools
+import itertools
 import json
 import operator
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from json.encoder import encode_basestring_ascii
 from typing import Any, TypeVar, cast
 
 import attrs
@@ -32,11 +40,21 @@ from ._cache import Cache, cache_keyer, unkeyable
 from ._errors import ConfigError, ConfigTypeError, ResumeMismatch, StoreError, TrioflowError
 from ._events import combine_listeners
 from ._gcpause import gc_paused
+from ._ledger import Ledger
 from ._records import ErrorInfo, NodeState
 from ._run import execute_run
 from ._schedule import CompiledGraph, plan_for
-from ._serialize import Serializer, Unserialisable, describe
-from ._store import Blob, NodeRow, Op, RunRow, RunStore, StoredRun, check_store
+from ._serialize import Serializer, Unserialisable, describe, json_text
+from ._store import (
+    Blob,
+    NodeRow,
+    Op,
+    RunRow,
+    RunStore,
+    StoredRun,
+    check_store,
+    done_rows,
+)
 
 __all__ = ["Durable", "check_durable", "durable_run", "run_durable", "run_row"]
 
@@ -46,6 +64,8 @@ _PREFETCH = 100_000  # a run reads up to this many cache rows of a tool at once
 _UNREAD = object()
 _DONE = NodeState.DONE
 _RUNNING = NodeState.RUNNING.value
+_ALWAYS_RUNNING = itertools.repeat(NodeState.RUNNING)
+_repeat = itertools.repeat
 
 
 def _wall_now() -> float:
@@ -125,6 +145,15 @@ class Durable:
     _executors: dict[str, str] = attrs.field(factory=dict)  # tool nodes not on "loop"
     _tool_caches: dict[tuple[str, str], Any] = attrs.field(factory=dict)
     _keyers: dict[Any, tuple[str, Callable[[str], str]]] = attrs.field(factory=dict)
+    # As a sink (a fresh run of a static graph): the run's ledger, whose log says which rows
+    # changed; the plan runs whose value slots hold their fast nodes' outputs (by first row).
+    _ledger: Ledger | None = None
+    _plan_runs: list[Any] = attrs.field(factory=list)
+    _bases: list[int] = attrs.field(factory=list)
+    _seq0: int = 0  # the seq of ledger row 0
+    _heads: dict[Any, str] = attrs.field(factory=dict)  # one-output tool -> '{"<output>":'
+
+    reads_slots: bool = False
     serializer: Serializer = attrs.field(init=False)
     # Wall clock = _epoch + (Trio clock - _at0): POSIX seconds without a datetime per row.
     _epoch: float = attrs.field(init=False)
@@ -149,6 +178,45 @@ class Durable:
     def run_id(self) -> str:
         return self.row[0]
 
+    @property
+    def sinks(self) -> bool:
+        """Whether this run feeds the store as a sink (reading changed rows from the ledger)
+        rather than as a listener: a fresh run of a static graph, which reuses nothing."""
+        return not self.replay and self.stored is None
+
+    # -- the sink ---------------------------------------------------------------------------
+
+    def attach(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+        self._seq0 = self._seq
+        ledger.wake = self._nudge
+        # JSON stores encode a one-output tool's scalar value from its slot, at the batch.
+        self.reads_slots = self.serializer.name == "json"
+
+    def detach(self) -> None:
+        """The run is over and its rows written: let go of its ledger and plan runs (which
+        refer back to this object), so that the run's memory is freed at once, not by a full
+        collection of the cyclic garbage collector."""
+        if self._ledger is not None:
+            self._ledger.sink = None
+            self._ledger.wake = _no_wake
+            self._ledger = None
+        self._plan_runs.clear()
+        self._bases.clear()
+
+    def run_started(self, at: float) -> None:
+        pass  # the run row was written when the run id was claimed
+
+    @trio.lowlevel.enable_ki_protection
+    def run_finished(self, outcome: NodeState, at: float) -> None:
+        self._run_finished(outcome, at)
+
+    def _run_finished(self, outcome: NodeState | None, at: float) -> None:
+        row = self.row
+        state = outcome.value if outcome is not None else "CANCELLED"
+        self.row = (*row[:2], state, *row[3:7], at, row[8], self._wall(at))
+        self._put(("run", self.row))
+
     def _wall(self, at: float) -> float:
         return self._epoch + (at - self._at0)
 
@@ -156,7 +224,12 @@ class Durable:
 
     def _put(self, op: Op) -> None:
         self._pending.append(op)
-        if len(self._pending) == 1 and self._wake is not None:
+        if len(self._pending) == 1:
+            self._nudge()
+
+    def _nudge(self) -> None:
+        """Wake the writer: there is something to write."""
+        if self._wake is not None:
             # WouldBlock: the writer is due to look anyway; Broken: it failed, and its error
             # is what the run raises.
             with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
@@ -167,6 +240,10 @@ class Durable:
         """Everything queued, plus a RUNNING row for each node that started since the last
         batch and is still running (a node that finishes within a batch is written once)."""
         batch, self._pending = self._pending, []
+        ledger = self._ledger
+        if ledger is not None:
+            self._sink_rows(ledger, batch)
+            return batch
         announced = self._announced
         for node_id, started in self._running.items():
             if node_id not in announced:
@@ -174,6 +251,142 @@ class Durable:
                 if node_id not in self._by_id:  # never cover a stored DONE row with RUNNING
                     batch.append(("node", self._running_row(node_id, started)))
         return batch
+
+    def _sink_rows(self, ledger: Ledger, batch: list[Op]) -> None:
+        """The rows that changed since the last batch, read from the ledger's columns (see
+        `Sink`): a RUNNING row for each node that started and is still running, a final row
+        for each node that finished. A node's `seq` is its ledger row (after the stored run's,
+        on resume): the record loads in the order the run's own record has.
+
+        DONE rows whose outputs the scheduler left in their slots are read column by column
+        (no Python loop per row) and go to the store as one `"done"` op (see `_store.Op`)."""
+        starts, lazy, log = ledger.starts, ledger.lazy, ledger.log
+        assert starts is not None and lazy is not None and log is not None
+        ledger.starts, ledger.lazy, ledger.log = [], [], []
+        states, ids, tools = ledger.states, ledger.ids, ledger.tools
+        started, finished, attempts = ledger.started, ledger.finished, ledger.attempts
+        executors = ledger.executors
+        run_id, epoch, at0, seq0 = self.row[0], self._epoch, self._at0, self._seq0
+        add = batch.append
+        if starts:
+            running = itertools.compress(
+                starts, map(operator.is_, map(states.__getitem__, starts), _ALWAYS_RUNNING)
+            )
+            for i in running:
+                at = started[i]
+                row = (run_id, ids[i], seq0 + i, tools[i], _RUNNING, at, None, epoch + (at - at0),
+                       None, attempts[i], executors[i], 0, 0.0, None, None, None)  # fmt: skip
+                add(("node", row))
+        for i in log:
+            add(("node", self._final_row(ledger, i, batch)))
+        if lazy:
+            with gc_paused():  # only strings, numbers and their lists: no garbage to look for
+                columns = (
+                    list(map(ids.__getitem__, lazy)),
+                    list(map(seq0.__add__, lazy)) if seq0 else lazy,
+                    list(map(tools.__getitem__, lazy)),
+                    list(map(started.__getitem__, lazy)),
+                    list(map(finished.__getitem__, lazy)),
+                    list(map(attempts.__getitem__, lazy)),
+                    list(map(executors.__getitem__, lazy)),
+                    self._slot_outputs(lazy),
+                )
+            payload = (run_id, epoch, at0, columns)
+            if getattr(self.store, "bulk_rows", False):
+                add(("done", payload))
+            else:  # a store of another kind: node rows, as the protocol has them
+                batch.extend(("node", row) for row in done_rows(payload))
+
+    def _final_row(self, ledger: Ledger, i: int, batch: list[Op]) -> NodeRow:
+        """The row of ledger row i, which finished with outputs given to the ledger (or none);
+        a cache miss's new cache row goes into `batch` beside it."""
+        state = ledger.states[i]
+        node_id = ledger.ids[i]
+        tool = ledger.tools[i]
+        at, end = ledger.started[i], ledger.finished[i]
+        note = self._notes.pop(node_id, None) if self._notes else None
+        outputs: Blob | None = None
+        error: str | None = None
+        if state is _DONE:
+            blob = self._encoded.pop(node_id, None) if self._encoded else None
+            if blob is not None:
+                outputs = blob
+                if note is not None and note.key is not None:
+                    now = _wall_now()
+                    self._fresh_cache[note.key] = (blob, now)
+                    batch.append(("cache", (note.key, tool, note.version, blob, now)))
+            elif note is not None and note.raw is not None:
+                outputs = note.raw
+            # else: a nested graph or a map, whose outputs are its inner nodes'
+        elif i in ledger.errors:
+            error = json.dumps(_error_dict(ledger.error_info(i)))
+        epoch, at0 = self._epoch, self._at0
+        return (
+            self.row[0],
+            node_id,
+            self._seq0 + i,
+            tool,
+            state.value,
+            None if at != at else at,  # NaN: never started
+            None if end != end else end,
+            None if at != at else epoch + (at - at0),
+            None if end != end else epoch + (end - at0),
+            ledger.attempts[i],
+            ledger.executors[i],
+            int(i in ledger.cached or (note is not None and note.cached)),
+            ledger.waited.get(i, 0.0),
+            error,
+            None if note is None else note.digest,
+            outputs,
+        )
+
+    def _slot_outputs(self, lazy: list[int]) -> list[str]:
+        """The stored texts of the outputs of DONE rows `lazy`, each a one-output tool's scalar
+        value left in its slot: encoded per plan run, all at once."""
+        bases, plan_runs = self._bases, self._plan_runs
+        if len(bases) == 1:
+            return self._encode_slots(plan_runs[0], lazy)
+        found: dict[int, str] = {}
+        groups: dict[int, list[int]] = {}
+        for i in lazy:  # several plan runs (nested graphs): grouped by the one holding i
+            groups.setdefault(bisect.bisect_right(bases, i) - 1, []).append(i)
+        for k, rows in groups.items():
+            found.update(zip(rows, self._encode_slots(plan_runs[k], rows), strict=True))
+        return list(map(found.__getitem__, lazy))
+
+    def _encode_slots(self, plan_run: Any, rows: list[int]) -> list[str]:
+        base, plan = plan_run.base, plan_run.plan
+        js = list(map((-base).__add__, rows)) if base else rows
+        values = list(map(plan_run.values.__getitem__, map(plan.out_base.__getitem__, js)))
+        targets = list(map(plan.targets.__getitem__, js))
+        distinct = set(targets)
+        if len(distinct) == 1:
+            return _encode_values(self._head(targets[0]), values)
+        if len(distinct) > 4:  # many tools in one batch: value by value
+            return [
+                head + text + "}"
+                for head, text in zip(map(self._head, targets), _value_texts(values), strict=True)
+            ]
+        # A few tools (a fan-out and its fan-in, say): every value at once as the commonest
+        # tool's, then the other tools' rows put right one by one.
+        ((major, _),) = collections.Counter(targets).most_common(1)
+        texts = _encode_values(self._head(major), values)
+        every = range(len(js))
+        for target in distinct:
+            if target is not major:
+                head = self._head(target)
+                for k in itertools.compress(every, map(operator.is_, targets, _repeat(target))):
+                    (text,) = _value_texts([values[k]])
+                    texts[k] = head + text + "}"
+        return texts
+
+    def _head(self, tool: Any) -> str:
+        """'{"<output>":' of a one-output tool."""
+        head = self._heads.get(tool)
+        if head is None:
+            (name,) = tool.outputs
+            head = self._heads[tool] = "{" + encode_basestring_ascii(name) + ":"
+        return head
 
     # -- the memo ---------------------------------------------------------------------------
 
@@ -232,6 +445,9 @@ class Durable:
         plan (topological) order, without a task or a trip through the scheduler each. What is
         left is scheduled as usual; `lookup` still answers for the rest (maps' items, nested
         graphs)."""
+        if self._ledger is not None:  # a sink: this plan's outputs are in its slots
+            self._bases.append(plan_run.base)
+            self._plan_runs.append(plan_run)
         if self.replay or self.stored is None:
             return
         plan = plan_run.plan
@@ -392,10 +608,7 @@ class Durable:
             # No row yet: `take` writes one if the node is still running at the next batch.
             self._running[event.node_id] = (seq, event.at, event.tool, event.attempt)
         elif kind == "run_finished":
-            row = self.row
-            state = event.state.value if event.state is not None else "CANCELLED"
-            self.row = (*row[:2], state, *row[3:7], event.at, row[8], self._wall(event.at))
-            self._put(("run", self.row))
+            self._run_finished(event.state, event.at)
         elif kind == "run_started" and self.stored is not None:
             self._put(("run", self.row))
 
@@ -462,6 +675,28 @@ class Durable:
                 ),
             )
         )
+
+
+def _no_wake() -> None:
+    pass
+
+
+def _value_texts(values: list[Any]) -> Iterable[str]:
+    """The JSON texts of scalar values, as the serializer writes them inside its dict."""
+    kinds = set(map(type, values))
+    if kinds <= {int}:
+        return map(int.__repr__, values)
+    if kinds <= {str}:
+        return map(encode_basestring_ascii, values)
+    return map(json_text, values)
+
+
+def _encode_values(head: str, values: list[Any]) -> list[str]:
+    """`head + <value's JSON text> + "}"` for each of `values` (scalars), with one join and one
+    split (a NUL is never in JSON text: `encode_basestring_ascii` escapes it)."""
+    if not values:
+        return []
+    return (head + ("}\0" + head).join(_value_texts(values)) + "}").split("\0")
 
 
 def _error_dict(error: ErrorInfo | BaseException) -> dict[str, str]:
@@ -549,11 +784,15 @@ async def _off_loop(store: RunStore, fn: Callable[[], T]) -> T:
 def _coalesce(batch: list[Op]) -> list[Op]:
     """Keep the last row per node (a start and its finish in one batch write once)."""
     last: dict[tuple[str, Any, Any], Op] = {}
+    kept: list[Op] = []
     for op in batch:
         kind, row = op
+        if kind == "done":  # a sink's rows: one per node already
+            kept.append(op)
+            continue
         last.pop((kind, row[0], row[1] if kind == "node" else None), None)
         last[(kind, row[0], row[1] if kind == "node" else None)] = op
-    return list(last.values())
+    return [*last.values(), *kept]
 
 
 @asynccontextmanager
@@ -611,6 +850,8 @@ async def durable_run(
                 send.close()
     except BaseExceptionGroup as group:  # only Cancelled can land here (an outer cancel)
         leftover = group
+    finally:
+        durable.detach()
     if writer_error is not None and (body_error is None or _cancelled(body_error)):
         raise writer_error
     if body_error is not None:
@@ -622,6 +863,10 @@ async def durable_run(
 
 
 def _cancelled(exc: BaseException) -> bool:
+    """Whether `exc` is only cancellation (a `Cancelled`, or a group of nothing else: the
+    body's nurseries cancelled by the writer's failure)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(map(_cancelled, exc.exceptions))
     return isinstance(exc, trio.Cancelled)
 
 
@@ -691,6 +936,9 @@ async def run_durable(
         replay=plan is None,
         resume=resume,
     ) as durable:
-        listener = combine_listeners([durable, seams.listener])
-        seams = attrs.evolve(seams, listener=listener, memo=durable)
+        if durable.sinks:  # no events for the store: it reads the ledger in bulk
+            seams = attrs.evolve(seams, sink=durable, memo=durable)
+        else:
+            listener = combine_listeners([durable, seams.listener])
+            seams = attrs.evolve(seams, listener=listener, memo=durable)
         return await execute_run(runtime, graph, options, seams)

@@ -4,7 +4,9 @@ PENDING → RUNNING → DONE | FAILED | CANCELLED, or PENDING → SKIPPED (or CA
 ends first). Both schedulers change a node's state only through the methods here, and each
 change is also the one place a `RunEvent` is emitted from. Rows are plain list columns, so a
 state change on the hot path is a few list stores; with no listener no event object is built,
-and exceptions are formatted only when a snapshot (or a listener) needs them.
+and exceptions are formatted only when a snapshot (or a listener) needs them. A durable sink
+(the run store) gets no events for nodes: each change appends the row's index to a log (`starts`,
+`lazy`, `log`), and the sink reads the changed rows from the columns in bulk.
 """
 
 from __future__ import annotations
@@ -13,14 +15,14 @@ import math
 from array import array
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from ._errors import is_run_failure
 from ._events import EventKind, Listener, RunEvent
 from ._gcpause import gc_paused
 from ._records import ErrorInfo, NodeRecord, NodeState, RunRecord
 
-__all__ = ["Ledger"]
+__all__ = ["Ledger", "Sink"]
 
 _NOT_YET = math.nan
 _PENDING = NodeState.PENDING
@@ -33,6 +35,23 @@ _SKIPPED = NodeState.SKIPPED
 
 def _never() -> float:
     return 0.0
+
+
+class Sink(Protocol):
+    """A durable sink (the run store): instead of two events per node, it reads the rows that
+    changed since it last looked, in bulk, from the ledger's columns: the rows that started
+    (`Ledger.starts`), that finished DONE with outputs the ledger was not given (`Ledger.lazy`:
+    the scheduler left them in their slots), and that finished otherwise (`Ledger.log`).
+
+    `attach` is given the ledger when the run's ledger is made; it may set `ledger.wake`,
+    which is called whenever a log stops being empty. Listeners are unaffected.
+    """
+
+    def attach(self, ledger: Ledger) -> None: ...
+
+    def run_started(self, at: float) -> None: ...
+
+    def run_finished(self, outcome: NodeState, at: float) -> None: ...
 
 
 class Ledger:
@@ -48,16 +67,21 @@ class Ledger:
         "graph_id",
         "ids",
         "infos",
+        "lazy",
         "listener",
         "listener_error",
+        "log",
         "now",
         "on_listener_error",
         "run_id",
+        "sink",
         "started",
+        "starts",
         "states",
         "t0",
         "tools",
         "waited",
+        "wake",
         "wall0",
     )
 
@@ -67,11 +91,18 @@ class Ledger:
         graph_id: str = "",
         now: Callable[[], float] = _never,
         listener: Listener | None = None,
+        sink: Sink | None = None,
     ) -> None:
         self.run_id = run_id
         self.graph_id = graph_id
         self.now = now
         self.listener = listener
+        self.sink = sink
+        # With a sink, the rows that changed since the sink last took these logs (see `Sink`).
+        self.starts: list[int] | None = None
+        self.lazy: list[int] | None = None
+        self.log: list[int] | None = None
+        self.wake: Callable[[], None] = _nothing  # called when a log stops being empty
         self.listener_error: Exception | None = None
         self.on_listener_error: Callable[[], None] = _nothing
         self.ids: list[str] = []
@@ -89,6 +120,9 @@ class Ledger:
         self.t0 = now()
         self.wall0 = datetime.now(UTC)
         self.epoch = self.wall0 - timedelta(seconds=self.t0)
+        if sink is not None:
+            self.starts, self.lazy, self.log = [], [], []
+            sink.attach(self)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -152,6 +186,11 @@ class Ledger:
         self.attempts[idx] = 1
         if self.listener is not None:
             self._emit("node_started", idx, _RUNNING, at, None, inputs, None)
+        starts = self.starts
+        if starts is not None:
+            if not starts:
+                self.wake()
+            starts.append(idx)
 
     def retry(self, idx: int, attempt: int) -> None:
         """The node begins attempt number `attempt` (2, 3, ...)."""
@@ -164,6 +203,15 @@ class Ledger:
         self.finished[idx] = at = self.now()
         if self.listener is not None:
             self._emit("node_finished", idx, _DONE, at, None, None, outputs)
+        if self.log is not None:
+            if outputs is None:  # left in their slots by the scheduler, for the sink to read
+                lazy = self.lazy
+                assert lazy is not None
+                if not lazy:
+                    self.wake()
+                lazy.append(idx)
+            else:
+                self._logged(idx)
         return at
 
     def reuse(self, idx: int, outputs: Mapping[str, Any], cached: bool) -> None:
@@ -175,7 +223,8 @@ class Ledger:
 
     def reuse_many(self, idxs: Sequence[int]) -> None:
         """PENDING → DONE without an attempt, for many rows at once (ascending) and without
-        events: a resume's stored nodes, when nobody but the store that holds them listens."""
+        events: a resume's stored nodes, when nobody but the store that holds them listens
+        (nor logged for a sink: the store holds these rows already)."""
         if not idxs:
             return
         at = self.now()
@@ -195,7 +244,9 @@ class Ledger:
         self.finished[idx] = at = self.now()
         self.errors[idx] = exc
         if self.listener is not None:
-            self._emit("node_finished", idx, _FAILED, at, self._error_info(idx), None, None)
+            self._emit("node_finished", idx, _FAILED, at, self.error_info(idx), None, None)
+        if self.log is not None:
+            self._logged(idx)
 
     def fail_inner(self, idx: int, exc: BaseException) -> None:
         """RUNNING → FAILED for a node made of nodes (a nested graph, a map) whose inner nodes
@@ -217,6 +268,8 @@ class Ledger:
         self.states[idx] = _CANCELLED
         if self.listener is not None:
             self._emit("node_finished", idx, _CANCELLED, at, None, None, None)
+        if self.log is not None:
+            self._logged(idx)
 
     def skip(self, idx: int, cause: ErrorInfo) -> bool:
         """PENDING → SKIPPED because a dependency failed; False if the node was not pending."""
@@ -226,7 +279,17 @@ class Ledger:
         self.errors[idx] = cause
         if self.listener is not None:
             self._emit("node_finished", idx, _SKIPPED, self.now(), cause, None, None)
+        if self.log is not None:
+            self._logged(idx)
         return True
+
+    def _logged(self, idx: int) -> None:
+        """Row `idx` finished: into the sink's log."""
+        log = self.log
+        assert log is not None
+        if not log:
+            self.wake()
+        log.append(idx)
 
     def add_wait(self, idx: int, seconds: float) -> None:
         """Count `seconds` the node spent waiting for capacity or a rate-limit turn."""
@@ -248,14 +311,18 @@ class Ledger:
         self.t0 = self.now()
         self.wall0 = datetime.now(UTC)
         self.epoch = self.wall0 - timedelta(seconds=self.t0)
+        if self.sink is not None:
+            self.sink.run_started(self.t0)
         if self.listener is not None:
             self._emit("run_started", -1, None, self.t0, None, None, None)
 
     def run_finished(self, outcome: NodeState) -> None:
+        if self.sink is not None:
+            self.sink.run_finished(outcome, self.now())
         if self.listener is not None:
             self._emit("run_finished", -1, outcome, self.now(), None, None, None)
 
-    def _error_info(self, idx: int) -> ErrorInfo:
+    def error_info(self, idx: int) -> ErrorInfo:
         info = self.infos.get(idx)
         if info is None:
             err = self.errors[idx]
@@ -357,7 +424,7 @@ class Ledger:
             None if started != started else started,  # NaN: never started
             None if finished != finished else finished,
             self.attempts[i],
-            self._error_info(i) if i in self.errors else None,
+            self.error_info(i) if i in self.errors else None,
             self.executors[i],
             i in self.cached,
             self.waited.get(i, 0.0),
@@ -366,7 +433,7 @@ class Ledger:
         )
 
     def _snapshot(self, started_at: float | None, finished_at: float | None) -> RunRecord:
-        errors = {i: self._error_info(i) for i in self.errors}
+        errors = {i: self.error_info(i) for i in self.errors}
         waited, cached = self.waited, self.cached
         walls: dict[float, datetime | None] = {}
         known = walls.get

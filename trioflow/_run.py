@@ -24,7 +24,7 @@ from ._errors import ConfigError, ConfigTypeError, RunCancelled, _RunError, is_r
 from ._events import Listener
 from ._executor import Executor, ExecutorTable, check_executors
 from ._graph import TaskGraph
-from ._ledger import Ledger
+from ._ledger import Ledger, Sink
 from ._records import NodeState, RunRecord, RunResult
 from ._runstate import ErrorPolicy, GraphTarget, NodeMemo, RateTurns, RunState
 from ._schedule import CompiledGraph
@@ -73,11 +73,12 @@ class RunOptions:
 
 @attrs.frozen
 class RunSeams:
-    """What the layers above the run plug into it: listeners, rate turns, a memo."""
+    """What the layers above the run plug into it: listeners, rate turns, a memo, a sink."""
 
     listener: Listener | None = None
     rates: RateTurns | None = None
     memo: NodeMemo | None = None
+    sink: Sink | None = None
 
 
 def check_run(
@@ -152,7 +153,7 @@ async def execute_run(
 ) -> dict[str, Any] | RunResult:
     """Run `graph` to the end inside `runtime`; see `trioflow.run_async`."""
     clock = trio.lowlevel.current_clock().current_time
-    ledger = Ledger(options.run_id, graph.name, clock, seams.listener)
+    ledger = Ledger(options.run_id, graph.name, clock, seams.listener, seams.sink)
     executors = runtime.executor_table
     if options.executors:
         executors = ExecutorTable(options.executors, parent=executors)

@@ -64,7 +64,8 @@ class NodeMemo(Protocol):
     def reuses(self) -> bool: ...
 
     def prefill(self, plan_run: Any) -> None:
-        """Before a static graph's nodes start: mark those it can reuse DONE (see `_durable`)."""
+        """Before a static graph's nodes start (every plan run, nested ones too): mark those it
+        can reuse DONE, and note where the plan run's value slots are (see `_durable`)."""
 
     def lookup(
         self, node_id: str, tool: Tool, inputs: Mapping[str, Any]

@@ -34,6 +34,10 @@ from ._tool import Tool, ToolCall
 __all__ = ["CompiledGraph", "Plan", "Traceable", "lower", "plan_for", "plan_of_graph", "run_plan"]
 
 _PENDING = NodeState.PENDING
+# Values a store encodes as they are, never failing: scalars, and ints short enough to print
+# (`sys.get_int_max_str_digits`: a longer one fails its node when encoded, as it always did).
+_SCALARS = frozenset({str, float, bool, type(None)})
+_INT_LIMIT = 10**600  # printable under any limit (the lowest one allowed is 640 digits)
 
 
 class Traceable(Protocol):
@@ -159,8 +163,14 @@ class _PlanRun:
         start, done, fail, cancel = ledger.start, ledger.done, ledger.fail, ledger.cancel
         accept = run.memo.accept if run.memo is not None else None
         # Nobody looks at a node's outputs dict: a one-output tool's value goes to its slot
-        # without one (listeners are fixed when a run starts).
+        # without one (listeners are fixed when a run starts). A memo that `reads_slots` (a
+        # store) reads a one-output tool's scalar value from its slot later, in bulk.
         bare = accept is None and ledger.listener is None
+        lazy = (
+            accept is not None
+            and ledger.listener is None
+            and getattr(run.memo, "reads_slots", False)
+        )
         base, node_ids = self.base, self.node_ids
         ready, later = self.ready, self.later
         ordered = run.rng is None
@@ -213,7 +223,13 @@ class _PlanRun:
                         result = await target.fn(**kwargs)
                         outs = target.outputs
                         if type(result) is not dict and len(outs) == 1:  # one output, bare
-                            if bare:
+                            if bare or (
+                                lazy
+                                and (
+                                    type(result) in _SCALARS
+                                    or (type(result) is int and -_INT_LIMIT < result < _INT_LIMIT)
+                                )
+                            ):
                                 outputs = None
                             else:
                                 outputs = {outs[0]: result}
@@ -468,11 +484,14 @@ async def run_plan(
         ready=ready,
         remaining=len(ids),
         # A memo that may reuse outputs must see every node; one that only stores them (a fresh
-        # run with a store) keeps the fast path, which hands it the outputs (`accept`).
+        # run with a store) keeps the fast path, which hands it the outputs (`accept`), or leaves
+        # a scalar in its slot for a store that `reads_slots`.
         fast=plan.fast if run.memo is None or not run.memo.reuses else [False] * len(ids),
     )
-    if run.memo is not None and run.memo.reuses:
-        run.memo.prefill(state)  # a resumed graph's stored DONE nodes: DONE now, no task each
+    if run.memo is not None:
+        # A resumed graph's stored DONE nodes: DONE now, no task each (a store that reads
+        # outputs from their slots notes where this plan's are).
+        run.memo.prefill(state)
     async with trio.open_nursery() as nursery:
         state.nursery = nursery
         state.wake(len(ready))

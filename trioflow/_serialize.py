@@ -37,6 +37,7 @@ __all__ = [
     "Unserialisable",
     "check_serializer",
     "digest",
+    "json_text",
 ]
 
 SerializerName = Literal["json", "pickle"]
@@ -242,6 +243,7 @@ def _encoder(sort_keys: bool) -> Callable[[Any], str]:
 
 
 _dumps = _encoder(sort_keys=False)
+json_text = _dumps  # compact JSON text of plain JSON data (a scalar, as `dumps` writes it)
 
 
 _canonical = _encoder(sort_keys=True)

@@ -11,6 +11,7 @@ traceback from sqlite.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import sqlite3
@@ -69,6 +70,22 @@ INSERT OR IGNORE INTO meta VALUES ('app', '{_APP}'), ('schema_version', '{SCHEMA
 _PUT_NODE = f"INSERT OR REPLACE INTO nodes ({NODE_COLUMNS}) VALUES ({', '.join('?' * 16)})"
 _PUT_RUN = f"INSERT OR REPLACE INTO runs ({RUN_COLUMNS}) VALUES ({', '.join('?' * 10)})"
 _PUT_CACHE = "INSERT OR REPLACE INTO cache VALUES (?, ?, ?, ?, ?)"
+# Many plain DONE rows of one run (a "done" op) in one statement: the run's id, epoch and at0
+# are bound once (?1-?3), each row binds 8 values, and each step inserts `size` rows — a row
+# each would cost a step, its GIL release, and 16 bindings (None ones are slow in sqlite3).
+_DONE_SIZES = (256, 16, 1)
+
+
+def _put_done(size: int) -> str:
+    values = ",".join(["(?,?,?,?,?,?,?,?)"] * size)
+    return (
+        f"INSERT OR REPLACE INTO nodes ({NODE_COLUMNS}) SELECT ?1, column1, column2, column3, "
+        "'DONE', column4, column5, ?2 + (column4 - ?3), ?2 + (column5 - ?3), column6, column7, "
+        f"0, 0.0, NULL, NULL, column8 FROM (VALUES {values})"
+    )
+
+
+_PUT_DONE = {size: _put_done(size) for size in _DONE_SIZES}
 _NODES_OF = f"SELECT {NODE_COLUMNS} FROM nodes WHERE run_id = ? ORDER BY seq"
 # What a resume reads, in one scan and one row: the DONE nodes' ids and tools as JSON arrays and
 # their outputs as one JSON array text (each stored output is JSON text), so that 100k nodes cost
@@ -126,6 +143,7 @@ class SQLiteStore:
     """
 
     blocking = True  # file I/O: the run calls `begin` and `write` from a worker thread
+    bulk_rows = True  # takes "done" ops (see `_store.Op`)
 
     def __init__(
         self, path: str | os.PathLike[str], *, serializer: str = "json", timeout: float = 30.0
@@ -370,6 +388,7 @@ class SQLiteStore:
         nodes = [row for kind, row in ops if kind == "node"]
         runs = [row for kind, row in ops if kind == "run"]
         cache = [row for kind, row in ops if kind == "cache"]
+        done = [row for kind, row in ops if kind == "done"]
 
         def apply() -> None:
             with self._transaction() as conn:
@@ -377,10 +396,30 @@ class SQLiteStore:
                     conn.executemany(_PUT_RUN, runs)
                 if nodes:
                     conn.executemany(_PUT_NODE, nodes)
+                for payload in done:
+                    _write_done(conn, payload)
                 if cache:
                     conn.executemany(_PUT_CACHE, cache)
 
         self._guard(apply)
+
+
+def _write_done(conn: sqlite3.Connection, payload: tuple[Any, ...]) -> None:
+    """A "done" op's rows, `size` rows a statement (fewer when the library allows fewer
+    bound values than the largest size needs)."""
+    run_id, epoch, at0, columns = payload
+    head = (run_id, epoch, at0)
+    limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    flat = tuple(itertools.chain.from_iterable(zip(*columns, strict=True)))  # row by row
+    n, k = len(columns[0]), 0
+    for size in _DONE_SIZES:
+        if 3 + 8 * size > limit or n - k < size:
+            continue
+        stop = k + (n - k) // size * size
+        conn.executemany(
+            _PUT_DONE[size], [head + flat[8 * j : 8 * (j + size)] for j in range(k, stop, size)]
+        )
+        k = stop
 
 
 SQLiteStore.__module__ = "trioflow"

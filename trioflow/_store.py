@@ -25,6 +25,7 @@ from ._serialize import Serializer, check_serializer
 
 __all__ = [
     "CacheRow",
+    "DoneColumns",
     "MemoryStore",
     "NodeRow",
     "RunInfo",
@@ -32,6 +33,7 @@ __all__ = [
     "RunStore",
     "StoredRun",
     "check_store",
+    "done_rows",
     "run_exists_error",
 ]
 
@@ -73,8 +75,26 @@ RUN_COLUMNS = (
 )
 # One row per cached call: (key, tool, version, outputs, stored_at as POSIX seconds).
 CacheRow = tuple[str, str, str, Blob, float]
-# What the writer sends: ("run", RunRow) | ("node", NodeRow) | ("cache", CacheRow).
+# Many plain DONE nodes of one run, as equally long columns: (node_ids, seqs, tools,
+# started_ats, finished_ats, attempts, executors, outputs). Their state is DONE, they have no
+# error or argument digest, are not cached and did not wait, and their walls are
+# `epoch + (at - at0)` of the run's (see `done_rows`).
+DoneColumns = tuple[
+    list[str], list[int], list[str], list[float], list[float], list[int], list[str], list[Blob]
+]
+# What the writer sends: ("run", RunRow) | ("node", NodeRow) | ("cache", CacheRow), and, to a
+# store whose `bulk_rows` is true, ("done", (run_id, epoch, at0, DoneColumns)).
 Op = tuple[str, tuple[Any, ...]]
+
+
+def done_rows(payload: tuple[Any, ...]) -> list[NodeRow]:
+    """The node rows of a `"done"` op's payload."""
+    run_id, epoch, at0, columns = payload
+    return [
+        (run_id, node_id, seq, tool, "DONE", at, end, epoch + (at - at0), epoch + (end - at0),
+         attempts, executor, 0, 0.0, None, None, outputs)
+        for node_id, seq, tool, at, end, attempts, executor, outputs in zip(*columns, strict=True)
+    ]  # fmt: skip
 
 
 @attrs.frozen
@@ -262,6 +282,7 @@ class MemoryStore:
     """
 
     blocking = False  # every method is quick and in memory: the run calls them inline
+    bulk_rows = True  # takes "done" ops (see `Op`)
 
     def __init__(self, *, serializer: str = "json") -> None:
         self._serializer = check_serializer(serializer)
@@ -313,6 +334,10 @@ class MemoryStore:
             for kind, row in ops:
                 if kind == "node":
                     self._nodes.setdefault(row[0], {})[row[1]] = row
+                elif kind == "done":
+                    nodes = self._nodes.setdefault(row[0], {})
+                    for node_row in done_rows(row):
+                        nodes[node_row[1]] = node_row
                 elif kind == "run":
                     self._runs[row[0]] = row
                 else:

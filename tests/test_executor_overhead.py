@@ -142,3 +142,88 @@ async def test_free_tokens_taken_and_given_back_by_hand_match_the_limiter(total:
     assert limiter.statistics().borrowed_tokens == 0 and other.statistics().borrowed_tokens == 0
     with pytest.raises(KeyError):
         limiter._borrowers.remove(b)  # really gone
+
+
+@trioflow.tool(outputs=["y"])
+async def double(x: int) -> int:
+    return 2 * x
+
+
+async def test_inlined_executor_nodes_are_stored_as_recorded() -> None:
+    on_thread = trioflow.tool(outputs=["y"], name="on_thread", executor="thread")(noop)
+
+    @trioflow.graph_fn(outputs=["out"], max_concurrency=1)
+    async def graph() -> int:
+        total = (await on_thread(x=1))["y"] + (await double(x=2))["y"]
+
+        async def one(i: int) -> None:
+            await on_thread(x=i)
+
+        # Three tasks for the one token: those that wait have their row added, then started.
+        async with trio.open_nursery() as nursery:
+            for i in range(3):
+                nursery.start_soon(one, i)
+        return int(total)
+
+    for listener in (None, [].append):  # the store's sink alone, and beside a listener
+        store = trioflow.MemoryStore()
+        with trio.fail_after(30):
+            result = await trioflow.run_async(
+                graph, store=store, run_id="r", record=True, on_event=listener
+            )
+        assert result.outputs == {"out": 5}
+        live, stored = result.record, store.load("r")
+        assert list(stored.nodes) == list(live.nodes) == [
+            "on_thread_1", "double_1", "on_thread_2", "on_thread_3", "on_thread_4",
+        ]  # fmt: skip
+        for node_id, rec in live.nodes.items():
+            assert rec.state is trioflow.NodeState.DONE, node_id
+            assert rec.executor == ("loop" if node_id == "double_1" else "thread")
+            assert stored.nodes[node_id].state is rec.state, node_id
+            assert stored.nodes[node_id].started_at == rec.started_at, node_id
+        assert store.outputs("r")["on_thread_1"] == {"y": 1}
+
+
+class Later:
+    """A user executor that runs the call after 10 s (of virtual time)."""
+
+    ships = False
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+    async def run(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        await trio.sleep(10)
+        return fn(*args, **kwargs)
+
+
+async def test_an_inlined_executor_node_is_stored_running_while_it_runs(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    later = trioflow.tool(outputs=["y"], name="later", executor="later")(noop)
+
+    @trioflow.graph_fn(outputs=["out"])
+    async def graph() -> int:
+        return int((await double(x=1))["y"] + (await later(x=3))["y"])
+
+    store = trioflow.MemoryStore()
+    seen: list[dict[str, trioflow.NodeState]] = []
+
+    async def look() -> None:
+        await trio.sleep(5)
+        seen.append(store.load("r").states())
+
+    with trio.fail_after(60):
+        async with trioflow.open_runtime(executors={"later": Later()}):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(look)
+                out = await trioflow.run_async(graph, store=store, run_id="r")
+    assert out == {"out": 5}
+    assert seen == [{"double_1": trioflow.NodeState.DONE, "later_1": trioflow.NodeState.RUNNING}]
+    assert store.load("r").states() == {
+        "double_1": trioflow.NodeState.DONE,
+        "later_1": trioflow.NodeState.DONE,
+    }

@@ -154,6 +154,11 @@ class Ledger:
         idx = len(self.ids) - 1
         if self.listener is not None:
             self._emit("node_started", idx, _RUNNING, at, None, inputs, None)
+        starts = self.starts
+        if starts is not None:  # (as in `start`)
+            if not starts:
+                self.wake()
+            starts.append(idx)
         return idx
 
     def add_many(self, node_ids: list[str], tools: list[str], executors: list[str]) -> int:

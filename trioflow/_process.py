@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, ClassVar, Self
 
 import attrs
@@ -91,27 +91,47 @@ class ProcessExecutor:
 
     async def run(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Run `fn(*args, **kwargs)` in a worker process and return its result."""
+        job = self.job(fn, args, kwargs)
+        try:
+            return await job
+        except Exception as exc:
+            failed = self.failed(fn, exc)
+            if failed is exc:
+                raise
+            raise failed from None
+
+    def job(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Coroutine[Any, Any, Any]:
+        """The call of `run`, not yet awaited; an exception raised by awaiting it goes through
+        `failed`.
+
+        (A node awaits this itself, so that none of the several suspensions of a worker's
+        round trip passes through one more coroutine: see `_reactive.call_tool`.)"""
         context, limiter = self._context, self._limiter
         if context is None or limiter is None:
             raise TrioflowError(
                 "ProcessExecutor.run() needs the executor entered: `async with executor:`"
             )
-        try:
-            return await context.run_sync(
-                call_and_capture,
-                shippable(fn),
-                args,
-                kwargs,
-                kill_on_cancel=self.kill_on_cancel,
-                limiter=limiter,  # a QuickLimiter: a free worker is taken without a yield
-            )
-        except Failure as failure:
-            raise restore(failure) from None
-        except Exception as exc:
-            if not isinstance(exc, self._broken):
-                # Not the call's own exception: its arguments or its result failed to pickle.
-                exc.add_note(_NOT_SHIPPED.format(getattr(fn, "__qualname__", fn)))
-            raise
+        job: Coroutine[Any, Any, Any] = context.run_sync(
+            call_and_capture,
+            shippable(fn),
+            args,
+            kwargs,
+            kill_on_cancel=self.kill_on_cancel,
+            limiter=limiter,  # a QuickLimiter: a free worker is taken without a yield
+        )
+        return job
+
+    def failed(self, fn: Callable[..., Any], exc: Exception) -> Exception:
+        """What `run` raises for `exc`, raised by its job: the call's own exception (raised
+        from None), or `exc` itself, noted if it is not about a worker that died."""
+        if isinstance(exc, Failure):
+            return restore(exc)
+        if not isinstance(exc, self._broken):
+            # Not the call's own exception: its arguments or its result failed to pickle.
+            exc.add_note(_NOT_SHIPPED.format(getattr(fn, "__qualname__", fn)))
+        return exc
 
 
 ProcessExecutor.__module__ = "trioflow"

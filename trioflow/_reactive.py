@@ -19,6 +19,7 @@ from ._attempt import execute_node, node_failed
 from ._context import FRAME, Frame
 from ._errors import ConfigError, NodeFailed, is_run_failure
 from ._pace import Pacer
+from ._process import ProcessExecutor
 from ._shipping import ATOMS, check_shippable, shippable
 from ._slots import Limiters, Slot
 from ._tool import ToolCall
@@ -75,11 +76,12 @@ async def call_tool(run: RunState, call: ToolCall, parent: Frame) -> dict[str, A
     node_id = run.node_id(parent.graph_id, tool.name)
     key = tool.executor_key
     executor: Any = None
+    job: Any = None
     fn = tool.fn
     if not tool.plain:  # a plain tool runs in the loop: nothing is shipped
         found = run.on_executor.get(tool)
         if found is not None:  # one attempt on an executor, its function checked
-            executor, fn, ships = found
+            executor, fn, ships, job = found
             if ships:
                 for value in inputs.values():
                     if type(value) not in ATOMS:  # (`check_shippable`'s first test, inlined)
@@ -96,7 +98,10 @@ async def call_tool(run: RunState, call: ToolCall, parent: Frame) -> dict[str, A
                     check_shippable(node_id, fn, (), inputs)
                     if tool.is_async:
                         fn = shippable(fn)
-                run.on_executor[tool] = (executor, fn, ships)
+                # A ProcessExecutor's job is awaited here, not through its `run`: a worker's
+                # round trip suspends several times, each passing through every coroutine.
+                job = executor.job if type(executor).run is _process_run else None
+                run.on_executor[tool] = (executor, fn, ships, job)
     ledger = run.ledger
     held = parent.slot  # (`lend`, inlined)
     lent = held.give_back() if held is not None and held.held else ()
@@ -127,7 +132,17 @@ async def call_tool(run: RunState, call: ToolCall, parent: Frame) -> dict[str, A
                     else:
                         task = _current_task()
                         points = task._schedule_points if _COUNTS_TRIPS else -1
-                        result = await executor.run(fn, **inputs)
+                        if job is None:
+                            result = await executor.run(fn, **inputs)
+                        else:  # `ProcessExecutor.run`, inlined
+                            work = job(fn, (), inputs)
+                            try:
+                                result = await work
+                            except Exception as exc:
+                                failed = executor.failed(fn, exc)
+                                if failed is exc:
+                                    raise
+                                raise failed from None
                         suspended = points >= 0 and task._schedule_points != points
                         if key != "loop":
                             # A run deadline (or outer cancel) that passed while a thread ran.
@@ -158,6 +173,7 @@ async def call_tool(run: RunState, call: ToolCall, parent: Frame) -> dict[str, A
 
 
 _current_task = trio.lowlevel.current_task
+_process_run = ProcessExecutor.run
 # Trio counts each task's trips through the scheduler (`Task._schedule_points`, private, read
 # only): a node whose executor made one needs no pacing. Without it every node is paced.
 _COUNTS_TRIPS = hasattr(trio.lowlevel.Task, "_schedule_points")

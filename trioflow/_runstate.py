@@ -103,8 +103,9 @@ class RunState:
     # Tools `check_tool` passed, with their limiters (a graph_fn call looks here first).
     checked: dict[Tool, Limiters] = attrs.field(factory=dict, init=False)
     # Tools whose awaited calls are one attempt on an entered executor: that executor, the
-    # function to hand it (checked for shipping), and whether it ships (`call_tool`).
-    on_executor: dict[Tool, tuple[Any, Callable[..., Any], bool]] = attrs.field(
+    # function to hand it (checked for shipping), whether it ships, and its job method for a
+    # ProcessExecutor (`call_tool`).
+    on_executor: dict[Tool, tuple[Any, Callable[..., Any], bool, Any]] = attrs.field(
         factory=dict, init=False
     )
 

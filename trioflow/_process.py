@@ -91,20 +91,20 @@ class ProcessExecutor:
 
     async def run(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Run `fn(*args, **kwargs)` in a worker process and return its result."""
-        job = self.job(fn, args, kwargs)
+        job = self._job(fn, args, kwargs)
         try:
             return await job
         except Exception as exc:
-            failed = self.failed(fn, exc)
+            failed = self._failed(fn, exc)
             if failed is exc:
                 raise
             raise failed from None
 
-    def job(
+    def _job(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Coroutine[Any, Any, Any]:
         """The call of `run`, not yet awaited; an exception raised by awaiting it goes through
-        `failed`.
+        `_failed`.
 
         (A node awaits this itself, so that none of the several suspensions of a worker's
         round trip passes through one more coroutine: see `_reactive.call_tool`.)"""
@@ -123,7 +123,7 @@ class ProcessExecutor:
         )
         return job
 
-    def failed(self, fn: Callable[..., Any], exc: Exception) -> Exception:
+    def _failed(self, fn: Callable[..., Any], exc: Exception) -> Exception:
         """What `run` raises for `exc`, raised by its job: the call's own exception (raised
         from None), or `exc` itself, noted if it is not about a worker that died."""
         if isinstance(exc, Failure):

@@ -100,7 +100,7 @@ async def call_tool(run: RunState, call: ToolCall, parent: Frame) -> dict[str, A
                         fn = shippable(fn)
                 # A ProcessExecutor's job is awaited here, not through its `run`: a worker's
                 # round trip suspends several times, each passing through every coroutine.
-                job = executor.job if type(executor).run is _process_run else None
+                job = executor._job if type(executor).run is _process_run else None
                 run.on_executor[tool] = (executor, fn, ships, job)
     ledger = run.ledger
     held = parent.slot  # (`lend`, inlined)
@@ -139,7 +139,7 @@ async def call_tool(run: RunState, call: ToolCall, parent: Frame) -> dict[str, A
                             try:
                                 result = await work
                             except Exception as exc:
-                                failed = executor.failed(fn, exc)
+                                failed = executor._failed(fn, exc)
                                 if failed is exc:
                                     raise
                                 raise failed from None

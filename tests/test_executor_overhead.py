@@ -184,16 +184,8 @@ async def test_inlined_executor_nodes_are_stored_as_recorded() -> None:
         assert store.outputs("r")["on_thread_1"] == {"y": 1}
 
 
-class Later:
+class Later(Inline):
     """A user executor that runs the call after 10 s (of virtual time)."""
-
-    ships = False
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        return None
 
     async def run(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
         await trio.sleep(10)

@@ -426,11 +426,12 @@ def test_a_sync_tool_counts_as_busy_until_its_result_is_back_in_trio() -> None:
         release.wait(5)
 
     async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(trioflow.ThreadExecutor().run, waits)
-            await trio.testing.wait_all_tasks_blocked()
-            seen.append((threads_busy(), threads_waited_on()))
-            release.set()
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(trioflow.ThreadExecutor().run, waits)
+                await trio.testing.wait_all_tasks_blocked()
+                seen.append((threads_busy(), threads_waited_on()))
+                release.set()
         seen.append((threads_busy(), threads_waited_on()))
 
     trio.run(main)

@@ -249,7 +249,7 @@ class GraphTracer:
         `node_id` names the node (or the output) being built, for error messages."""
         kind = type(value)
         if kind is OutputRef:  # the common cases first, by exact type
-            self._slot(value, deps, node_id)
+            self._add_dep(value, deps, node_id)
             return value
         if kind in _ATOMS or value is None or isinstance(value, str | int | float | bool):
             return value
@@ -264,7 +264,7 @@ class GraphTracer:
                 )
             value = value[value.outputs[0]]
         if isinstance(value, OutputRef):
-            self._slot(value, deps, node_id)
+            self._add_dep(value, deps, node_id)
             return value
         if isinstance(value, InputRef):
             if value.name not in self.inputs:
@@ -281,9 +281,9 @@ class GraphTracer:
             return {k: self._prepare(v, deps, node_id) for k, v in value.items()}
         return value
 
-    def _slot(self, ref: OutputRef, deps: dict[str, int], node_id: str) -> int:
-        """The value slot of `ref`'s output (a dependency of node `node_id`, noted in `deps`);
-        a ref of another graph, or of an output its node does not have, is an error."""
+    def _add_dep(self, ref: OutputRef, deps: dict[str, int], node_id: str) -> None:
+        """Note `ref`'s node in `deps` (node id → index) as a dependency of node `node_id`; a
+        ref of another graph, or of an output its node does not have, is an error."""
         j = self.index.get(ref.node)
         if j is None:
             raise self._foreign(node_id, ref)
@@ -295,7 +295,6 @@ class GraphTracer:
                 hints=(f"its outputs are {list(outputs)}",),
             )
         deps[ref.node] = j
-        return self.out_base[j] + outputs.index(ref.output)
 
     def _register(self, name: str, target: Any) -> _Entry:
         """Remember the callable behind `name` (its `_Entry`). A different one

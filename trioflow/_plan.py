@@ -35,7 +35,6 @@ __all__ = [
     "classify_arg",
     "fan_in",
     "is_fast",
-    "lower",
     "plan_of_graph",
     "take_plan",
 ]
@@ -163,13 +162,9 @@ def classify_arg(
         values.append(value)
 
 
-def lower(graph: TaskGraph) -> Plan:
-    """The graph's plan: the one its trace built, else lowered now (once per graph)."""
-    return plan_of_graph(graph)
-
-
 def plan_of_graph(graph: TaskGraph) -> Plan:
-    """The lowered plan of a graph, lowered once and kept with it for every run of it."""
+    """The graph's plan: the one its trace built, else lowered now, once, and kept with the
+    graph for every run of it."""
     box = graph._lowered
     plan: Plan | None = box.plan
     if plan is None:

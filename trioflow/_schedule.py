@@ -24,14 +24,14 @@ from ._context import FRAME, Frame
 from ._errors import DependencyFailed, GraphBuildError, NodeFailed, is_run_failure
 from ._graph import InputRef, OutputRef, TaskGraph, resolve
 from ._pace import interval
-from ._plan import MAP, TOOL, UNSET, Gathers, Plan, Trees, lower, plan_of_graph, take_plan
+from ._plan import MAP, TOOL, UNSET, Gathers, Plan, Trees, plan_of_graph, take_plan
 from ._reactive import FanOut
 from ._records import ErrorInfo, NodeState
 from ._runstate import RunState
 from ._slots import Slot
 from ._tool import Tool, ToolCall
 
-__all__ = ["CompiledGraph", "Plan", "Traceable", "lower", "plan_for", "plan_of_graph", "run_plan"]
+__all__ = ["CompiledGraph", "Plan", "Traceable", "plan_for", "plan_of_graph", "run_plan"]
 
 _PENDING = NodeState.PENDING
 # Values a store encodes as they are, never failing: scalars, and ints short enough to print
@@ -65,7 +65,7 @@ def plan_for(target: Traceable, inputs: Mapping[str, Any]) -> Plan:
                 raise
             cache["shape"] = "dynamic"
         else:
-            plan = lower(graph)
+            plan = plan_of_graph(graph)
             cache.update(shape="static", plan=plan)
             return plan
     return take_plan(target.trace(inputs))

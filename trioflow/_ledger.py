@@ -154,11 +154,8 @@ class Ledger:
         idx = len(self.ids) - 1
         if self.listener is not None:
             self._emit("node_started", idx, _RUNNING, at, None, inputs, None)
-        starts = self.starts
-        if starts is not None:  # (as in `start`)
-            if not starts:
-                self.wake()
-            starts.append(idx)
+        if self.starts is not None:
+            self._log_start(idx)
         return idx
 
     def add_many(self, node_ids: list[str], tools: list[str], executors: list[str]) -> int:
@@ -191,11 +188,16 @@ class Ledger:
         self.attempts[idx] = 1
         if self.listener is not None:
             self._emit("node_started", idx, _RUNNING, at, None, inputs, None)
+        if self.starts is not None:
+            self._log_start(idx)
+
+    def _log_start(self, idx: int) -> None:
+        """Log row `idx` as started, for the sink."""
         starts = self.starts
-        if starts is not None:
-            if not starts:
-                self.wake()
-            starts.append(idx)
+        assert starts is not None
+        if not starts:
+            self.wake()
+        starts.append(idx)
 
     def retry(self, idx: int, attempt: int) -> None:
         """The node begins attempt number `attempt` (2, 3, ...)."""

@@ -36,6 +36,7 @@ from ._tool import (
     InputSpec,
     Tool,
     ToolCall,
+    new_call,
     normalize_outputs,
 )
 from ._trace import TRACER
@@ -168,7 +169,11 @@ async def gather(*calls: Any) -> list[Any]:
             otherwise one failure bare, several as an `ExceptionGroup`.
         ConfigTypeError: An argument that is none of the above.
     """
-    items = [_as_call(c) for c in calls]
+    items: list[Any] = list(calls)
+    del calls  # the list is the one reference: each call is freed once its node has run
+    for i, item in enumerate(items):
+        if type(item) is not ToolCall:
+            items[i] = _as_call(item)
     frame = FRAME.get()
     if frame is not None:
         run: RunState = frame.run
@@ -242,7 +247,7 @@ class MapCall:
             raise ContextError(f"map({self.tool.name!r}) was awaited outside its run")
         tool, param, fixed = self.tool, self.param, self.fixed
         run: RunState = frame.run
-        calls = (ToolCall(tool, {**fixed, param: item}, run) for item in self.items)
+        calls = (new_call(tool, {**fixed, param: item}, run) for item in self.items)
         return run.fan_out(frame, calls).__await__()
 
 

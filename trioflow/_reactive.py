@@ -192,6 +192,15 @@ def _has_waiters(limiter: trio.CapacityLimiter) -> bool:
     return lot is None or bool(lot)
 
 
+def _taken(calls: list[Any]) -> Iterator[tuple[int, Item]]:
+    """The calls of a list in order, each taken out of it (the list gives up its reference:
+    a call already run is freed at once, not with the whole list at the end)."""
+    for i in range(len(calls)):
+        item = calls[i]
+        calls[i] = None
+        yield i, item
+
+
 def _shuffled(
     items: Iterator[tuple[int, Item]], rng: random.Random, window: int
 ) -> Iterator[tuple[int, Item]]:
@@ -238,7 +247,9 @@ class FanOut:
         self.cap = run.limiter.total_tokens
         self.workers = 0
         self.nursery: trio.Nursery | None = None
-        items: Iterator[tuple[int, Item]] = enumerate(calls)
+        items: Iterator[tuple[int, Item]] = (
+            _taken(calls) if type(calls) is list else enumerate(calls)
+        )
         if run.rng is not None:
             window = 64 if self.cap == math.inf else max(2, min(int(self.cap) * 2, 64))
             items = _shuffled(items, run.rng, window)

@@ -35,6 +35,7 @@ __all__ = [
     "Retry",
     "Tool",
     "ToolCall",
+    "new_call",
     "normalize_outputs",
     "tool",
 ]
@@ -291,7 +292,11 @@ class Tool:
             spec = self.spec
             if args or not spec.named or not (spec.required <= kwargs.keys() <= spec.params):
                 kwargs = spec.bind(args, kwargs)  # (the common case, inlined: every input named)
-            return ToolCall(self, kwargs, frame.run)
+            call = ToolCall(kwargs)  # (`new_call`, inlined)
+            call.tool = self
+            call.run = frame.run
+            call.used = False
+            return call
         return self.fn(*args, **kwargs)
 
     def invoke(self, inputs: Mapping[str, Any], context: NodeContext | None) -> Any:
@@ -313,22 +318,33 @@ def normalize_outputs(owner: str, outputs: tuple[str, ...], result: Any) -> dict
     return outputs_dict(owner, outputs, result)
 
 
-class ToolCall:
+class ToolCall(dict[str, Any]):
     """An awaitable call of a tool inside a run; awaiting it runs the tool as a node.
 
+    A call *is* its inputs (a dict of them, with the tool and the run beside): one object per
+    call, not two, which is what a `gather` over a million calls costs the cyclic garbage
+    collector while the caller builds them. (Compared and hashed by identity, and always true.)
     Like a coroutine, a call that is never awaited (nor gathered) warns when it is dropped.
     """
 
-    __slots__ = ("inputs", "run", "tool", "used")
+    __slots__ = ("run", "tool", "used")
+    __hash__ = object.__hash__  # type: ignore[assignment]
+    __eq__ = object.__eq__  # type: ignore[assignment]
+    __ne__ = object.__ne__  # type: ignore[assignment]
+    tool: Tool
+    run: object
+    used: bool
 
-    def __init__(self, tool: Tool, inputs: dict[str, Any], run: object = None) -> None:
-        self.tool = tool
-        self.inputs = inputs
-        self.run = run
-        self.used = False
+    def __bool__(self) -> bool:
+        return True
+
+    @property
+    def inputs(self) -> dict[str, Any]:
+        """The inputs, as a plain dict of their own."""
+        return dict(self)
 
     def __repr__(self) -> str:
-        return f"<ToolCall {self.tool.name}({', '.join(self.inputs)})>"
+        return f"<ToolCall {self.tool.name}({', '.join(self)})>"
 
     def __await__(self) -> Any:
         self.used = True
@@ -347,6 +363,15 @@ class ToolCall:
                 RuntimeWarning,
                 stacklevel=1,
             )
+
+
+def new_call(tool: Tool, inputs: dict[str, Any], run: object = None) -> ToolCall:
+    """A call of `tool` with `inputs` (copied into it) in `run`."""
+    call = ToolCall(inputs)
+    call.tool = tool
+    call.run = run
+    call.used = False
+    return call
 
 
 @overload

@@ -10,6 +10,7 @@ different tools under one name, and a graph that calls itself.
 
 from __future__ import annotations
 
+import functools
 import gc
 import os
 import traceback
@@ -190,8 +191,11 @@ _PROMOTE_NODES = 1000
 
 # What a trace knows of a callable, by name: (callable, "tool" or "graph", its import path,
 # name, and for the plan: its kind, whether it takes the fast path, its executor key, one unset
-# slot per output; and the `map_param` of a map node).
-_Entry = tuple[Any, NodeKind, str, str, int, bool, str, list[Any], str | None]
+# slot per output; the `map_param` of a map node; and for its NodeRefs, the outputs they hold
+# (see `NodeRef`) and whether the first is one of them).
+_Entry = tuple[
+    Any, NodeKind, str, str, int, bool, str, list[Any], str | None, tuple[str, ...], bool
+]
 
 
 def _entry(target: Any, name: str, kind: NodeKind, map_param: str | None = None) -> _Entry:
@@ -200,7 +204,9 @@ def _entry(target: Any, name: str, kind: NodeKind, map_param: str | None = None)
     unset = [UNSET] * len(target.outputs)
     path = _target_path(target)
     fast = is_fast(target, plan_kind)
-    return (target, kind, path, name, plan_kind, fast, executor, unset, map_param)
+    held = tuple(out for out in target.outputs if out[:1] != "_")
+    first = bool(held) and held[0] == target.outputs[0]
+    return (target, kind, path, name, plan_kind, fast, executor, unset, map_param, held, first)
 
 
 @attrs.define(eq=False)
@@ -231,6 +237,11 @@ class GraphTracer:
     arg_plans: list[ArgPlan] = attrs.field(factory=list)
     dependents: list[list[int]] = attrs.field(factory=list)
     indegree: list[int] = attrs.field(factory=list)
+    # The output refs this trace made for its nodes' first outputs, by `id()` → node index:
+    # an argument found here needs no checks (it is one of ours, whole). `made_refs` keeps
+    # them alive for the trace, so that no other object can take one of their ids.
+    made: dict[int, int] = attrs.field(factory=dict)
+    made_refs: list[OutputRef] = attrs.field(factory=list)
 
     def known_value(self, ref: object) -> tuple[bool, Any]:
         """The value of an input ref, if this trace knows the inputs."""
@@ -252,7 +263,7 @@ class GraphTracer:
             hints=("refs cannot cross graphs; pass the value as a subgraph input",),
         )
 
-    def _prepare(self, value: Any, deps: dict[str, int], node_id: str) -> Any:
+    def _prepare(self, value: Any, deps: dict[int, None], node_id: str) -> Any:
         """Validate an argument tree: refs belong to this trace; node refs become outputs.
 
         `node_id` names the node (or the output) being built, for error messages."""
@@ -290,8 +301,8 @@ class GraphTracer:
             return {k: self._prepare(v, deps, node_id) for k, v in value.items()}
         return value
 
-    def _add_dep(self, ref: OutputRef, deps: dict[str, int], node_id: str) -> None:
-        """Note `ref`'s node in `deps` (node id → index) as a dependency of node `node_id`; a
+    def _add_dep(self, ref: OutputRef, deps: dict[int, None], node_id: str) -> None:
+        """Note `ref`'s node in `deps` (by node index) as a dependency of node `node_id`; a
         ref of another graph, or of an output its node does not have, is an error."""
         j = self.index.get(ref.node)
         if j is None:
@@ -303,7 +314,7 @@ class GraphTracer:
                 code="unknown-output",
                 hints=(f"its outputs are {list(outputs)}",),
             )
-        deps[ref.node] = j
+        deps[j] = None
 
     def _register(self, name: str, target: Any) -> _Entry:
         """Remember the callable behind `name` (its `_Entry`). A different one
@@ -356,55 +367,39 @@ class GraphTracer:
             entry = self._register(name, target)
         if map_param is not None:  # a map node
             entry = _entry(target, name, "map", map_param)
-        index, out_base, slots, targets = self.index, self.out_base, self.slots, self.targets
-        deps: dict[str, int] = {}
+        out_base, slots, made = self.out_base, self.slots, self.made
+        deps: dict[int, None] = {}  # the nodes it depends on, by index
         pairs: list[tuple[str, int]] = []
         gathers: Any = _NONE
         trees: Any = _NONE
         # Each argument checked and filed into the plan (`_prepare` and `classify_arg`, inlined
-        # for constants, whole output refs and lists of them, a fan-in); anything else, and any
-        # mistake, takes the general path.
+        # for constants, and for output refs and lists of them that this trace made); anything
+        # else, and any mistake, takes the general path.
         for key, value in kwargs.items():
             vtype = type(value)
-            if vtype is OutputRef:
-                dep = value.node
-                j = index.get(dep)
-                if j is not None and not value.path:
-                    outputs = targets[j].outputs
-                    if outputs and outputs[0] == value.output:  # (most tools have one)
-                        deps[dep] = j
-                        pairs.append((key, out_base[j]))
-                        continue
-                    if value.output in outputs:
-                        deps[dep] = j
-                        pairs.append((key, out_base[j] + outputs.index(value.output)))
-                        continue
-            elif vtype in _ATOMS or value is None:
+            if vtype in _ATOMS or value is None:
                 pairs.append((key, len(slots)))
                 slots.append(value)
                 continue
-            elif vtype is list:
+            if vtype is list:
                 got: list[int] = []
                 for item in value:
-                    if type(item) is OutputRef:
-                        dep = item.node
-                        j = index.get(dep)
-                        if j is not None and not item.path:
-                            outputs = targets[j].outputs
-                            if outputs and outputs[0] == item.output:
-                                deps[dep] = j
-                                got.append(out_base[j])
-                                continue
-                            if item.output in outputs:
-                                deps[dep] = j
-                                got.append(out_base[j] + outputs.index(item.output))
-                                continue
-                    break
+                    j = made.get(id(item))
+                    if j is None:
+                        break
+                    deps[j] = None
+                    got.append(out_base[j])
                 else:
                     kwargs[key] = value[:]  # a copy: the caller may change its list later
                     if gathers is _NONE:
                         gathers = []
                     gathers.append((key, got[0] if len(got) == 1 else fan_in(got)))
+                    continue
+            else:
+                j = made.get(id(value))
+                if j is not None:
+                    deps[j] = None
+                    pairs.append((key, out_base[j]))
                     continue
             kwargs[key] = value = self._prepare(value, deps, node_id)
             if gathers is _NONE:
@@ -414,18 +409,18 @@ class GraphTracer:
             classify_arg(key, value, self._slot_of, slots, pairs, gathers, trees)
         i = len(out_base)
         dependents = self.dependents
-        for j in deps.values():
+        for j in deps:
             dependents[j].append(i)
         dependents.append([])
         self.indegree.append(len(deps))
         self.ids.append(node_id)
-        index[node_id] = i
+        self.index[node_id] = i
         self.entries.append(entry)
         self.args.append(kwargs)
-        targets.append(target)
+        self.targets.append(target)
         out_base.append(len(slots))
         slots += entry[7]
-        self.arg_plans.append((pairs, gathers or _NONE, trees or _NONE))
+        self.arg_plans.append((pairs, gathers, trees))
         # The NodeRef with its output refs, their slots set directly (`NodeRef()` and
         # `make_output_ref` inlined).
         outputs = target.outputs
@@ -433,13 +428,16 @@ class GraphTracer:
         ref.id = node_id
         ref.outputs = outputs
         refs = ref.__dict__
-        for out in outputs:
-            if out[:1] != "_":  # see NodeRef
-                output = _new(OutputRef)
-                _set_node(output, node_id)
-                _set_output(output, out)
-                _set_path(output, ())
-                refs[out] = output
+        for out in entry[9]:
+            output = _new(OutputRef)
+            _set_node(output, node_id)
+            _set_output(output, out)
+            _set_path(output, ())
+            refs[out] = output
+        if entry[10]:  # the first output's ref: what arguments pass most
+            first = refs[outputs[0]]
+            made[id(first)] = i
+            self.made_refs.append(first)
         return ref
 
     def _slot_of(self, ref: OutputRef) -> int:
@@ -470,45 +468,49 @@ class GraphTracer:
             initial=self.slots,
         )
 
-    def nodes(self) -> dict[str, NodeSpec]:
-        """The graph's `NodeSpec`s, made from the columns (what `graph.nodes` reads, once).
-
-        A node's dependencies are the nodes of the output refs in its arguments, in the order
-        the trace met them (argument order, depth first), each once."""
-        nodes: dict[str, NodeSpec] = {}
-        paused = gc.isenabled()
-        if paused:  # the NodeSpecs live on with the graph: see `trace`
-            gc.disable()
-        try:
-            for node_id, entry, args in zip(self.ids, self.entries, self.args):
-                deps: dict[str, None] = {}
-                for value in args.values():
-                    if type(value) is OutputRef:
-                        deps[value.node] = None
-                    elif type(value) not in _ATOMS and value is not None:
-                        for ref in iter_refs(value):
-                            if type(ref) is OutputRef:
-                                deps[ref.node] = None
-                node = _new(NodeSpec)
-                _set_id(node, node_id)
-                _set_tool(node, entry[3])
-                _set_args(node, args)
-                _set_deps(node, tuple(deps))
-                _set_outputs(node, entry[0].outputs)
-                _set_kind(node, entry[1])
-                _set_map_param(node, entry[8])
-                _set_target(node, entry[2])
-                nodes[node_id] = node
-        finally:
-            if paused:
-                if len(nodes) >= _PROMOTE_NODES:
-                    promote_young()
-                gc.enable()
-        return nodes
-
 
 _NAME, _KIND, _FAST, _EXECUTOR = itemgetter(3), itemgetter(4), itemgetter(5), itemgetter(6)
 _NONE: tuple[Any, ...] = ()
+
+
+def _make_nodes(
+    ids: list[str], entries: list[_Entry], args: list[dict[str, Any]]
+) -> dict[str, NodeSpec]:
+    """A traced graph's `NodeSpec`s, made from its trace's columns (what `graph.nodes` reads,
+    once: see `lazy_nodes`).
+
+    A node's dependencies are the nodes of the output refs in its arguments, in the order the
+    trace met them (argument order, depth first), each once."""
+    nodes: dict[str, NodeSpec] = {}
+    paused = gc.isenabled()
+    if paused:  # the NodeSpecs live on with the graph: see `trace`
+        gc.disable()
+    try:
+        for node_id, entry, node_args in zip(ids, entries, args, strict=True):
+            deps: dict[str, None] = {}
+            for value in node_args.values():
+                if type(value) is OutputRef:
+                    deps[value.node] = None
+                elif type(value) not in _ATOMS and value is not None:
+                    for ref in iter_refs(value):
+                        if type(ref) is OutputRef:
+                            deps[ref.node] = None
+            node = _new(NodeSpec)
+            _set_id(node, node_id)
+            _set_tool(node, entry[3])
+            _set_args(node, node_args)
+            _set_deps(node, tuple(deps))
+            _set_outputs(node, entry[0].outputs)
+            _set_kind(node, entry[1])
+            _set_map_param(node, entry[8])
+            _set_target(node, entry[2])
+            nodes[node_id] = node
+    finally:
+        if paused:
+            if len(nodes) >= _PROMOTE_NODES:
+                promote_young()
+            gc.enable()
+    return nodes
 
 
 def _check_recursion(target: Any) -> None:
@@ -623,5 +625,5 @@ def trace(
         callables=tracer.callables,
     )
     graph._lowered.plan = tracer.plan(graph)
-    lazy_nodes(graph, tracer.nodes)
+    lazy_nodes(graph, functools.partial(_make_nodes, tracer.ids, tracer.entries, tracer.args))
     return graph

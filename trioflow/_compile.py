@@ -382,6 +382,15 @@ class GraphTracer:
                 slots.append(value)
                 continue
             if vtype is list:
+                if len(value) == 1:  # (a fan-in of one: no list of slots)
+                    j = made.get(id(value[0]))
+                    if j is not None:
+                        deps[j] = None
+                        kwargs[key] = [value[0]]  # a copy: the caller may change its list later
+                        if gathers is _NONE:
+                            gathers = []
+                        gathers.append((key, out_base[j]))
+                        continue
                 got: list[int] = []
                 for item in value:
                     j = made.get(id(item))
@@ -427,17 +436,25 @@ class GraphTracer:
         ref: NodeRef = _new(NodeRef)
         ref.id = node_id
         ref.outputs = outputs
-        refs = ref.__dict__
-        for out in entry[9]:
-            output = _new(OutputRef)
-            _set_node(output, node_id)
-            _set_output(output, out)
-            _set_path(output, ())
-            refs[out] = output
+        held = entry[9]
         if entry[10]:  # the first output's ref: what arguments pass most
-            first = refs[outputs[0]]
+            first = _new(OutputRef)
+            _set_node(first, node_id)
+            _set_output(first, outputs[0])
+            _set_path(first, ())
+            ref.__dict__[outputs[0]] = first
             made[id(first)] = i
             self.made_refs.append(first)
+            if len(held) == 1:
+                return ref
+        refs = ref.__dict__
+        for out in held:
+            if out not in refs:
+                output = _new(OutputRef)
+                _set_node(output, node_id)
+                _set_output(output, out)
+                _set_path(output, ())
+                refs[out] = output
         return ref
 
     def _slot_of(self, ref: OutputRef) -> int:

@@ -195,15 +195,8 @@ def big_map(n: int, cap: int) -> None:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes, one repeat")
-    parser.add_argument("--big", action="store_true", help="add the 1M-call map")
-    parser.add_argument("--memory", action="store_true", help="peak memory per node")
-    parser.add_argument("--repeat", type=int, default=5)
-    args = parser.parse_args()
-    header(__doc__.splitlines()[0])
-    n, n_chain, repeat = (400, 50, 1) if args.smoke else (10_000, 1_000, args.repeat)
+def fan_tables(n: int, repeat: int) -> None:
+    """W1 and W3 of `n` nodes at caps 4 and 64: the hand-written floors, gather and map."""
     w1 = fan_out_in(n - 2)
     dag = layered(n)
     for cap in (4, 64):
@@ -213,6 +206,24 @@ def main() -> None:
         table(f"W1 fan-out/fan-in, max_concurrency={cap}", len(w1), rows)
         rows = interleaved(fan_cases(dag, cap, [("gather per layer", layers_gather(dag))]), repeat)
         table(f"W3 20-layer random DAG, max_concurrency={cap}", len(dag), rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, one repeat")
+    parser.add_argument("--big", action="store_true", help="add the 1M-call map")
+    parser.add_argument(
+        "--million", action="store_true", help="also W1 and W3 at 1M calls (~4 min a repeat)"
+    )
+    parser.add_argument("--memory", action="store_true", help="peak memory per node")
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    header(__doc__.splitlines()[0])
+    n, n_chain, repeat = (400, 50, 1) if args.smoke else (10_000, 1_000, args.repeat)
+    sizes = [n] + ([1_000_000] if args.million else [])
+    for size in sizes:
+        fan_tables(size, repeat if size == n else 1)
+    w1 = fan_out_in(n - 2)
     if args.memory:
         floor = peak_bytes(functools.partial(hand_written, w1, 64))
         ours = peak_bytes(

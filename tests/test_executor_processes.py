@@ -146,6 +146,31 @@ def test_a_missing_extra_is_named(tmp_path, module: str, extra: str) -> None:
     assert f"pip install 'trioflow[{extra}]'" in result["message"]
 
 
+def test_a_script_without_the_main_guard_is_told_to_add_it(tmp_path) -> None:
+    """A script that starts a run at import makes each worker start it again; the error says
+    so (not that something failed to pickle)."""
+    code = """
+    import json
+    import trioflow
+
+    @trioflow.tool(outputs=["y"], executor="process")
+    def double(x: int) -> int:
+        return 2 * x
+
+    @trioflow.graph_fn(name="g", outputs=["y"])
+    async def g() -> int:
+        return (await double(x=1))["y"]
+
+    try:  # (no `if __name__ == "__main__":`)
+        trioflow.run(g)
+    except trioflow.NodeFailed as exc:
+        print(json.dumps({"notes": getattr(exc.__cause__, "__notes__", [])}))
+    """
+    result = run_child(code, tmp_path)
+    assert any('if __name__ == "__main__":' in note for note in result["notes"]), result
+    assert not any("pickled" in note for note in result["notes"]), result
+
+
 def test_importing_trioflow_imports_neither_ray_nor_trio_parallel() -> None:
     code = "import sys, trioflow; print(sorted({'ray', 'trio_parallel', 'cloudpickle'} & set(sys.modules)))"
     out = subprocess.run(

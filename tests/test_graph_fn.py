@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import math
 from collections.abc import Iterator
 
@@ -309,3 +310,71 @@ async def test_a_bad_limit_in_a_gather_is_a_plain_config_error() -> None:
 
     with pytest.raises(trioflow.ConfigError, match="tpu"):
         await trioflow.run_async(g)
+
+
+def _live_calls() -> int:
+    gc.collect()  # (calls other tests dropped)
+    return sum(type(o).__name__ == "ToolCall" for o in gc.get_objects())
+
+
+async def test_a_tool_call_is_one_object_holding_plain_inputs() -> None:
+    """A call the body keeps costs the collector one object, not two; its inputs still reach
+    the tool, the events and the record as a plain dict, and calls compare by identity."""
+    seen: list[object] = []
+
+    @trioflow.tool(outputs=["y"])
+    async def echo(x: int, tag: object = "t") -> int:
+        return x
+
+    @trioflow.tool(outputs=["y"])
+    async def nothing() -> int:
+        return 0
+
+    @trioflow.graph_fn(name="g", outputs=["out"])
+    async def g() -> list[int]:
+        gc.collect()
+        gc.disable()  # (a collection would free other garbage in between)
+        try:
+            before = len(gc.get_objects())
+            tag = ["a"]  # (inputs that are all atomic would be an untracked dict anyway)
+            calls = [echo(x=i, tag=tag) for i in range(1000)]
+            made = len(gc.get_objects()) - before
+        finally:
+            gc.enable()
+        assert 1000 <= made < 1100, made  # one tracked object per call (was two)
+        twin = echo(x=0, tag=tag)
+        assert twin != calls[0] and twin == twin and len({twin, calls[0]}) == 2
+        empty = nothing()
+        assert empty  # a call of a tool without inputs is still true
+        out = await trioflow.gather(*calls, twin, empty)
+        return [r["y"] for r in out]
+
+    def listen(event: trioflow.RunEvent) -> None:
+        if event.kind == "node_started":
+            seen.append(event.inputs)
+
+    with trio.fail_after(30):
+        result = await trioflow.run_async(g, on_event=listen)
+    assert result["out"] == [*range(1000), 0, 0]
+    assert seen and all(type(inputs) is dict for inputs in seen)
+    assert {"x": 5, "tag": ["a"]} in seen
+
+
+async def test_gather_frees_each_call_once_its_node_has_run() -> None:
+    """gather holds no call it has already run: at cap 1, the last node sees at most the
+    calls not yet run (itself included), not all of them."""
+    live: list[int] = []
+
+    @trioflow.tool(outputs=["y"])
+    async def count(x: int) -> int:
+        live.append(_live_calls())
+        return x
+
+    @trioflow.graph_fn(name="g", outputs=["out"], max_concurrency=1)
+    async def g() -> int:
+        return len(await trioflow.gather(*(count(x=i) for i in range(20))))
+
+    with trio.fail_after(30):
+        assert await trioflow.run_async(g) == {"out": 20}
+    assert live[0] == 20
+    assert live[-1] <= 2, live  # (the last one, and at most one not yet freed)

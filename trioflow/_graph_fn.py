@@ -36,7 +36,7 @@ from ._tool import (
     InputSpec,
     Tool,
     ToolCall,
-    new_call,
+    map_calls,
     normalize_outputs,
 )
 from ._trace import TRACER
@@ -247,7 +247,7 @@ class MapCall:
             raise ContextError(f"map({self.tool.name!r}) was awaited outside its run")
         tool, param, fixed = self.tool, self.param, self.fixed
         run: RunState = frame.run
-        calls = (new_call(tool, {**fixed, param: item}, run) for item in self.items)
+        calls = map_calls(tool, self.items, param, fixed, run)
         return run.fan_out(frame, calls).__await__()
 
 

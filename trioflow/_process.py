@@ -27,6 +27,12 @@ _NOT_SHIPPED = (
 )
 
 
+_NO_GUARD = (
+    "(a worker process could not start: workers import the main module again, and it started "
+    'a run at import; put the code that starts the run under `if __name__ == "__main__":`)'
+)
+
+
 def _check_max_workers(_: object, __: object, value: Any) -> None:
     if value is None:
         return
@@ -128,7 +134,9 @@ class ProcessExecutor:
         from None), or `exc` itself, noted if it is not about a worker that died."""
         if isinstance(exc, Failure):
             return restore(exc)
-        if not isinstance(exc, self._broken):
+        if isinstance(exc, RuntimeError) and "bootstrapping phase" in str(exc):
+            exc.add_note(_NO_GUARD)  # multiprocessing's own words for a missing main guard
+        elif not isinstance(exc, self._broken):
             # Not the call's own exception: its arguments or its result failed to pickle.
             exc.add_note(_NOT_SHIPPED.format(getattr(fn, "__qualname__", fn)))
         return exc

@@ -71,7 +71,7 @@ async def call_tool(run: RunState, call: ToolCall, parent: Frame) -> dict[str, A
     round trip is short enough that every call and coroutine on the way shows.
     """
     tool = call.tool
-    inputs = call.inputs
+    inputs = dict(call)  # (`call.inputs`, inlined: a plain dict of the call's inputs)
     limiters = run.checked.get(tool) or run.check_tool(tool)  # before the node takes a slot
     node_id = run.node_id(parent.graph_id, tool.name)
     key = tool.executor_key
@@ -339,9 +339,10 @@ class FanOut:
                     self.refuse(exc)
                     return
                 node_id = run.node_id(self.graph_id, tool.name)
+                inputs = dict(item)  # (`item.inputs`, inlined)
                 if not tool.plain:
                     try:
-                        run.executors.check_call(node_id, tool, item.inputs)
+                        run.executors.check_call(node_id, tool, inputs)
                     except Exception as exc:
                         self.refuse(exc)
                         return
@@ -361,7 +362,6 @@ class FanOut:
                 try:
                     if tool.plain and run.memo is None:
                         # The hot path, inlined: execute_node minus executors, timeout, retry.
-                        inputs = item.inputs
                         ledger.start(idx, inputs)
                         try:
                             outputs = tool.normalize(await tool.fn(**inputs))
@@ -374,7 +374,7 @@ class FanOut:
                         ledger.done(idx, outputs)
                         results[i] = outputs
                     else:
-                        results[i] = await execute_node(run, idx, tool, item.inputs, frame)
+                        results[i] = await execute_node(run, idx, tool, inputs, frame)
                 except Exception as exc:
                     self.fail(exc)
                 await pacer.tick(slot)

@@ -29,7 +29,7 @@ from ._reactive import FanOut
 from ._records import ErrorInfo, NodeState
 from ._runstate import RunState
 from ._slots import Slot
-from ._tool import Tool, ToolCall, new_call
+from ._tool import Tool, map_calls
 
 __all__ = ["CompiledGraph", "Plan", "Traceable", "plan_for", "plan_of_graph", "run_plan"]
 
@@ -393,7 +393,7 @@ class _PlanRun:
                     f"map node {node_id!r} needs a list of items for {param!r}, "
                     f"got {type(items).__name__}"
                 ) from None
-            calls = (new_call(tool, {**kwargs, param: item}, run) for item in iterator)
+            calls = map_calls(tool, iterator, param, kwargs, run)
             results = await FanOut(run, frame, calls).run()
             return {out: [r[out] for r in results] for out in tool.outputs}
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 import math
 import warnings
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, overload
 
 import attrs
@@ -35,7 +35,7 @@ __all__ = [
     "Retry",
     "Tool",
     "ToolCall",
-    "new_call",
+    "map_calls",
     "normalize_outputs",
     "tool",
 ]
@@ -292,7 +292,7 @@ class Tool:
             spec = self.spec
             if args or not spec.named or not (spec.required <= kwargs.keys() <= spec.params):
                 kwargs = spec.bind(args, kwargs)  # (the common case, inlined: every input named)
-            call = ToolCall(kwargs)  # (`new_call`, inlined)
+            call = ToolCall(kwargs)  # the call is a copy of its inputs
             call.tool = self
             call.run = frame.run
             call.used = False
@@ -321,16 +321,17 @@ def normalize_outputs(owner: str, outputs: tuple[str, ...], result: Any) -> dict
 class ToolCall(dict[str, Any]):
     """An awaitable call of a tool inside a run; awaiting it runs the tool as a node.
 
-    A call *is* its inputs (a dict of them, with the tool and the run beside): one object per
-    call, not two, which is what a `gather` over a million calls costs the cyclic garbage
-    collector while the caller builds them. (Compared and hashed by identity, and always true.)
-    Like a coroutine, a call that is never awaited (nor gathered) warns when it is dropped.
+    A call *is* its inputs, a dict with the tool and the run beside: one object per call, not
+    two, because each object the caller keeps is rescanned by every full collection of the
+    cyclic GC while it builds a million calls for `gather`. It is compared and hashed by
+    identity, and always true. Like a coroutine, a call that is never awaited (nor gathered)
+    warns when it is dropped.
     """
 
     __slots__ = ("run", "tool", "used")
     __hash__ = object.__hash__  # type: ignore[assignment]
-    __eq__ = object.__eq__  # type: ignore[assignment]
-    __ne__ = object.__ne__  # type: ignore[assignment]
+    __eq__ = object.__eq__
+    __ne__ = object.__ne__
     tool: Tool
     run: object
     used: bool
@@ -365,13 +366,17 @@ class ToolCall(dict[str, Any]):
             )
 
 
-def new_call(tool: Tool, inputs: dict[str, Any], run: object = None) -> ToolCall:
-    """A call of `tool` with `inputs` (copied into it) in `run`."""
-    call = ToolCall(inputs)
-    call.tool = tool
-    call.run = run
-    call.used = False
-    return call
+def map_calls(
+    tool: Tool, items: Iterable[Any], param: str, fixed: Mapping[str, Any], run: object
+) -> Iterator[ToolCall]:
+    """The calls of a `map`, made as they are pulled: `fixed` and each item as `param`."""
+    for item in items:
+        call = ToolCall(fixed)
+        call[param] = item
+        call.tool = tool
+        call.run = run
+        call.used = False
+        yield call
 
 
 @overload

@@ -215,7 +215,7 @@ class GraphTracer:
 
     A trace keeps its nodes as columns by node index: what the plan (`_plan.Plan`) reads, built
     as the trace goes, and each node's arguments. The graph's `NodeSpec`s are made from these
-    columns only if something reads `graph.nodes` (`nodes`): a run needs only the plan."""
+    columns only if something reads `graph.nodes` (`_make_nodes`): a run needs only the plan."""
 
     name: str
     inputs: tuple[str, ...]

@@ -181,9 +181,10 @@ def test_a_big_trace_leaves_the_collector_on_and_its_graph_old() -> None:
     gc.collect()
     graph = g.compile()
     assert gc.isenabled()
+    nodes = graph.nodes  # made on their first read, the same way
     # Moved straight to the oldest generation, not scanned by a young collection on the way.
     old = {id(o) for o in gc.get_objects(generation=2)}
-    assert all(id(node) in old for node in graph.nodes.values())
+    assert all(id(node) in old for node in nodes.values())
 
 
 def test_a_trace_leaves_a_disabled_collector_off() -> None:
@@ -480,3 +481,140 @@ def test_a_graph_traced_for_one_run_is_freed_with_its_plan() -> None:
         assert graph() is None
     finally:
         gc.enable()
+
+
+# -- graph.nodes, made when first read -------------------------------------------------------------
+
+
+def _expected_nodes(graph: TaskGraph, calls: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """The NodeSpecs a trace of `calls` (tool name, the arguments as passed) must hold, built
+    here the eager way: ids counted per tool, node refs replaced by their one output, lists
+    copied, and the dependencies in the order the arguments name them (depth first), once."""
+
+    def prepare(value: Any, deps: dict[str, None]) -> Any:
+        if isinstance(value, trioflow.NodeRef):
+            value = value[value.outputs[0]]
+        if isinstance(value, OutputRef):
+            deps[value.node] = None
+            return value
+        if isinstance(value, list):
+            return [prepare(v, deps) for v in value]
+        if isinstance(value, tuple):
+            return tuple(prepare(v, deps) for v in value)
+        if isinstance(value, dict):
+            return {k: prepare(v, deps) for k, v in value.items()}
+        return value
+
+    counts: dict[str, int] = {}
+    nodes = {}
+    for tool, kwargs in calls:
+        counts[tool] = counts.get(tool, 0) + 1
+        node_id = f"{tool}_{counts[tool]}"
+        deps: dict[str, None] = {}
+        args = {k: prepare(v, deps) for k, v in kwargs.items()}
+        target = graph.callables[tool]
+        nodes[node_id] = NodeSpec(
+            id=node_id,
+            tool=tool,
+            args=args,
+            deps=tuple(deps),
+            outputs=target.outputs,
+            target=f"{target.fn.__module__}:{target.fn.__qualname__}",
+        )
+    return nodes
+
+
+@given(_programs())
+def test_the_nodes_a_trace_makes_when_read_are_the_ones_it_recorded(
+    program: list[tuple[str, dict[str, Any]]],
+) -> None:
+    calls: list[tuple[str, dict[str, Any]]] = []  # every call the trace sees, as passed
+    body = _body_for(program)
+    original_call = trioflow._compile.GraphTracer.call
+
+    def spy(self: Any, target: Any, args: Any, kwargs: Any, map_param: Any = None) -> Any:
+        calls.append((target.name, {k: _snapshot(v) for k, v in kwargs.items()}))
+        return original_call(self, target, args, kwargs, map_param)
+
+    trioflow._compile.GraphTracer.call = spy  # type: ignore[method-assign]
+    try:
+        graph = trioflow.graphify(name="planned", outputs=["out"])(body).compile()
+    finally:
+        trioflow._compile.GraphTracer.call = original_call  # type: ignore[method-assign]
+    assert graph.nodes == _expected_nodes(graph, calls)
+    assert list(graph.nodes) == [n.id for n in graph.nodes.values()]
+
+
+def _snapshot(value: Any) -> Any:
+    """An argument as it was passed (containers copied: the trace may replace them)."""
+    if isinstance(value, list):
+        return [_snapshot(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_snapshot(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _snapshot(v) for k, v in value.items()}
+    return value
+
+
+def test_a_traced_graph_makes_its_nodes_once_on_first_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    made: list[int] = []
+    make = trioflow._compile._make_nodes
+
+    def counting(*args: Any) -> Any:
+        nodes = make(*args)
+        made.append(len(nodes))
+        return nodes
+
+    monkeypatch.setattr(trioflow._compile, "_make_nodes", counting)
+
+    @trioflow.graphify(outputs=["out"])
+    def g() -> Any:
+        return total(xs=[work(x=i).out for i in range(3)]).total
+
+    graph = g.compile()
+    assert trioflow.run(graph) == {"out": 6}  # a run needs the plan only
+    assert made == []
+    nodes = graph.nodes
+    assert (
+        made == [4]
+        and graph.nodes is nodes
+        and list(nodes)
+        == [
+            "work_1",
+            "work_2",
+            "work_3",
+            "total_1",
+        ]
+    )
+    assert graph.edges == [("work_1", "total_1"), ("work_2", "total_1"), ("work_3", "total_1")]
+    assert made == [4]
+
+
+def test_a_graph_whose_nodes_were_never_read_is_the_same_data() -> None:
+    import copy
+
+    @trioflow.graphify(outputs=["out"])
+    def g() -> Any:
+        ref = work(x=2)
+        return total(xs=[ref.out, work(x=ref.out).out], scale=3).total
+
+    read = g.compile()
+    assert len(read.nodes) == 3
+    fresh = [g.compile() for _ in range(5)]  # each checked before anything reads its nodes
+    assert fresh[0] == read and read == fresh[1]
+    assert repr(fresh[2]) == repr(read)
+    assert fresh[3].to_dict() == read.to_dict()
+    assert fresh[4].content_hash == read.content_hash
+    again = copy.copy(g.compile())  # (pickle's protocol: the state holds the nodes)
+    assert again == read and again.nodes == read.nodes
+    assert attrs.evolve(g.compile(), name="other").nodes == read.nodes
+
+
+def test_a_missing_graph_attribute_is_still_an_attribute_error() -> None:
+    graph = trioflow.graphify(outputs=["out"])(lambda: work(x=1).out).compile()
+    with pytest.raises(AttributeError, match="'TaskGraph' object has no attribute 'nodez'"):
+        graph.nodez  # type: ignore[attr-defined]  # noqa: B018
+    assert not hasattr(graph, "fn")
+    assert graph.nodes["work_1"].deps == ()

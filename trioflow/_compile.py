@@ -10,11 +10,13 @@ different tools under one name, and a graph that calls itself.
 
 from __future__ import annotations
 
+import functools
 import gc
 import os
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -37,6 +39,8 @@ from ._graph import (
     OutputRef,
     TaskGraph,
     _project,
+    iter_refs,
+    lazy_nodes,
     make_output_ref,
     ref_as_text,
 )
@@ -186,42 +190,58 @@ _PROMOTE_NODES = 1000
 
 
 # What a trace knows of a callable, by name: (callable, "tool" or "graph", its import path,
-# name, and for the plan: its kind, whether it takes the fast path, its executor key, and one
-# unset slot per output).
-_Entry = tuple[Any, NodeKind, str, str, int, bool, str, list[Any]]
+# name, and for the plan: its kind, whether it takes the fast path, its executor key, one unset
+# slot per output; the `map_param` of a map node; and for its NodeRefs, the outputs they hold
+# (see `NodeRef`) and whether the first is one of them).
+_Entry = tuple[
+    Any, NodeKind, str, str, int, bool, str, list[Any], str | None, tuple[str, ...], bool
+]
 
 
-def _entry(target: Any, name: str, kind: NodeKind) -> _Entry:
+def _entry(target: Any, name: str, kind: NodeKind, map_param: str | None = None) -> _Entry:
     plan_kind = KINDS[kind]
     executor = "loop" if kind == "graph" else target.executor_key
     unset = [UNSET] * len(target.outputs)
     path = _target_path(target)
-    return (target, kind, path, name, plan_kind, is_fast(target, plan_kind), executor, unset)
+    fast = is_fast(target, plan_kind)
+    held = tuple(out for out in target.outputs if out[:1] != "_")
+    first = bool(held) and held[0] == target.outputs[0]
+    return (target, kind, path, name, plan_kind, fast, executor, unset, map_param, held, first)
 
 
 @attrs.define(eq=False)
 class GraphTracer:
-    """Records the calls a graphify body makes (the `Tracer` of `_trace`)."""
+    """Records the calls a graphify body makes (the `Tracer` of `_trace`).
+
+    A trace keeps its nodes as columns by node index: what the plan (`_plan.Plan`) reads, built
+    as the trace goes, and each node's arguments. The graph's `NodeSpec`s are made from these
+    columns only if something reads `graph.nodes` (`_make_nodes`): a run needs only the plan."""
 
     name: str
     inputs: tuple[str, ...]
     values: Mapping[str, Any] | None
-    nodes: dict[str, NodeSpec] = attrs.field(factory=dict)
     callables: dict[str, Any] = attrs.field(factory=dict)
     counters: dict[str, int] = attrs.field(factory=dict)
-    # name → its `_Entry`: computed once per name
+    # name → its `_Entry`: computed once per name (a map node has one of its own)
     known: dict[str, _Entry] = attrs.field(factory=dict)
-    # The graph's plan (`_plan.Plan`), built with its nodes: columns by node index (the
-    # columns that depend on the tool only are read off `entries` at the end). Each node's
-    # outputs and each constant argument get a slot in `slots` as the trace meets them.
+    # The columns. The plan's columns that depend on the tool only are read off `entries` at
+    # the end; each node's outputs and each constant argument get a slot in `slots` as the
+    # trace meets them.
+    ids: list[str] = attrs.field(factory=list)
     index: dict[str, int] = attrs.field(factory=dict)
     entries: list[_Entry] = attrs.field(factory=list)
+    args: list[dict[str, Any]] = attrs.field(factory=list)
     targets: list[Any] = attrs.field(factory=list)
     out_base: list[int] = attrs.field(factory=list)
     slots: list[Any] = attrs.field(factory=list)
     arg_plans: list[ArgPlan] = attrs.field(factory=list)
     dependents: list[list[int]] = attrs.field(factory=list)
     indegree: list[int] = attrs.field(factory=list)
+    # The output refs this trace made for its nodes' first outputs, by `id()` → node index:
+    # an argument found here needs no checks (it is one of ours, whole). `made_refs` keeps
+    # them alive for the trace, so that no other object can take one of their ids.
+    made: dict[int, int] = attrs.field(factory=dict)
+    made_refs: list[OutputRef] = attrs.field(factory=list)
 
     def known_value(self, ref: object) -> tuple[bool, Any]:
         """The value of an input ref, if this trace knows the inputs."""
@@ -243,7 +263,7 @@ class GraphTracer:
             hints=("refs cannot cross graphs; pass the value as a subgraph input",),
         )
 
-    def _prepare(self, value: Any, deps: dict[str, int], node_id: str) -> Any:
+    def _prepare(self, value: Any, deps: dict[int, None], node_id: str) -> Any:
         """Validate an argument tree: refs belong to this trace; node refs become outputs.
 
         `node_id` names the node (or the output) being built, for error messages."""
@@ -254,7 +274,7 @@ class GraphTracer:
         if kind in _ATOMS or value is None or isinstance(value, str | int | float | bool):
             return value
         if isinstance(value, NodeRef):
-            if value.id not in self.nodes or len(value.outputs) != 1:
+            if value.id not in self.index or len(value.outputs) != 1:
                 raise GraphBuildError(
                     f"node {node_id!r}: a node ref was passed where a value is expected",
                     code="node-ref-not-a-value",
@@ -281,8 +301,8 @@ class GraphTracer:
             return {k: self._prepare(v, deps, node_id) for k, v in value.items()}
         return value
 
-    def _add_dep(self, ref: OutputRef, deps: dict[str, int], node_id: str) -> None:
-        """Note `ref`'s node in `deps` (node id → index) as a dependency of node `node_id`; a
+    def _add_dep(self, ref: OutputRef, deps: dict[int, None], node_id: str) -> None:
+        """Note `ref`'s node in `deps` (by node index) as a dependency of node `node_id`; a
         ref of another graph, or of an output its node does not have, is an error."""
         j = self.index.get(ref.node)
         if j is None:
@@ -294,7 +314,7 @@ class GraphTracer:
                 code="unknown-output",
                 hints=(f"its outputs are {list(outputs)}",),
             )
-        deps[ref.node] = j
+        deps[j] = None
 
     def _register(self, name: str, target: Any) -> _Entry:
         """Remember the callable behind `name` (its `_Entry`). A different one
@@ -345,87 +365,91 @@ class GraphTracer:
         entry = self.known.get(name)
         if entry is None or entry[0] is not target:
             entry = self._register(name, target)
-        index, out_base, slots, targets = self.index, self.out_base, self.slots, self.targets
-        deps: dict[str, int] = {}
+        if map_param is not None:  # a map node
+            entry = _entry(target, name, "map", map_param)
+        out_base, slots, made = self.out_base, self.slots, self.made
+        deps: dict[int, None] = {}  # the nodes it depends on, by index
         pairs: list[tuple[str, int]] = []
-        gathers: list[tuple[str, int | Callable[[list[Any]], Any]]] = []
-        trees: list[tuple[str, Any]] = []
+        gathers: Any = _NONE
+        trees: Any = _NONE
         # Each argument checked and filed into the plan (`_prepare` and `classify_arg`, inlined
-        # for constants, whole output refs and lists of them, a fan-in); anything else, and any
-        # mistake, takes the general path.
+        # for constants, and for output refs and lists of them that this trace made); anything
+        # else, and any mistake, takes the general path.
         for key, value in kwargs.items():
             vtype = type(value)
-            if vtype is OutputRef:
-                j = index.get(value.node)
-                if j is not None and not value.path:
-                    outputs = targets[j].outputs
-                    if outputs and outputs[0] == value.output:  # (most tools have one)
-                        deps[value.node] = j
-                        pairs.append((key, out_base[j]))
-                        continue
-                    if value.output in outputs:
-                        deps[value.node] = j
-                        pairs.append((key, out_base[j] + outputs.index(value.output)))
-                        continue
-            elif vtype in _ATOMS or value is None:
+            if vtype in _ATOMS or value is None:
                 pairs.append((key, len(slots)))
                 slots.append(value)
                 continue
-            elif vtype is list:
+            if vtype is list:
+                if len(value) == 1:  # (a fan-in of one: no list of slots)
+                    j = made.get(id(value[0]))
+                    if j is not None:
+                        deps[j] = None
+                        kwargs[key] = [value[0]]  # a copy: the caller may change its list later
+                        if gathers is _NONE:
+                            gathers = []
+                        gathers.append((key, out_base[j]))
+                        continue
                 got: list[int] = []
                 for item in value:
-                    if type(item) is OutputRef:
-                        j = index.get(item.node)
-                        if j is not None and not item.path:
-                            outputs = targets[j].outputs
-                            if outputs and outputs[0] == item.output:
-                                deps[item.node] = j
-                                got.append(out_base[j])
-                                continue
-                            if item.output in outputs:
-                                deps[item.node] = j
-                                got.append(out_base[j] + outputs.index(item.output))
-                                continue
-                    break
+                    j = made.get(id(item))
+                    if j is None:
+                        break
+                    deps[j] = None
+                    got.append(out_base[j])
                 else:
                     kwargs[key] = value[:]  # a copy: the caller may change its list later
-                    gathers.append((key, fan_in(got)))
+                    if gathers is _NONE:
+                        gathers = []
+                    gathers.append((key, got[0] if len(got) == 1 else fan_in(got)))
+                    continue
+            else:
+                j = made.get(id(value))
+                if j is not None:
+                    deps[j] = None
+                    pairs.append((key, out_base[j]))
                     continue
             kwargs[key] = value = self._prepare(value, deps, node_id)
+            if gathers is _NONE:
+                gathers = []
+            if trees is _NONE:
+                trees = []
             classify_arg(key, value, self._slot_of, slots, pairs, gathers, trees)
         i = len(out_base)
         dependents = self.dependents
-        for j in deps.values():
+        for j in deps:
             dependents[j].append(i)
         dependents.append([])
         self.indegree.append(len(deps))
-        outputs = target.outputs
-        if map_param is not None:  # a map node
-            entry = _entry(target, name, "map")
+        self.ids.append(node_id)
+        self.index[node_id] = i
         self.entries.append(entry)
-        targets.append(target)
+        self.args.append(kwargs)
+        self.targets.append(target)
         out_base.append(len(slots))
         slots += entry[7]
-        self.arg_plans.append((pairs, gathers or _NONE, trees or _NONE))
-        index[node_id] = i
-        # The NodeSpec, then the NodeRef with its output refs, their slots set directly
-        # (`NodeRef()` and `make_output_ref` inlined: a trace makes one of each per node).
-        node = _new(NodeSpec)
-        _set_id(node, node_id)
-        _set_tool(node, name)
-        _set_args(node, kwargs)
-        _set_deps(node, tuple(deps))
-        _set_outputs(node, outputs)
-        _set_kind(node, entry[1])
-        _set_map_param(node, map_param)
-        _set_target(node, entry[2])
-        self.nodes[node_id] = node
+        self.arg_plans.append((pairs, gathers, trees))
+        # The NodeRef with its output refs, their slots set directly (`NodeRef()` and
+        # `make_output_ref` inlined).
+        outputs = target.outputs
         ref: NodeRef = _new(NodeRef)
         ref.id = node_id
         ref.outputs = outputs
+        held = entry[9]
+        if entry[10]:  # the first output's ref: what arguments pass most
+            first = _new(OutputRef)
+            _set_node(first, node_id)
+            _set_output(first, outputs[0])
+            _set_path(first, ())
+            ref.__dict__[outputs[0]] = first
+            made[id(first)] = i
+            self.made_refs.append(first)
+            if len(held) == 1:
+                return ref
         refs = ref.__dict__
-        for out in outputs:
-            if out[:1] != "_":  # see NodeRef
+        for out in held:
+            if out not in refs:
                 output = _new(OutputRef)
                 _set_node(output, node_id)
                 _set_output(output, out)
@@ -447,22 +471,63 @@ class GraphTracer:
         entries = self.entries
         return Plan(
             graph=graph,
-            ids=list(self.nodes),
-            names=[e[3] for e in entries],
-            kinds=[e[4] for e in entries],
+            ids=self.ids,
+            names=list(map(_NAME, entries)),
+            kinds=list(map(_KIND, entries)),
             targets=self.targets,
             args=self.arg_plans,
             dependents=self.dependents,
             indegree=self.indegree,
             index=self.index,
-            fast=[e[5] for e in entries],
-            executors=[e[6] for e in entries],
+            fast=list(map(_FAST, entries)),
+            executors=list(map(_EXECUTOR, entries)),
             out_base=self.out_base,
             initial=self.slots,
         )
 
 
+_NAME, _KIND, _FAST, _EXECUTOR = itemgetter(3), itemgetter(4), itemgetter(5), itemgetter(6)
 _NONE: tuple[Any, ...] = ()
+
+
+def _make_nodes(
+    ids: list[str], entries: list[_Entry], args: list[dict[str, Any]]
+) -> dict[str, NodeSpec]:
+    """A traced graph's `NodeSpec`s, made from its trace's columns (what `graph.nodes` reads,
+    once: see `lazy_nodes`).
+
+    A node's dependencies are the nodes of the output refs in its arguments, in the order the
+    trace met them (argument order, depth first), each once."""
+    nodes: dict[str, NodeSpec] = {}
+    paused = gc.isenabled()
+    if paused:  # the NodeSpecs live on with the graph: see `trace`
+        gc.disable()
+    try:
+        for node_id, entry, node_args in zip(ids, entries, args, strict=True):
+            deps: dict[str, None] = {}
+            for value in node_args.values():
+                if type(value) is OutputRef:
+                    deps[value.node] = None
+                elif type(value) not in _ATOMS and value is not None:
+                    for ref in iter_refs(value):
+                        if type(ref) is OutputRef:
+                            deps[ref.node] = None
+            node = _new(NodeSpec)
+            _set_id(node, node_id)
+            _set_tool(node, entry[3])
+            _set_args(node, node_args)
+            _set_deps(node, tuple(deps))
+            _set_outputs(node, entry[0].outputs)
+            _set_kind(node, entry[1])
+            _set_map_param(node, entry[8])
+            _set_target(node, entry[2])
+            nodes[node_id] = node
+    finally:
+        if paused:
+            if len(nodes) >= _PROMOTE_NODES:
+                promote_young()
+            gc.enable()
+    return nodes
 
 
 def _check_recursion(target: Any) -> None:
@@ -540,7 +605,7 @@ def trace(
     made = 0
     try:
         result = fn(**{n: InputRef(n) for n in inputs})
-        made = len(tracer.nodes)
+        made = len(tracer.ids)
     except GraphBuildError as exc:
         if exc.graph is None:  # the innermost trace locates it
             exc.graph = name
@@ -571,10 +636,11 @@ def trace(
     graph = TaskGraph(
         name=name,
         inputs=inputs,
-        nodes=tracer.nodes,
+        nodes={},
         outputs=bindings,
         defaults=dict(defaults or {}),
         callables=tracer.callables,
     )
     graph._lowered.plan = tracer.plan(graph)
+    lazy_nodes(graph, functools.partial(_make_nodes, tracer.ids, tracer.entries, tracer.args))
     return graph

@@ -13,7 +13,7 @@ import importlib
 import json
 import operator
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 import cattrs
@@ -33,6 +33,7 @@ __all__ = [
     "OutputRef",
     "TaskGraph",
     "iter_refs",
+    "lazy_nodes",
     "make_output_ref",
     "resolve",
 ]
@@ -283,12 +284,16 @@ NODE_SPEC_SETTERS = tuple(
 
 class Lowered:
     """Where a graph keeps its lowered plan (see `_plan`): made by its trace or on its first
-    run, and not part of the graph's data (not compared, not serialised, not pickled)."""
+    run, and not part of the graph's data (not compared, not serialised, not pickled).
 
-    __slots__ = ("plan",)
+    A traced graph also keeps here, until its `nodes` are first read, what builds them (see
+    `lazy_nodes`)."""
+
+    __slots__ = ("nodes", "plan")
 
     def __init__(self) -> None:
         self.plan: Any = None
+        self.nodes: Callable[[], dict[str, NodeSpec]] | None = None
 
     def __reduce__(self) -> tuple[type[Lowered], tuple[()]]:
         return (Lowered, ())  # a copy is lowered again when it runs
@@ -308,6 +313,23 @@ class TaskGraph:
     # The callables behind the nodes (tool/graph name → object); not data, not compared.
     callables: Mapping[str, Any] = attrs.field(factory=dict, eq=False, repr=False)
     _lowered: Lowered = attrs.field(factory=Lowered, init=False, eq=False, repr=False)
+
+    if not TYPE_CHECKING:  # (for the type checker, every attribute stays declared)
+
+        def __getattr__(self, name: str) -> Any:
+            # Reached for attributes that are not set: the `nodes` of a traced graph until
+            # they are first read (see `lazy_nodes`), and mistakes.
+            if name == "nodes":
+                lowered = self._lowered
+                build = lowered.nodes
+                if build is not None:
+                    nodes = build()
+                    _set_nodes(self, nodes)
+                    lowered.nodes = None
+                    return nodes
+            raise AttributeError(
+                f"{type(self).__name__!r} object has no attribute {name!r}", name=name, obj=self
+            )
 
     def check_inputs(self, inputs: Mapping[str, Any] | None) -> dict[str, Any]:
         """A run's inputs with the defaults filled in; unknown or missing names raise
@@ -442,6 +464,19 @@ class TaskGraph:
                 src = f"in_{ref.name}" if isinstance(ref, InputRef) else _mid(ref.node)
                 edges[(src, f"out_{name}")] = None
         return list(edges)
+
+
+_set_nodes = TaskGraph.__dict__["nodes"].__set__
+_unset_nodes = TaskGraph.__dict__["nodes"].__delete__
+
+
+def lazy_nodes(graph: TaskGraph, build: Callable[[], dict[str, NodeSpec]]) -> None:
+    """Let `graph.nodes` be `build()`, built on its first read and then kept.
+
+    A run needs only a graph's plan: a traced graph builds its `NodeSpec`s when something
+    reads them (equality, `to_dict`, pickling, `repr` and `content_hash` all do), once."""
+    graph._lowered.nodes = build
+    _unset_nodes(graph)
 
 
 def _mid(node_id: str) -> str:

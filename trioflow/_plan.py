@@ -1,10 +1,10 @@
 """A `TaskGraph` lowered to index arrays: what a static run reads (no Trio here).
 
-A graph traced by `@graphify` gets its plan from the tracer, built in the same pass as its
-nodes (see `_compile.GraphTracer`): tracing already meets every argument and dependency once,
-and a second pass over a large graph would cost more than the trace. A graph built any other
-way (`TaskGraph.from_dict`, by hand) is lowered here on its first run. Either way the plan is
-kept with the graph (`TaskGraph._lowered`) and reused by every later run of it.
+A graph traced by `@graphify` gets its plan from the tracer, built in the same pass as it
+records the calls (see `_compile.GraphTracer`): tracing already meets every argument and
+dependency once, and a second pass over a large graph would cost more than the trace. A graph
+built any other way (`TaskGraph.from_dict`, by hand) is lowered here on its first run. Either
+way the plan is kept with the graph (`TaskGraph._lowered`) and reused by every later run of it.
 """
 
 from __future__ import annotations

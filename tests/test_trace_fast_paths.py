@@ -347,6 +347,7 @@ def _plan_shape(plan: Any) -> dict[str, Any]:
         "nodes": (plan.ids, plan.names, plan.kinds, [id(t) for t in plan.targets]),
         "how": (plan.fast, plan.executors, plan.index),
         "edges": (plan.dependents, plan.indegree),
+        "maps": plan.map_params,
         "args": [
             (
                 [(name, slot(s)) for name, s in pairs],
@@ -590,6 +591,30 @@ def test_a_traced_graph_makes_its_nodes_once_on_first_read(
     )
     assert graph.edges == [("work_1", "total_1"), ("work_2", "total_1"), ("work_3", "total_1")]
     assert made == [4]
+
+
+def test_a_run_of_a_graph_with_a_map_node_does_not_make_its_nodes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A map node's items input is in the plan: its run needs no NodeSpec either."""
+    from trioflow._plan import _lower
+
+    made: list[int] = []
+    make = trioflow._compile._make_nodes
+    monkeypatch.setattr(
+        trioflow._compile, "_make_nodes", lambda *args: made.append(1) or make(*args)
+    )
+
+    @trioflow.graphify(outputs=["out"])
+    def g() -> Any:
+        return total(xs=trioflow.map(work, [1, 2, 3]).out).total
+
+    graph = g.compile()
+    assert trioflow.run(graph) == {"out": 12}
+    assert made == []
+    assert graph._lowered.plan.map_params == {0: "x"}
+    assert _lower(graph).map_params == {0: "x"}  # (reads the nodes: made now)
+    assert made == [1]
 
 
 def test_a_graph_whose_nodes_were_never_read_is_the_same_data() -> None:

@@ -242,6 +242,7 @@ class GraphTracer:
     # them alive for the trace, so that no other object can take one of their ids.
     made: dict[int, int] = attrs.field(factory=dict)
     made_refs: list[OutputRef] = attrs.field(factory=list)
+    map_params: dict[int, str] = attrs.field(factory=dict)  # map node index → its items' input
 
     def known_value(self, ref: object) -> tuple[bool, Any]:
         """The value of an input ref, if this trace knows the inputs."""
@@ -367,6 +368,7 @@ class GraphTracer:
             entry = self._register(name, target)
         if map_param is not None:  # a map node
             entry = _entry(target, name, "map", map_param)
+            self.map_params[len(self.out_base)] = map_param
         out_base, slots, made = self.out_base, self.slots, self.made
         deps: dict[int, None] = {}  # the nodes it depends on, by index
         pairs: list[tuple[str, int]] = []
@@ -483,6 +485,7 @@ class GraphTracer:
             executors=list(map(_EXECUTOR, entries)),
             out_base=self.out_base,
             initial=self.slots,
+            map_params=self.map_params,
         )
 
 

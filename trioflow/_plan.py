@@ -89,6 +89,8 @@ class Plan:
     out_base: list[int]
     # The flat value list a run starts from: UNSET in every output slot, and the constants.
     initial: list[Any]
+    # A map node's index → the input its items are passed as (no NodeSpec needed at run time).
+    map_params: dict[int, str] = attrs.field(factory=dict)
 
     def tools(self) -> list[Tool]:
         """The distinct tools of the graph (each checked once before a run, not per node)."""
@@ -245,4 +247,5 @@ def _lower(graph: TaskGraph) -> Plan:
         executors=executors,
         out_base=out_base,
         initial=values,
+        map_params={i: n.map_param for i, n in enumerate(nodes) if n.map_param is not None},
     )

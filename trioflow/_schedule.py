@@ -380,8 +380,7 @@ class _PlanRun:
     async def run_map(
         self, i: int, tool: Tool, kwargs: dict[str, Any], node_id: str, slot: Slot
     ) -> dict[str, Any]:
-        param = self.plan.graph.nodes[self.plan.ids[i]].map_param
-        assert param is not None
+        param = self.plan.map_params[i]
         items = kwargs.pop(param)
         run = self.run
 

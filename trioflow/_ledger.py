@@ -155,7 +155,7 @@ class Ledger:
         if self.listener is not None:
             self._emit("node_started", idx, _RUNNING, at, None, inputs, None)
         if self.starts is not None:
-            self._log_start(idx)
+            self._to_sink(self.starts, idx)
         return idx
 
     def add_many(self, node_ids: list[str], tools: list[str], executors: list[str]) -> int:
@@ -189,15 +189,7 @@ class Ledger:
         if self.listener is not None:
             self._emit("node_started", idx, _RUNNING, at, None, inputs, None)
         if self.starts is not None:
-            self._log_start(idx)
-
-    def _log_start(self, idx: int) -> None:
-        """Log row `idx` as started, for the sink."""
-        starts = self.starts
-        assert starts is not None
-        if not starts:
-            self.wake()
-        starts.append(idx)
+            self._to_sink(self.starts, idx)
 
     def retry(self, idx: int, attempt: int) -> None:
         """The node begins attempt number `attempt` (2, 3, ...)."""
@@ -212,13 +204,10 @@ class Ledger:
             self._emit("node_finished", idx, _DONE, at, None, None, outputs)
         if self.log is not None:
             if outputs is None:  # left in their slots by the scheduler, for the sink to read
-                lazy = self.lazy
-                assert lazy is not None
-                if not lazy:
-                    self.wake()
-                lazy.append(idx)
+                assert self.lazy is not None
+                self._to_sink(self.lazy, idx)
             else:
-                self._logged(idx)
+                self._to_sink(self.log, idx)
         return at
 
     def reuse(self, idx: int, outputs: Mapping[str, Any], cached: bool) -> None:
@@ -253,7 +242,7 @@ class Ledger:
         if self.listener is not None:
             self._emit("node_finished", idx, _FAILED, at, self.error_info(idx), None, None)
         if self.log is not None:
-            self._logged(idx)
+            self._to_sink(self.log, idx)
 
     def fail_inner(self, idx: int, exc: BaseException) -> None:
         """RUNNING → FAILED for a node made of nodes (a nested graph, a map) whose inner nodes
@@ -276,7 +265,7 @@ class Ledger:
         if self.listener is not None:
             self._emit("node_finished", idx, _CANCELLED, at, None, None, None)
         if self.log is not None:
-            self._logged(idx)
+            self._to_sink(self.log, idx)
 
     def skip(self, idx: int, cause: ErrorInfo) -> bool:
         """PENDING → SKIPPED because a dependency failed; False if the node was not pending."""
@@ -287,16 +276,15 @@ class Ledger:
         if self.listener is not None:
             self._emit("node_finished", idx, _SKIPPED, self.now(), cause, None, None)
         if self.log is not None:
-            self._logged(idx)
+            self._to_sink(self.log, idx)
         return True
 
-    def _logged(self, idx: int) -> None:
-        """Row `idx` finished: into the sink's log."""
-        log = self.log
-        assert log is not None
-        if not log:
+    def _to_sink(self, rows: list[int], idx: int) -> None:
+        """Row `idx` into one of the sink's lists (`starts`, `log`, `lazy`), waking the sink
+        when the list was empty (it drains them all at its next batch)."""
+        if not rows:
             self.wake()
-        log.append(idx)
+        rows.append(idx)
 
     def add_wait(self, idx: int, seconds: float) -> None:
         """Count `seconds` the node spent waiting for capacity or a rate-limit turn."""

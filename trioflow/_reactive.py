@@ -71,7 +71,7 @@ async def call_tool(run: RunState, call: ToolCall, parent: Frame) -> dict[str, A
     round trip is short enough that every call and coroutine on the way shows.
     """
     tool = call.tool
-    inputs = dict(call)  # (`call.inputs`, inlined: a plain dict of the call's inputs)
+    inputs = dict(call)  # a plain dict of its own: what leaves for tools, executors, events
     limiters = run.checked.get(tool) or run.check_tool(tool)  # before the node takes a slot
     node_id = run.node_id(parent.graph_id, tool.name)
     key = tool.executor_key
@@ -219,7 +219,8 @@ class FanOut:
     Under `fail_fast` the first failure cancels the rest and is raised; otherwise every call
     finishes and one failure is raised bare, several as an `ExceptionGroup`. An error of the
     admission itself (a bad item, an iterable that raises, an undefined limit) is the caller's
-    and is raised unwrapped, after the calls already started were cancelled.
+    and is raised unwrapped, after the calls already started were cancelled. A list of calls
+    (gather's) is emptied as it is read, so each call is freed once it has run.
     """
 
     __slots__ = (
@@ -339,7 +340,7 @@ class FanOut:
                     self.refuse(exc)
                     return
                 node_id = run.node_id(self.graph_id, tool.name)
-                inputs = dict(item)  # (`item.inputs`, inlined)
+                inputs = dict(item)  # (a plain dict of its own, as in `call_tool`)
                 if not tool.plain:
                     try:
                         run.executors.check_call(node_id, tool, inputs)

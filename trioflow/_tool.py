@@ -339,11 +339,6 @@ class ToolCall(dict[str, Any]):
     def __bool__(self) -> bool:
         return True
 
-    @property
-    def inputs(self) -> dict[str, Any]:
-        """The inputs, as a plain dict of their own."""
-        return dict(self)
-
     def __repr__(self) -> str:
         return f"<ToolCall {self.tool.name}({', '.join(self)})>"
 

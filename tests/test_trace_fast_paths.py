@@ -328,38 +328,59 @@ async def plan_two(x: Any = None, y: Any = None) -> dict[str, Any]:
 
 
 def _plan_shape(plan: Any) -> dict[str, Any]:
-    """A plan with its slot numbers replaced by what they hold: an output (node, position) or
-    a constant (type, value)."""
-    owner: dict[int, Any] = {}
-    for j, base in enumerate(plan.out_base):
-        for k in range(len(plan.targets[j].outputs)):
-            owner[base + k] = ("output", j, k)
+    """A plan with its slot numbers replaced by what they hold (an output: node, position),
+    its constants by their type and value, and its generated argument builders by what they
+    build from slots that hold their own numbers."""
+    from trioflow._plan import CONST, GATHER, GATHER1, SLOT, fan_in_slots
 
-    def slot(s: int) -> Any:
-        value = plan.initial[s]
-        return owner.get(s, ("constant", type(value), value))
+    owner: dict[int, Any] = {}  # slot → (node, position), negative slots as list indexes
+    size = len(plan.initial)
+    for j, target in enumerate(plan.targets):
+        for k in range(len(target.outputs)):
+            owner[plan.slot(j, target.outputs[k]) % size] = ("output", j, k)
 
-    def gather(g: Any) -> Any:
-        slots = [g] if isinstance(g, int) else list(g(range(len(plan.initial))))
-        return [slot(s) for s in slots]
+    def arg(kind: int, x: Any) -> Any:
+        if kind == CONST:
+            return ("constant", type(x), x)
+        if kind in (SLOT, GATHER1):
+            return owner[x % size]
+        if kind == GATHER:
+            return [owner[s % size] for s in fan_in_slots(x)]
+        return ("tree", x)
+
+    def built(args: Any) -> Any:  # what a run passes, with each slot holding what it holds
+        slots = [owner.get(s) for s in range(size)]
+        return list(args[0].build(slots, args, _Looked).items())
 
     return {
         "nodes": (plan.ids, plan.names, plan.kinds, [id(t) for t in plan.targets]),
         "how": (plan.fast, plan.executors, plan.index),
-        "edges": (plan.dependents, plan.indegree),
+        "edges": ([list(d) for d in plan.dependents], plan.indegree),
         "maps": plan.map_params,
         "args": [
-            (
-                [(name, slot(s)) for name, s in pairs],
-                [(name, gather(g)) for name, g in gathers],
-                list(trees),
-            )
-            for pairs, gathers, trees in plan.args
+            [
+                (name, kind, arg(kind, x))
+                for name, kind, x in zip(a[0].names, a[0].kinds, a[1:], strict=True)
+            ]
+            for a in plan.args
         ],
-        # Every output slot starts unset, and nothing else does; every slot is used.
-        "unset": {s for s, v in enumerate(plan.initial) if v is trioflow._plan.UNSET} == set(owner),
-        "size": len(plan.initial),
+        "built": [built(a) for a in plan.args],
+        # Every slot starts unset, and every output has one of its own.
+        "unset": set(plan.initial) <= {trioflow._plan.UNSET},
+        "outputs": len(owner) == sum(len(t.outputs) for t in plan.targets),
+        "size": size,
     }
+
+
+@attrs.frozen
+class _Looked:
+    """What a ref (projected along a path) stands for in `_plan_shape`'s runs."""
+
+    ref: Any
+    path: tuple[Any, ...] = ()
+
+    def __getitem__(self, key: Any) -> _Looked:
+        return _Looked(self.ref, (*self.path, key))
 
 
 _plan_atoms = st.one_of(

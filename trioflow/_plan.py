@@ -9,6 +9,7 @@ way the plan is kept with the graph (`TaskGraph._lowered`) and reused by every l
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
@@ -16,26 +17,33 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from ._gcpause import gc_paused
-from ._graph import InputRef, OutputRef, TaskGraph
+from ._graph import InputRef, OutputRef, TaskGraph, resolve
 
 if TYPE_CHECKING:
     from ._tool import Tool
 
 __all__ = [
     "ATOMS",
+    "CONST",
+    "GATHER",
+    "GATHER1",
     "GRAPH",
     "KINDS",
     "MAP",
+    "SLOT",
     "TOOL",
+    "TREE",
     "UNSET",
-    "ArgPlan",
-    "Gathers",
+    "ArgShape",
+    "Args",
     "Plan",
-    "Trees",
-    "classify_arg",
+    "arg_shape",
+    "classify",
     "fan_in",
+    "fan_in_slots",
     "is_fast",
     "plan_of_graph",
+    "spec_args",
     "take_plan",
 ]
 
@@ -54,19 +62,143 @@ class _Unset:
 
 UNSET: Any = _Unset()
 
-# How a node gets its arguments. Every value a node reads sits in one flat list per run: each
-# node's outputs (`Plan.out_base[i]` is node i's first slot) and the graph's constant
-# arguments, the slots in the order the trace met them. `pairs` are arguments read from one
-# slot (a constant or a whole output); `gathers` build a list (a fan-in: one slot, or a getter
-# of several or none, see `fan_in`); `trees` are anything else, resolved ref by ref.
-Pairs = Sequence[tuple[str, int]]
-Gathers = Sequence[tuple[str, "int | Callable[[list[Any]], Any]"]]
-Trees = Sequence[tuple[str, Any]]
-ArgPlan = tuple[Pairs, Gathers, Trees]
+# Where a run keeps the nodes' outputs: one flat list of slots. Node i's first output is slot
+# i; the others of a node with several are at the end of the list, slots `Plan.extra[i]`,
+# `Plan.extra[i] - 1`, ... (negative indexes: so a trace numbers them before it knows how many
+# nodes there are, and a node's first output needs no look-up).
+#
+# How a node gets its arguments: one tuple, `(shape, x1, ..., xn)`, one `x` per argument in
+# the order of the call, read as its kind says:
+CONST = 0  # x is the value, a constant
+SLOT = 1  # x is a slot: a whole output of another node
+GATHER1 = 2  # x is a slot: the argument is a list of that one output
+GATHER = 3  # x gets the list from the slots (`fan_in`): a fan-in of several outputs, or none
+TREE = 4  # x is anything else holding refs (a projection, a dict, a mixed list): resolved
+# The shape (`ArgShape`), shared by every node called with the same names and kinds, has the
+# names and a function that builds the arguments from the slots at run time.
+Args = tuple[Any, ...]
+_KIND_BITS = 3  # a shape's kinds packed in an int (`arg_shape`), `_KIND_BITS` per argument
 
-# Exact types whose values are constants read from a slot as they are.
+# Exact types whose values are constants as they are.
 ATOMS = frozenset({int, str, float, bool, type(None)})
 _TREES = frozenset({InputRef, OutputRef, list, tuple, dict})
+
+
+@attrs.frozen(eq=False)
+class ArgShape:
+    """The names and kinds of a node's arguments, and `build(values, args, lookup)`, which
+    makes its arguments dict from a run's slots (`values`), the node's arguments tuple and the
+    run's ref lookup (for trees)."""
+
+    names: tuple[str, ...]
+    kinds: tuple[int, ...]
+    build: Callable[[list[Any], Args, Callable[[Any], Any]], dict[str, Any]]
+
+
+# What each kind's argument reads, in the generated `build` (`a[k]` is its x).
+_READS = {
+    CONST: "a[{k}]",
+    SLOT: "v[a[{k}]]",
+    GATHER1: "[v[a[{k}]]]",
+    GATHER: "list(a[{k}](v))",
+    TREE: "resolve(a[{k}], lookup)",
+}
+# The order a node's arguments dict has at run time (as it always had): the constants and whole
+# outputs, then the lists of outputs, then the trees, each in call order.
+_GROUP = {CONST: 0, SLOT: 0, GATHER1: 1, GATHER: 1, TREE: 2}
+
+
+@functools.lru_cache(maxsize=4096)
+def arg_shape(names: tuple[str, ...], code: int) -> ArgShape:
+    """The shape of arguments `names` with kinds `code` (packed: the last argument's kind in
+    the lowest `_KIND_BITS` bits), one per distinct shape and shared by every graph.
+
+    Its `build` is generated code, as attrs and cattrs make theirs: one dict display per shape
+    builds a node's arguments in one call, with no loop over them and no test of their kinds
+    at run time (the names are written as string literals, `repr`)."""
+    kinds: list[int] = []
+    for _ in names:
+        kinds.append(code & ((1 << _KIND_BITS) - 1))
+        code >>= _KIND_BITS
+    kinds.reverse()
+    order = sorted(range(len(names)), key=lambda p: _GROUP[kinds[p]])
+    items = ", ".join(f"{names[p]!r}: {_READS[kinds[p]].format(k=p + 1)}" for p in order)
+    source = f"def build(v, a, lookup):\n    return {{{items}}}\n"
+    scope: dict[str, Any] = {"resolve": resolve}
+    exec(compile(source, f"<trioflow arguments {', '.join(names)}>", "exec"), scope)
+    return ArgShape(names, tuple(kinds), scope["build"])
+
+
+def _no_slots(values: list[Any]) -> tuple[()]:
+    return ()
+
+
+def fan_in(slots: list[int]) -> Callable[[list[Any]], Any]:
+    """How a fan-in of several outputs (or none) reads them from the run's slots: an
+    `itemgetter` (or, for an empty list argument, a getter of none)."""
+    return itemgetter(*slots) if slots else _no_slots
+
+
+class _SlotNumbers:
+    """A sequence whose item at every index (negative ones too) is that index."""
+
+    def __getitem__(self, slot: int) -> int:
+        return slot
+
+
+_SLOT_NUMBERS = _SlotNumbers()
+
+
+def fan_in_slots(getter: Callable[[Any], Any]) -> tuple[int, ...]:
+    """The slots a `fan_in` getter reads (it reads them from a sequence of slot numbers)."""
+    slots: tuple[int, ...] = getter(_SLOT_NUMBERS)
+    return slots
+
+
+def is_fast(target: Any, kind: int) -> bool:
+    """Whether node runs of `target` take the scheduler's inline path (plain async tools)."""
+    return kind == TOOL and target.plain and not target.limits
+
+
+def classify(value: Any, slot_of: Callable[[OutputRef], int]) -> tuple[int, Any]:
+    """The kind and x of one (checked) argument value: a whole output ref reads its node's
+    slot (`slot_of(ref)`), a list of them is a fan-in, any other ref-holding value a tree,
+    and anything else a constant."""
+    kind = type(value)
+    if kind in ATOMS:
+        return CONST, value
+    if kind is OutputRef and not value.path:
+        return SLOT, slot_of(value)
+    if kind is list:
+        slots = []
+        for v in value:
+            if type(v) is not OutputRef or v.path:
+                return TREE, value
+            slots.append(slot_of(v))
+        if len(slots) == 1:
+            return GATHER1, slots[0]
+        return GATHER, fan_in(slots)
+    if kind in _TREES or isinstance(value, InputRef | OutputRef | list | tuple | dict):
+        return TREE, value
+    return CONST, value
+
+
+def spec_args(args: Args, ref_at: Callable[[int], OutputRef]) -> dict[str, Any]:
+    """A node's `NodeSpec` arguments from its plan arguments, in call order; `ref_at(slot)` is
+    the output ref of a slot."""
+    shape: ArgShape = args[0]
+    found: dict[str, Any] = {}
+    for p, name in enumerate(shape.names):
+        kind, x = shape.kinds[p], args[p + 1]
+        if kind == SLOT:
+            found[name] = ref_at(x)
+        elif kind == GATHER1:
+            found[name] = [ref_at(x)]
+        elif kind == GATHER:
+            found[name] = [ref_at(s) for s in fan_in_slots(x)]
+        else:
+            found[name] = x
+    return found
 
 
 @attrs.frozen(eq=False)
@@ -78,16 +210,19 @@ class Plan:
     names: list[str]
     kinds: list[int]
     targets: list[Any]
-    args: list[ArgPlan]
-    dependents: list[list[int]]
+    # Node i's arguments: `(shape, x1, ..., xn)` (see `ArgShape`); its arguments dict in a run
+    # is `args[i][0].build(values, args[i], lookup)`.
+    args: list[Args]
+    # Node i's dependents, in order (a list, or a tuple of one or none).
+    dependents: list[Sequence[int]]
     indegree: list[int]
     index: dict[str, int]
     # True for plain async tools (no timeout, retry, limits or context): the inline fast path.
     fast: list[bool]
     executors: list[str]
-    # Node i's outputs are slots out_base[i] ... out_base[i] + len(targets[i].outputs) - 1.
-    out_base: list[int]
-    # The flat value list a run starts from: UNSET in every output slot, and the constants.
+    # Node i → the slot of its second output, for nodes with several (see above).
+    extra: dict[int, int]
+    # The slots a run starts from: UNSET in every one.
     initial: list[Any]
     # A map node's index → the input its items are passed as (no NodeSpec needed at run time).
     map_params: dict[int, str] = attrs.field(factory=dict)
@@ -98,70 +233,28 @@ class Plan:
 
         return list({id(t): t for t in self.targets if isinstance(t, Tool)}.values())
 
+    @property
+    def out_base(self) -> range:
+        """The slot of each node's first output: its index."""
+        return range(len(self.ids))
+
     def slot(self, i: int, output: str) -> int:
         """The value slot of node i's output `output`."""
         outputs: tuple[str, ...] = self.targets[i].outputs
-        return self.out_base[i] + outputs.index(output)
+        k = outputs.index(output)
+        return self.extra[i] - k + 1 if k else i
 
     def shipped_args(self, i: int) -> dict[str, Any]:
         """Node i's arguments that are not plain outputs of other nodes: what a shipping
         executor must be able to send before the node runs (refs inside trees pickle as
         plain data)."""
-        pairs, _, trees = self.args[i]
-        initial = self.initial
-        found = {name: initial[s] for name, s in pairs if initial[s] is not UNSET}
-        found.update(trees)
-        return found
-
-
-def _no_slots(values: list[Any]) -> tuple[()]:
-    return ()
-
-
-def fan_in(slots: list[int]) -> int | Callable[[list[Any]], Any]:
-    """How a gather reads its list from the run's values: one slot, or a getter of several
-    (an `itemgetter`), or of none (an empty list argument is an empty fan-in)."""
-    if len(slots) == 1:
-        return slots[0]
-    return itemgetter(*slots) if slots else _no_slots
-
-
-def is_fast(target: Any, kind: int) -> bool:
-    """Whether node runs of `target` take the scheduler's inline path (plain async tools)."""
-    return kind == TOOL and target.plain and not target.limits
-
-
-def classify_arg(
-    name: str,
-    value: Any,
-    slot_of: Any,
-    values: list[Any],
-    pairs: list[tuple[str, int]],
-    gathers: list[tuple[str, int | Callable[[list[Any]], Any]]],
-    trees: list[tuple[str, Any]],
-) -> None:
-    """File one argument of a node into its plan: a constant gets a new slot in `values`, a
-    whole output ref its node's slot (`slot_of(ref)`), a list of whole output refs a gather;
-    anything else is a tree."""
-    kind = type(value)
-    if kind in ATOMS:
-        pairs.append((name, len(values)))
-        values.append(value)
-    elif kind is OutputRef and not value.path:
-        pairs.append((name, slot_of(value)))
-    elif kind is list:
-        slots = []
-        for v in value:
-            if type(v) is not OutputRef or v.path:
-                trees.append((name, value))
-                return
-            slots.append(slot_of(v))
-        gathers.append((name, fan_in(slots)))
-    elif kind in _TREES or isinstance(value, InputRef | OutputRef | list | tuple | dict):
-        trees.append((name, value))
-    else:
-        pairs.append((name, len(values)))
-        values.append(value)
+        args = self.args[i]
+        shape: ArgShape = args[0]
+        return {
+            name: args[p + 1]
+            for p, name in enumerate(shape.names)
+            if shape.kinds[p] in (CONST, TREE)
+        }
 
 
 def plan_of_graph(graph: TaskGraph) -> Plan:
@@ -188,7 +281,7 @@ def _lower(graph: TaskGraph) -> Plan:
     nodes = list(graph.nodes.values())
     ids = [node.id for node in nodes]
     index = {node_id: i for i, node_id in enumerate(ids)}
-    dependents: list[list[int]] = [[] for _ in nodes]
+    dependents: list[list[int]] = [[] for _ in nodes]  # (the trace's tuples compare as lists)
     indegree = [0] * len(nodes)
     for i, node in enumerate(nodes):
         deps = node.deps
@@ -200,8 +293,8 @@ def _lower(graph: TaskGraph) -> Plan:
     targets: list[Any] = []
     fast: list[bool] = []
     executors: list[str] = []
-    out_base: list[int] = []
-    width = 0
+    extra: dict[int, int] = {}
+    extra_slots = 0
     # Per (tool name, kind): nodes of one tool share their target and everything derived from it.
     seen: dict[tuple[str, str], tuple[int, Any, bool, str, int]] = {}
     for node in nodes:
@@ -216,23 +309,26 @@ def _lower(graph: TaskGraph) -> Plan:
         targets.append(found[1])
         fast.append(found[2])
         executors.append(found[3])
-        out_base.append(width)
-        width += found[4]
-    values: list[Any] = [UNSET] * width
+        if found[4] > 1:
+            extra[len(targets) - 1] = -1 - extra_slots
+            extra_slots += found[4] - 1
 
     def slot_of(ref: OutputRef) -> int:
         j = index[ref.node]
         outputs: tuple[str, ...] = targets[j].outputs
-        return out_base[j] + outputs.index(ref.output)
+        k = outputs.index(ref.output)
+        return extra[j] - k + 1 if k else j
 
-    args: list[ArgPlan] = []
+    args: list[Args] = []
     for node in nodes:
-        pairs: list[tuple[str, int]] = []
-        gathers: list[tuple[str, int | Callable[[list[Any]], Any]]] = []
-        trees: list[tuple[str, Any]] = []
-        for name, value in node.args.items():
-            classify_arg(name, value, slot_of, values, pairs, gathers, trees)
-        args.append((tuple(pairs), tuple(gathers), tuple(trees)))
+        xs: list[Any] = [None]
+        code = 0
+        for value in node.args.values():
+            kind, x = classify(value, slot_of)
+            xs.append(x)
+            code = code << _KIND_BITS | kind
+        xs[0] = arg_shape(tuple(node.args), code)
+        args.append(tuple(xs))
     return Plan(
         graph=graph,
         ids=ids,
@@ -240,12 +336,12 @@ def _lower(graph: TaskGraph) -> Plan:
         kinds=kinds,
         targets=targets,
         args=args,
-        dependents=dependents,
+        dependents=dependents,  # type: ignore[arg-type]
         indegree=indegree,
         index=index,
         fast=fast,
         executors=executors,
-        out_base=out_base,
-        initial=values,
+        extra=extra,
+        initial=[UNSET] * (len(nodes) + extra_slots),
         map_params={i: n.map_param for i, n in enumerate(nodes) if n.map_param is not None},
     )

@@ -16,7 +16,6 @@ import os
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
-from operator import attrgetter
 from typing import TYPE_CHECKING, Any, ClassVar, Self, cast
 
 import attrs
@@ -48,12 +47,14 @@ from ._plan import (
     _KIND_BITS,
     GATHER,
     GATHER1,
+    GATHER2,
     KINDS,
     SLOT,
     UNSET,
     Args,
     ArgShape,
     Plan,
+    add_arg,
     arg_shape,
     classify,
     fan_in,
@@ -487,11 +488,16 @@ class GraphTracer:
                         deps[j] = None
                         got.append(j)
                     else:
-                        xs.append(fan_in(got))
-                        code = code << _KIND_BITS | GATHER
+                        n = len(got)
+                        if 2 <= n <= 4:  # (see _plan.GATHER2)
+                            xs += got
+                            code = code << _KIND_BITS | (GATHER2 - 2 + n)
+                        else:
+                            xs.append(fan_in(got))
+                            code = code << _KIND_BITS | GATHER
                         continue
             kind, x = classify(self._prepare(value, deps, node_id), self._slot_of)
-            xs.append(x)
+            add_arg(xs, kind, x)
             code = code << _KIND_BITS | kind
         if code != callee.code or names != callee.names:
             key = (names, code)
@@ -553,26 +559,23 @@ class GraphTracer:
     def plan(self, graph: TaskGraph) -> Plan:
         """The plan built with `graph`'s nodes (its trace was this one)."""
         callees = self.callees
+        # (Comprehensions: an attribute read in one is cheaper than an `attrgetter` call.)
         return Plan(
             graph=graph,
             ids=list(self.index),
-            names=list(map(_NAME, callees)),
-            kinds=list(map(_KIND, callees)),
-            targets=list(map(_TARGET, callees)),
+            names=[c.name for c in callees],
+            kinds=[c.plan_kind for c in callees],
+            targets=[c.target for c in callees],
             args=self.args,
             dependents=self.dependents,
             indegree=self.indegree,
             index=self.index,
-            fast=list(map(_FAST, callees)),
-            executors=list(map(_EXECUTOR, callees)),
+            fast=[c.fast for c in callees],
+            executors=[c.executor for c in callees],
             extra=self.extra,
             initial=[UNSET] * (len(callees) + self.extra_slots),
             map_params=self.map_params,
         )
-
-
-_TARGET, _NAME, _KIND = attrgetter("target"), attrgetter("name"), attrgetter("plan_kind")
-_FAST, _EXECUTOR = attrgetter("fast"), attrgetter("executor")
 
 
 def _make_nodes(

@@ -10,7 +10,7 @@ way the plan is kept with the graph (`TaskGraph._lowered`) and reused by every l
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +27,7 @@ __all__ = [
     "CONST",
     "GATHER",
     "GATHER1",
+    "GATHER2",
     "GRAPH",
     "KINDS",
     "MAP",
@@ -37,7 +38,9 @@ __all__ = [
     "ArgShape",
     "Args",
     "Plan",
+    "add_arg",
     "arg_shape",
+    "arg_values",
     "classify",
     "fan_in",
     "fan_in_slots",
@@ -72,8 +75,11 @@ UNSET: Any = _Unset()
 CONST = 0  # x is the value, a constant
 SLOT = 1  # x is a slot: a whole output of another node
 GATHER1 = 2  # x is a slot: the argument is a list of that one output
-GATHER = 3  # x gets the list from the slots (`fan_in`): a fan-in of several outputs, or none
+GATHER = 3  # x gets the list from the slots (`fan_in`): a fan-in of many outputs, or none
 TREE = 4  # x is anything else holding refs (a projection, a dict, a mixed list): resolved
+# A fan-in of 2, 3 or 4 outputs (kind `GATHER2 - 2 + n`) has n slots, one x each.
+GATHER2, GATHER3, GATHER4 = 5, 6, 7
+_SPREAD = {GATHER2: 2, GATHER3: 3, GATHER4: 4}  # kind → how many x it has
 # The shape (`ArgShape`), shared by every node called with the same names and kinds, has the
 # names and a function that builds the arguments from the slots at run time.
 Args = tuple[Any, ...]
@@ -92,10 +98,11 @@ class ArgShape:
 
     names: tuple[str, ...]
     kinds: tuple[int, ...]
+    at: tuple[int, ...]  # where each argument's x (its first, for a `GATHER2`...) is
     build: Callable[[list[Any], Args, Callable[[Any], Any]], dict[str, Any]]
 
 
-# What each kind's argument reads, in the generated `build` (`a[k]` is its x).
+# What each kind's argument reads, in the generated `build` (`a[k]` is its first x).
 _READS = {
     CONST: "a[{k}]",
     SLOT: "v[a[{k}]]",
@@ -103,9 +110,11 @@ _READS = {
     GATHER: "list(a[{k}](v))",
     TREE: "resolve(a[{k}], lookup)",
 }
+for _kind, _n in _SPREAD.items():
+    _READS[_kind] = "[" + ", ".join(f"v[a[{{k}} + {m}]]" for m in range(_n)) + "]"
 # The order a node's arguments dict has at run time (as it always had): the constants and whole
 # outputs, then the lists of outputs, then the trees, each in call order.
-_GROUP = {CONST: 0, SLOT: 0, GATHER1: 1, GATHER: 1, TREE: 2}
+_GROUP = {CONST: 0, SLOT: 0, TREE: 2} | {kind: 1 for kind in (GATHER1, GATHER, *_SPREAD)}
 
 
 @functools.lru_cache(maxsize=4096)
@@ -121,12 +130,17 @@ def arg_shape(names: tuple[str, ...], code: int) -> ArgShape:
         kinds.append(code & ((1 << _KIND_BITS) - 1))
         code >>= _KIND_BITS
     kinds.reverse()
+    at: list[int] = []  # each argument's first x, in the arguments tuple
+    k = 1
+    for kind in kinds:
+        at.append(k)
+        k += _SPREAD.get(kind, 1)
     order = sorted(range(len(names)), key=lambda p: _GROUP[kinds[p]])
-    items = ", ".join(f"{names[p]!r}: {_READS[kinds[p]].format(k=p + 1)}" for p in order)
+    items = ", ".join(f"{names[p]!r}: {_READS[kinds[p]].format(k=at[p])}" for p in order)
     source = f"def build(v, a, lookup):\n    return {{{items}}}\n"
     scope: dict[str, Any] = {"resolve": resolve}
     exec(compile(source, f"<trioflow arguments {', '.join(names)}>", "exec"), scope)
-    return ArgShape(names, tuple(kinds), scope["build"])
+    return ArgShape(names, tuple(kinds), tuple(at), scope["build"])
 
 
 def _no_slots(values: list[Any]) -> tuple[()]:
@@ -161,9 +175,9 @@ def is_fast(target: Any, kind: int) -> bool:
 
 
 def classify(value: Any, slot_of: Callable[[OutputRef], int]) -> tuple[int, Any]:
-    """The kind and x of one (checked) argument value: a whole output ref reads its node's
-    slot (`slot_of(ref)`), a list of them is a fan-in, any other ref-holding value a tree,
-    and anything else a constant."""
+    """The kind and x of one (checked) argument value (for a `GATHER2`..., its x's in a
+    tuple: see `add_arg`): a whole output ref reads its node's slot (`slot_of(ref)`), a list
+    of them is a fan-in, any other ref-holding value a tree, and anything else a constant."""
     kind = type(value)
     if kind in ATOMS:
         return CONST, value
@@ -177,25 +191,44 @@ def classify(value: Any, slot_of: Callable[[OutputRef], int]) -> tuple[int, Any]
             slots.append(slot_of(v))
         if len(slots) == 1:
             return GATHER1, slots[0]
+        if 2 <= len(slots) <= 4:
+            return GATHER2 - 2 + len(slots), tuple(slots)
         return GATHER, fan_in(slots)
     if kind in _TREES or isinstance(value, InputRef | OutputRef | list | tuple | dict):
         return TREE, value
     return CONST, value
 
 
+def add_arg(xs: list[Any], kind: int, x: Any) -> None:
+    """Add an argument `classify` filed to a node's arguments `xs`."""
+    if kind in _SPREAD:
+        xs.extend(x)
+    else:
+        xs.append(x)
+
+
+def arg_values(args: Args) -> Iterator[tuple[str, int, Any]]:
+    """A node's arguments as (name, kind, x), in call order (for a `GATHER2`..., its x's in a
+    tuple)."""
+    shape: ArgShape = args[0]
+    for name, kind, k in zip(shape.names, shape.kinds, shape.at, strict=True):
+        n = _SPREAD.get(kind)
+        yield name, kind, args[k : k + n] if n else args[k]
+
+
 def spec_args(args: Args, ref_at: Callable[[int], OutputRef]) -> dict[str, Any]:
     """A node's `NodeSpec` arguments from its plan arguments, in call order; `ref_at(slot)` is
     the output ref of a slot."""
-    shape: ArgShape = args[0]
     found: dict[str, Any] = {}
-    for p, name in enumerate(shape.names):
-        kind, x = shape.kinds[p], args[p + 1]
+    for name, kind, x in arg_values(args):
         if kind == SLOT:
             found[name] = ref_at(x)
         elif kind == GATHER1:
             found[name] = [ref_at(x)]
         elif kind == GATHER:
             found[name] = [ref_at(s) for s in fan_in_slots(x)]
+        elif kind in _SPREAD:
+            found[name] = [ref_at(s) for s in x]
         else:
             found[name] = x
     return found
@@ -248,13 +281,7 @@ class Plan:
         """Node i's arguments that are not plain outputs of other nodes: what a shipping
         executor must be able to send before the node runs (refs inside trees pickle as
         plain data)."""
-        args = self.args[i]
-        shape: ArgShape = args[0]
-        return {
-            name: args[p + 1]
-            for p, name in enumerate(shape.names)
-            if shape.kinds[p] in (CONST, TREE)
-        }
+        return {name: x for name, kind, x in arg_values(self.args[i]) if kind in (CONST, TREE)}
 
 
 def plan_of_graph(graph: TaskGraph) -> Plan:
@@ -325,7 +352,7 @@ def _lower(graph: TaskGraph) -> Plan:
         code = 0
         for value in node.args.values():
             kind, x = classify(value, slot_of)
-            xs.append(x)
+            add_arg(xs, kind, x)
             code = code << _KIND_BITS | kind
         xs[0] = arg_shape(tuple(node.args), code)
         args.append(tuple(xs))

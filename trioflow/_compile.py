@@ -80,16 +80,20 @@ class NodeRef:
     # has no `__dict__` (a dict per node would cost more than the rest of the node's trace).
     # Names starting with `_`, `id`, `outputs` and names that are not identifiers get no slot,
     # so as not to hide the class's own attributes: `ref["_x"]` works, and `ref._x` finds it
-    # through `__getattr__`.
-    __slots__ = ("__weakref__", "id", "outputs")
+    # through `__getattr__`. The first output's slot is `__first__` under another name (see
+    # `_ref_class`): the tracer sets it with a plain attribute store.
+    __slots__ = ("__first__", "__weakref__", "id", "outputs")
     __match_args__ = ("id", "outputs")
     _held: ClassVar[tuple[str, ...]] = ()  # the outputs this class has a slot for
 
     id: str
     outputs: tuple[str, ...]
+    __first__: OutputRef
 
     def __new__(cls, id: str, outputs: tuple[str, ...]) -> Self:
-        return cast("Self", object.__new__(_ref_class(_held_outputs(outputs))))  # (a subclass)
+        held = _held_outputs(outputs)
+        made = object.__new__(_ref_class(held, bool(held) and held[0] == outputs[0]))
+        return cast("Self", made)  # (of a subclass)
 
     def __init__(self, id: str, outputs: tuple[str, ...]) -> None:
         self.id = id
@@ -178,13 +182,16 @@ def _held_outputs(outputs: tuple[str, ...]) -> tuple[str, ...]:
 
 
 @functools.lru_cache(maxsize=1024)
-def _ref_class(held: tuple[str, ...]) -> type[NodeRef]:
-    """The NodeRef class with a slot for each output in `held`."""
+def _ref_class(held: tuple[str, ...], first: bool) -> type[NodeRef]:
+    """The NodeRef class with a slot for each output in `held`; with `first`, `held[0]` is
+    the first output, whose slot is every NodeRef's `__first__`."""
     if not held:
         return NodeRef
-    cls: type[NodeRef] = type(
-        "NodeRef", (NodeRef,), {"__slots__": held, "_held": held, "__module__": "trioflow"}
-    )
+    namespace: dict[str, Any] = {"_held": held, "__module__": "trioflow"}
+    namespace["__slots__"] = held[1:] if first else held
+    if first:
+        namespace[held[0]] = NodeRef.__dict__["__first__"]  # the same slot, by its own name
+    cls: type[NodeRef] = type("NodeRef", (NodeRef,), namespace)
     cls.__qualname__ = NodeRef.__qualname__
     return cls
 
@@ -250,11 +257,11 @@ class _Callee:
     executor: str
     outputs: tuple[str, ...]
     map_param: str | None
-    # For its NodeRefs: their class, the outputs they hold (see `NodeRef`), and the setter of
-    # the first output's slot if it is one of them.
+    # For its NodeRefs: their class, the outputs they hold (see `NodeRef`), and whether the
+    # first output is one of them.
     ref_class: type[NodeRef]
     held: tuple[str, ...]
-    set_first: Callable[[NodeRef, OutputRef], None] | None
+    first: bool
     # The argument names of its last call, their kinds and `ArgShape`: a call with the same
     # names needs no check of them, and most calls of a callable have the same shape.
     names: tuple[str, ...] | None = None
@@ -266,8 +273,7 @@ class _Callee:
         plan_kind = KINDS[kind]
         outputs: tuple[str, ...] = target.outputs
         held = _held_outputs(outputs)
-        ref_class = _ref_class(held)
-        first = held and held[0] == outputs[0]
+        first = bool(held) and held[0] == outputs[0]
         return cls(
             target=target,
             kind=kind,
@@ -278,9 +284,9 @@ class _Callee:
             executor="loop" if kind == "graph" else target.executor_key,
             outputs=outputs,
             map_param=map_param,
-            ref_class=ref_class,
+            ref_class=_ref_class(held, first),
             held=held,
-            set_first=ref_class.__dict__[held[0]].__set__ if first else None,
+            first=first,
         )
 
 
@@ -530,20 +536,19 @@ class GraphTracer:
         ref: NodeRef = _new(callee.ref_class)
         ref.id = node_id
         ref.outputs = outputs
-        set_first = callee.set_first
-        if set_first is None:
-            made.append(None)
-        else:  # the first output's ref: what arguments pass most
+        if callee.first:  # the first output's ref: what arguments pass most
             first = _new(OutputRef)
             _set_node(first, node_id)
             _set_output(first, outputs[0])
             _set_path(first, ())
-            set_first(ref, first)
+            ref.__first__ = first
             made.append(first)
             if len(callee.held) == 1:
                 return ref
+        else:
+            made.append(None)
         for out in callee.held:
-            if out != outputs[0] or set_first is None:
+            if out != outputs[0] or not callee.first:
                 setattr(ref, out, make_output_ref(node_id, out))
         return ref
 

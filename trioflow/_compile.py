@@ -435,12 +435,14 @@ class GraphTracer:
         name = target.name
         callee = self.known.get(name)
         names = tuple(kwargs)
+        same = callee is not None and callee.target is target and names == callee.names
         if map_param is None:
-            if args or callee is None or callee.target is not target or names != callee.names:
-                spec = target.spec  # (a call with the names of the last one was checked)
+            if args or not same:  # (a call with the names of the last one was checked)
+                spec = target.spec
                 if args or not spec.named or kwargs.keys() != spec.params:
                     kwargs = spec.bind(args, kwargs)  # else every input is given by name
                     names = tuple(kwargs)
+                    same = False
                 if callee is None or callee.target is not target:
                     callee = self._register(name, target)
             counters = self.counters
@@ -451,7 +453,9 @@ class GraphTracer:
             if callee is None or callee.target is not target:
                 self._register(name, target)
             callee = _Callee.of(target, name, "map", map_param)
+            same = False
             self.map_params[len(self.made)] = map_param
+        assert callee is not None  # (registered, or the same as last time)
         index, made = self.index, self.made
         deps: dict[int, None] = {}  # the nodes it depends on, by index
         xs: list[Any] = [None]  # the plan arguments: (shape, x1, ..., xn), see _plan
@@ -505,7 +509,7 @@ class GraphTracer:
             kind, x = classify(self._prepare(value, deps, node_id), self._slot_of)
             add_arg(xs, kind, x)
             code = code << _KIND_BITS | kind
-        if code != callee.code or names != callee.names:
+        if code != callee.code or not same:
             key = (names, code)
             shape = self.shapes.get(key)
             if shape is None:

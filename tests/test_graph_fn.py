@@ -312,6 +312,54 @@ async def test_a_bad_limit_in_a_gather_is_a_plain_config_error() -> None:
         await trioflow.run_async(g)
 
 
+async def test_a_gather_of_several_tools_holds_each_ones_own_limits(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Calls of different tools in one gather: each holds its own tool's limit (a worker that
+    ran one tool must not reuse its limiters for the next tool), and a second tool with an
+    undefined limit is still refused."""
+    running = {"a": 0, "b": 0}
+    most = {"a": 0, "b": 0}
+
+    async def work(key: str, i: int) -> int:
+        running[key] += 1
+        most[key] = max(most[key], running[key])
+        await trio.sleep(1)
+        running[key] -= 1
+        return i
+
+    @trioflow.tool(outputs=["y"], limits=["a"])
+    async def on_a(i: int) -> int:
+        return await work("a", i)
+
+    @trioflow.tool(outputs=["y"], limits=["b"])
+    async def on_b(i: int) -> int:
+        return await work("b", i)
+
+    @trioflow.tool(outputs=["y"], limits=["tpu"])
+    async def on_tpu(i: int) -> int:
+        raise AssertionError("must not run")
+
+    @trioflow.graph_fn(name="g", outputs=["out"], max_concurrency=2)
+    async def g() -> list[int]:
+        # Two workers: after the first second, one of them moves from an a-call to b-calls.
+        calls = [on_a(i=0), *(on_b(i=i) for i in range(1, 5))]
+        return [r["y"] for r in await trioflow.gather(*calls)]
+
+    @trioflow.graph_fn(name="bad", outputs=["out"])
+    async def bad() -> None:
+        await trioflow.gather(on_a(i=1), on_tpu(i=2))
+
+    async with trioflow.open_runtime(limits={"a": 1, "b": 1}):
+        with trio.fail_after(100):
+            start = trio.current_time()
+            assert await trioflow.run_async(g) == {"out": [0, 1, 2, 3, 4]}
+            assert most == {"a": 1, "b": 1}
+            assert trio.current_time() - start == 4  # the b-calls one at a time
+            with pytest.raises(trioflow.ConfigError, match="tpu"):
+                await trioflow.run_async(bad)
+
+
 def _live_calls() -> int:
     gc.collect()  # (calls other tests dropped)
     return sum(type(o).__name__ == "ToolCall" for o in gc.get_objects())

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     import random
 
     from ._runstate import GraphTarget, RunState
+    from ._tool import Tool
 
 __all__ = ["FanOut", "call_graph", "call_tool", "run_composite"]
 
@@ -182,14 +183,14 @@ _checkpoint_if_cancelled = trio.lowlevel.checkpoint_if_cancelled
 
 def _waited_for(limiters: Limiters) -> bool:
     """Whether some task waits for a token of one of `limiters`."""
-    return any(_has_waiters(lim) for lim in limiters)
-
-
-def _has_waiters(limiter: trio.CapacityLimiter) -> bool:
     # `statistics().tasks_waiting` costs as much as a release and a re-acquire; the parking
     # lot's length is the same number. Without it (a future trio), assume someone waits.
-    lot = getattr(limiter, "_lot", None)
-    return lot is None or bool(lot)
+    # (A loop, not `any()` over a generator: this runs once per fan-out call.)
+    for limiter in limiters:
+        lot = getattr(limiter, "_lot", None)
+        if lot is None or lot:
+            return True
+    return False
 
 
 def _taken(calls: list[Any]) -> Iterator[tuple[int, Item]]:
@@ -248,9 +249,12 @@ class FanOut:
         self.cap = run.limiter.total_tokens
         self.workers = 0
         self.nursery: trio.Nursery | None = None
-        items: Iterator[tuple[int, Item]] = (
-            _taken(calls) if type(calls) is list else enumerate(calls)
-        )
+        items: Iterator[tuple[int, Item]]
+        if type(calls) is list:
+            items = _taken(calls)
+            self.results = [None] * len(calls)
+        else:
+            items = enumerate(calls)
         if run.rng is not None:
             window = 64 if self.cap == math.inf else max(2, min(int(self.cap) * 2, 64))
             items = _shuffled(items, run.rng, window)
@@ -310,6 +314,8 @@ class FanOut:
         pacer = Pacer()
         spawned = False
         items = self.items
+        checked: Tool | None = None  # the tool of the last call, its limiters in `limiters`
+        limiters: Limiters = ()
         try:
             while not (self.failures and self.fail_fast):
                 try:
@@ -334,11 +340,13 @@ class FanOut:
                     continue
                 item.used = True
                 tool = item.tool
-                try:
-                    limiters = run.check_tool(tool)
-                except Exception as exc:
-                    self.refuse(exc)
-                    return
+                if tool is not checked:  # (a fan-out's calls are mostly of one tool)
+                    try:
+                        limiters = run.check_tool(tool)
+                    except Exception as exc:
+                        self.refuse(exc)
+                        return
+                    checked = tool
                 node_id = run.node_id(self.graph_id, tool.name)
                 inputs = dict(item)  # (a plain dict of its own, as in `call_tool`)
                 if not tool.plain:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gc
+import itertools
 import math
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -358,6 +360,36 @@ async def test_a_gather_of_several_tools_holds_each_ones_own_limits(
             assert trio.current_time() - start == 4  # the b-calls one at a time
             with pytest.raises(trioflow.ConfigError, match="tpu"):
                 await trioflow.run_async(bad)
+
+
+async def test_a_map_node_starts_after_the_callers_iterable_made_its_item() -> None:
+    """A worker may stamp a node's start with the previous node's finish when nothing ran in
+    between; a map's iterable is the caller's code, so its time is not the node's. (Real time:
+    in virtual time every worker yields after each node, and nothing is reused.)"""
+
+    @trioflow.tool(outputs=["y"])
+    async def echo(x: int) -> int:
+        return x
+
+    def slowly() -> Iterator[int]:
+        for x in range(8):
+            if x % 2:  # every other item is slow to make, right after a quick node
+                time.sleep(0.02)  # the caller's own blocking code, on purpose
+            yield x
+
+    @trioflow.graph_fn(name="g", outputs=["out"], max_concurrency=1)
+    async def g() -> list[dict[str, int]]:
+        return await trioflow.map(echo, slowly())
+
+    with trio.fail_after(30):
+        result = await trioflow.run_async(g, record=True)
+    nodes = [n for n in result.record.nodes.values() if n.tool == "echo"]
+    assert len(nodes) == 8
+    for before, after in itertools.pairwise(nodes):
+        assert before.finished_at is not None and after.started_at is not None
+        assert after.started_at >= before.finished_at
+    for before, slow in zip(nodes[0::2], nodes[1::2], strict=True):
+        assert slow.started_at - before.finished_at >= 0.019  # type: ignore[operator]
 
 
 def _live_calls() -> int:

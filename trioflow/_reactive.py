@@ -231,6 +231,7 @@ class FanOut:
         "failures",
         "graph_id",
         "items",
+        "listed",
         "nursery",
         "parent",
         "results",
@@ -250,9 +251,10 @@ class FanOut:
         self.workers = 0
         self.nursery: trio.Nursery | None = None
         items: Iterator[tuple[int, Item]]
-        if type(calls) is list:
-            items = _taken(calls)
-            self.results = [None] * len(calls)
+        self.listed = type(calls) is list  # (gather's: no caller code runs between calls)
+        if self.listed:
+            items = _taken(calls)  # type: ignore[arg-type]
+            self.results = [None] * len(calls)  # type: ignore[arg-type]
         else:
             items = enumerate(calls)
         if run.rng is not None:
@@ -316,6 +318,8 @@ class FanOut:
         items = self.items
         checked: Tool | None = None  # the tool of the last call, its limiters in `limiters`
         limiters: Limiters = ()
+        now: float | None = None  # a clock reading that is still the time, or None
+        listed = self.listed
         try:
             while not (self.failures and self.fail_fast):
                 try:
@@ -325,6 +329,8 @@ class FanOut:
                 except Exception as exc:  # the caller's iterable raised
                     self.refuse(exc)
                     return
+                if not listed:  # the caller's iterable ran: the time has moved on
+                    now = None
                 while len(results) <= i:  # admission order is item order (or an rng's window)
                     results.append(None)
                 if type(item) is not ToolCall:
@@ -355,7 +361,6 @@ class FanOut:
                     except Exception as exc:
                         self.refuse(exc)
                         return
-                idx = ledger.add(node_id, tool.name, tool.executor_key)
                 if not spawned:  # one more worker, once this one has work: never more than calls
                     spawned = True
                     self.spawn()
@@ -365,13 +370,22 @@ class FanOut:
                 # them again, minus the cost.
                 if slot.held is not limiters or _waited_for(limiters):
                     slot.give_back()
+                    idx = ledger.add(node_id, tool.name, tool.executor_key)
                     await take_capacity(run, idx, slot, limiters)
+                    now = None
+                else:
+                    idx = -1
                 frame.node_id = node_id
                 frame.attempt = 1
                 try:
                     if tool.plain and run.memo is None:
                         # The hot path, inlined: execute_node minus executors, timeout, retry.
-                        ledger.start(idx, inputs)
+                        # (`now`: the previous node's finish, if nothing suspended since.)
+                        if idx < 0:
+                            idx = ledger.add_running(node_id, tool.name, "loop", inputs, now)
+                        else:
+                            ledger.start(idx, inputs)
+                        now = None
                         try:
                             outputs = tool.normalize(await tool.fn(**inputs))
                         except Exception as exc:
@@ -380,13 +394,17 @@ class FanOut:
                         except BaseException:
                             ledger.cancel(idx)
                             raise
-                        ledger.done(idx, outputs)
+                        now = ledger.done(idx, outputs)
                         results[i] = outputs
                     else:
+                        now = None
+                        if idx < 0:
+                            idx = ledger.add(node_id, tool.name, tool.executor_key)
                         results[i] = await execute_node(run, idx, tool, inputs, frame)
                 except Exception as exc:
                     self.fail(exc)
-                await pacer.tick(slot)
+                if await pacer.tick(slot):
+                    now = None
         finally:
             slot.give_back()
 

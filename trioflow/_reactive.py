@@ -231,15 +231,17 @@ class FanOut:
         "failures",
         "graph_id",
         "items",
-        "listed",
         "nursery",
         "parent",
+        "quick",
         "results",
         "runstate",
         "workers",
     )
 
-    def __init__(self, run: RunState, parent: Frame | None, calls: Iterable[Item]) -> None:
+    def __init__(
+        self, run: RunState, parent: Frame | None, calls: Iterable[Item], quick: bool = False
+    ) -> None:
         self.runstate = run
         self.parent = parent
         self.graph_id = parent.graph_id if parent is not None else run.graph_id
@@ -251,10 +253,12 @@ class FanOut:
         self.workers = 0
         self.nursery: trio.Nursery | None = None
         items: Iterator[tuple[int, Item]]
-        self.listed = type(calls) is list  # (gather's: no caller code runs between calls)
-        if self.listed:
-            items = _taken(calls)  # type: ignore[arg-type]
-            self.results = [None] * len(calls)  # type: ignore[arg-type]
+        # Whether taking the next call runs no caller code (gather's list, or `quick`: a map
+        # over a list, tuple or range): a worker may then reuse a clock reading across it.
+        self.quick = quick or type(calls) is list
+        if type(calls) is list:
+            items = _taken(calls)
+            self.results = [None] * len(calls)
         else:
             items = enumerate(calls)
         if run.rng is not None:
@@ -319,7 +323,7 @@ class FanOut:
         checked: Tool | None = None  # the tool of the last call, its limiters in `limiters`
         limiters: Limiters = ()
         now: float | None = None  # a clock reading that is still the time, or None
-        listed = self.listed
+        quick = self.quick
         try:
             while not (self.failures and self.fail_fast):
                 try:
@@ -329,7 +333,7 @@ class FanOut:
                 except Exception as exc:  # the caller's iterable raised
                     self.refuse(exc)
                     return
-                if not listed:  # the caller's iterable ran: the time has moved on
+                if not quick:  # the caller's iterable ran: the time has moved on
                     now = None
                 while len(results) <= i:  # admission order is item order (or an rng's window)
                     results.append(None)

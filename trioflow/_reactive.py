@@ -358,7 +358,11 @@ class FanOut:
                         return
                     checked = tool
                 node_id = run.node_id(self.graph_id, tool.name)
-                inputs = dict(item)  # (a plain dict of its own, as in `call_tool`)
+                hot = tool.plain and run.memo is None  # (the inlined path below)
+                if hot and ledger.listener is None:
+                    inputs: dict[str, Any] = item  # (only spread into the call: no copy needed)
+                else:
+                    inputs = dict(item)  # a plain dict of its own, as in `call_tool`
                 if not tool.plain:
                     try:
                         run.executors.check_call(node_id, tool, inputs)
@@ -382,7 +386,7 @@ class FanOut:
                 frame.node_id = node_id
                 frame.attempt = 1
                 try:
-                    if tool.plain and run.memo is None:
+                    if hot:
                         # The hot path, inlined: execute_node minus executors, timeout, retry.
                         # (`now`: the previous node's finish, if nothing suspended since.)
                         if idx < 0:
@@ -391,7 +395,12 @@ class FanOut:
                             ledger.start(idx, inputs)
                         now = None
                         try:
-                            outputs = tool.normalize(await tool.fn(**inputs))
+                            result = await tool.fn(**inputs)
+                            names = tool.outputs
+                            if len(names) == 1 and type(result) is not dict:
+                                outputs = {names[0]: result}  # (`normalize`, its common case)
+                            else:
+                                outputs = tool.normalize(result)
                         except Exception as exc:
                             ledger.fail(idx, exc)
                             raise node_failed(node_id, tool.name, exc) from exc

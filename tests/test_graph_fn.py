@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gc
+import itertools
 import math
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -310,6 +312,84 @@ async def test_a_bad_limit_in_a_gather_is_a_plain_config_error() -> None:
 
     with pytest.raises(trioflow.ConfigError, match="tpu"):
         await trioflow.run_async(g)
+
+
+async def test_a_gather_of_several_tools_holds_each_ones_own_limits(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Calls of different tools in one gather: each holds its own tool's limit (a worker that
+    ran one tool must not reuse its limiters for the next tool), and a second tool with an
+    undefined limit is still refused."""
+    running = {"a": 0, "b": 0}
+    most = {"a": 0, "b": 0}
+
+    async def work(key: str, i: int) -> int:
+        running[key] += 1
+        most[key] = max(most[key], running[key])
+        await trio.sleep(1)
+        running[key] -= 1
+        return i
+
+    @trioflow.tool(outputs=["y"], limits=["a"])
+    async def on_a(i: int) -> int:
+        return await work("a", i)
+
+    @trioflow.tool(outputs=["y"], limits=["b"])
+    async def on_b(i: int) -> int:
+        return await work("b", i)
+
+    @trioflow.tool(outputs=["y"], limits=["tpu"])
+    async def on_tpu(i: int) -> int:
+        raise AssertionError("must not run")
+
+    @trioflow.graph_fn(name="g", outputs=["out"], max_concurrency=2)
+    async def g() -> list[int]:
+        # Two workers: after the first second, one of them moves from an a-call to b-calls.
+        calls = [on_a(i=0), *(on_b(i=i) for i in range(1, 5))]
+        return [r["y"] for r in await trioflow.gather(*calls)]
+
+    @trioflow.graph_fn(name="bad", outputs=["out"])
+    async def bad() -> None:
+        await trioflow.gather(on_a(i=1), on_tpu(i=2))
+
+    async with trioflow.open_runtime(limits={"a": 1, "b": 1}):
+        with trio.fail_after(100):
+            start = trio.current_time()
+            assert await trioflow.run_async(g) == {"out": [0, 1, 2, 3, 4]}
+            assert most == {"a": 1, "b": 1}
+            assert trio.current_time() - start == 4  # the b-calls one at a time
+            with pytest.raises(trioflow.ConfigError, match="tpu"):
+                await trioflow.run_async(bad)
+
+
+async def test_a_map_node_starts_after_the_callers_iterable_made_its_item() -> None:
+    """A worker may stamp a node's start with the previous node's finish when nothing ran in
+    between; a map's iterable is the caller's code, so its time is not the node's. (Real time:
+    in virtual time every worker yields after each node, and nothing is reused.)"""
+
+    @trioflow.tool(outputs=["y"])
+    async def echo(x: int) -> int:
+        return x
+
+    def slowly() -> Iterator[int]:
+        for x in range(8):
+            if x % 2:  # every other item is slow to make, right after a quick node
+                time.sleep(0.02)  # the caller's own blocking code, on purpose
+            yield x
+
+    @trioflow.graph_fn(name="g", outputs=["out"], max_concurrency=1)
+    async def g() -> list[dict[str, int]]:
+        return await trioflow.map(echo, slowly())
+
+    with trio.fail_after(30):
+        result = await trioflow.run_async(g, record=True)
+    nodes = [n for n in result.record.nodes.values() if n.tool == "echo"]
+    assert len(nodes) == 8
+    for before, after in itertools.pairwise(nodes):
+        assert before.finished_at is not None and after.started_at is not None
+        assert after.started_at >= before.finished_at
+    for before, slow in zip(nodes[0::2], nodes[1::2], strict=True):
+        assert slow.started_at - before.finished_at >= 0.019  # type: ignore[operator]
 
 
 def _live_calls() -> int:

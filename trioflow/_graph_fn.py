@@ -46,6 +46,9 @@ if TYPE_CHECKING:
 
 __all__ = ["GraphFn", "gather", "graph_fn", "map"]
 
+# Items whose iteration runs no caller code (see `FanOut`'s `quick`).
+_SEQUENCES = (list, tuple, range)
+
 
 @attrs.frozen(eq=False, slots=False)
 class GraphFn:
@@ -247,8 +250,9 @@ class MapCall:
             raise ContextError(f"map({self.tool.name!r}) was awaited outside its run")
         tool, param, fixed = self.tool, self.param, self.fixed
         run: RunState = frame.run
-        calls = map_calls(tool, self.items, param, fixed, run)
-        return run.fan_out(frame, calls).__await__()
+        items = self.items
+        calls = map_calls(tool, items, param, fixed, run)
+        return run.fan_out(frame, calls, type(items) in _SEQUENCES).__await__()
 
 
 def map(tool: Tool, items: Any, *, param: str | None = None, **fixed: Any) -> Any:

@@ -141,13 +141,21 @@ class Ledger:
         return len(self.ids) - 1
 
     def add_running(
-        self, node_id: str, tool: str, executor: str, inputs: Mapping[str, Any] | None
+        self,
+        node_id: str,
+        tool: str,
+        executor: str,
+        inputs: Mapping[str, Any] | None,
+        at: float | None = None,
     ) -> int:
-        """`add` and `start` at once, for a node whose capacity was free: returns its index."""
+        """`add` and `start` at once, for a node whose capacity was free: returns its index.
+        (`at` as for `start`.)"""
+        if at is None:
+            at = self.now()
         self.ids.append(node_id)
         self.tools.append(tool)
         self.states.append(_RUNNING)
-        self.started.append(at := self.now())
+        self.started.append(at)
         self.finished.append(_NOT_YET)
         self.attempts.append(1)
         self.executors.append(executor)

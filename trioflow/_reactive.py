@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     import random
 
     from ._runstate import GraphTarget, RunState
+    from ._tool import Tool
 
 __all__ = ["FanOut", "call_graph", "call_tool", "run_composite"]
 
@@ -182,14 +183,14 @@ _checkpoint_if_cancelled = trio.lowlevel.checkpoint_if_cancelled
 
 def _waited_for(limiters: Limiters) -> bool:
     """Whether some task waits for a token of one of `limiters`."""
-    return any(_has_waiters(lim) for lim in limiters)
-
-
-def _has_waiters(limiter: trio.CapacityLimiter) -> bool:
     # `statistics().tasks_waiting` costs as much as a release and a re-acquire; the parking
     # lot's length is the same number. Without it (a future trio), assume someone waits.
-    lot = getattr(limiter, "_lot", None)
-    return lot is None or bool(lot)
+    # (A loop, not `any()` over a generator: this runs once per fan-out call.)
+    for limiter in limiters:
+        lot = getattr(limiter, "_lot", None)
+        if lot is None or lot:
+            return True
+    return False
 
 
 def _taken(calls: list[Any]) -> Iterator[tuple[int, Item]]:
@@ -232,12 +233,15 @@ class FanOut:
         "items",
         "nursery",
         "parent",
+        "quick",
         "results",
         "runstate",
         "workers",
     )
 
-    def __init__(self, run: RunState, parent: Frame | None, calls: Iterable[Item]) -> None:
+    def __init__(
+        self, run: RunState, parent: Frame | None, calls: Iterable[Item], quick: bool = False
+    ) -> None:
         self.runstate = run
         self.parent = parent
         self.graph_id = parent.graph_id if parent is not None else run.graph_id
@@ -248,9 +252,15 @@ class FanOut:
         self.cap = run.limiter.total_tokens
         self.workers = 0
         self.nursery: trio.Nursery | None = None
-        items: Iterator[tuple[int, Item]] = (
-            _taken(calls) if type(calls) is list else enumerate(calls)
-        )
+        items: Iterator[tuple[int, Item]]
+        # Whether taking the next call runs no caller code (gather's list, or `quick`: a map
+        # over a list, tuple or range): a worker may then reuse a clock reading across it.
+        self.quick = quick or type(calls) is list
+        if type(calls) is list:
+            items = _taken(calls)
+            self.results = [None] * len(calls)
+        else:
+            items = enumerate(calls)
         if run.rng is not None:
             window = 64 if self.cap == math.inf else max(2, min(int(self.cap) * 2, 64))
             items = _shuffled(items, run.rng, window)
@@ -310,6 +320,10 @@ class FanOut:
         pacer = Pacer()
         spawned = False
         items = self.items
+        checked: Tool | None = None  # the tool of the last call, its limiters in `limiters`
+        limiters: Limiters = ()
+        now: float | None = None  # a clock reading that is still the time, or None
+        quick = self.quick
         try:
             while not (self.failures and self.fail_fast):
                 try:
@@ -319,6 +333,8 @@ class FanOut:
                 except Exception as exc:  # the caller's iterable raised
                     self.refuse(exc)
                     return
+                if not quick:  # the caller's iterable ran: the time has moved on
+                    now = None
                 while len(results) <= i:  # admission order is item order (or an rng's window)
                     results.append(None)
                 if type(item) is not ToolCall:
@@ -334,20 +350,25 @@ class FanOut:
                     continue
                 item.used = True
                 tool = item.tool
-                try:
-                    limiters = run.check_tool(tool)
-                except Exception as exc:
-                    self.refuse(exc)
-                    return
+                if tool is not checked:  # (a fan-out's calls are mostly of one tool)
+                    try:
+                        limiters = run.check_tool(tool)
+                    except Exception as exc:
+                        self.refuse(exc)
+                        return
+                    checked = tool
                 node_id = run.node_id(self.graph_id, tool.name)
-                inputs = dict(item)  # (a plain dict of its own, as in `call_tool`)
+                hot = tool.plain and run.memo is None  # (the inlined path below)
+                if hot and ledger.listener is None:
+                    inputs: dict[str, Any] = item  # (only spread into the call: no copy needed)
+                else:
+                    inputs = dict(item)  # a plain dict of its own, as in `call_tool`
                 if not tool.plain:
                     try:
                         run.executors.check_call(node_id, tool, inputs)
                     except Exception as exc:
                         self.refuse(exc)
                         return
-                idx = ledger.add(node_id, tool.name, tool.executor_key)
                 if not spawned:  # one more worker, once this one has work: never more than calls
                     spawned = True
                     self.spawn()
@@ -357,28 +378,46 @@ class FanOut:
                 # them again, minus the cost.
                 if slot.held is not limiters or _waited_for(limiters):
                     slot.give_back()
+                    idx = ledger.add(node_id, tool.name, tool.executor_key)
                     await take_capacity(run, idx, slot, limiters)
+                    now = None
+                else:
+                    idx = -1
                 frame.node_id = node_id
                 frame.attempt = 1
                 try:
-                    if tool.plain and run.memo is None:
+                    if hot:
                         # The hot path, inlined: execute_node minus executors, timeout, retry.
-                        ledger.start(idx, inputs)
+                        # (`now`: the previous node's finish, if nothing suspended since.)
+                        if idx < 0:
+                            idx = ledger.add_running(node_id, tool.name, "loop", inputs, now)
+                        else:
+                            ledger.start(idx, inputs)
+                        now = None
                         try:
-                            outputs = tool.normalize(await tool.fn(**inputs))
+                            result = await tool.fn(**inputs)
+                            names = tool.outputs
+                            if len(names) == 1 and type(result) is not dict:
+                                outputs = {names[0]: result}  # (`normalize`, its common case)
+                            else:
+                                outputs = tool.normalize(result)
                         except Exception as exc:
                             ledger.fail(idx, exc)
                             raise node_failed(node_id, tool.name, exc) from exc
                         except BaseException:
                             ledger.cancel(idx)
                             raise
-                        ledger.done(idx, outputs)
+                        now = ledger.done(idx, outputs)
                         results[i] = outputs
                     else:
+                        now = None
+                        if idx < 0:
+                            idx = ledger.add(node_id, tool.name, tool.executor_key)
                         results[i] = await execute_node(run, idx, tool, inputs, frame)
                 except Exception as exc:
                     self.fail(exc)
-                await pacer.tick(slot)
+                if await pacer.tick(slot):
+                    now = None
         finally:
             slot.give_back()
 

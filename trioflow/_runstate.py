@@ -180,10 +180,14 @@ class RunState:
     between: an executor's node crosses its frames on each of several suspensions.)"""
 
     async def fan_out(
-        self, parent: Frame | None, calls: Iterable[ToolCall | Callable[[], Awaitable[Any]]]
+        self,
+        parent: Frame | None,
+        calls: Iterable[ToolCall | Callable[[], Awaitable[Any]]],
+        quick: bool = False,
     ) -> list[Any]:
-        """Run calls concurrently on at most `max_concurrency` workers; results in order."""
-        return await _reactive.FanOut(self, parent, calls).run()
+        """Run calls concurrently on at most `max_concurrency` workers; results in order.
+        (`quick`: taking the next call runs no caller code.)"""
+        return await _reactive.FanOut(self, parent, calls, quick).run()
 
     async def call_graph(
         self, target: GraphTarget, inputs: dict[str, Any], parent: Frame

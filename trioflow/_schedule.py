@@ -383,7 +383,7 @@ class _PlanRun:
                     f"got {type(items).__name__}"
                 ) from None
             calls = map_calls(tool, iterator, param, kwargs, run)
-            results = await FanOut(run, frame, calls).run()
+            results = await FanOut(run, frame, calls, type(items) in (list, tuple)).run()
             return {out: [r[out] for r in results] for out in tool.outputs}
 
         outputs: dict[str, Any] = await run.run_composite(self.base + i, node_id, slot, body)

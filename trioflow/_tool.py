@@ -290,7 +290,7 @@ class Tool:
         frame = FRAME.get()
         if frame is not None:
             spec = self.spec
-            if args or not spec.named or not (spec.required <= kwargs.keys() <= spec.params):
+            if args or not spec.named or kwargs.keys() != spec.params:
                 kwargs = spec.bind(args, kwargs)  # (the common case, inlined: every input named)
             call = ToolCall(kwargs)  # the call is a copy of its inputs
             call.tool = self

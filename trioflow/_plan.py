@@ -28,6 +28,8 @@ __all__ = [
     "GATHER",
     "GATHER1",
     "GATHER2",
+    "GATHER3",
+    "GATHER4",
     "GRAPH",
     "KINDS",
     "MAP",
@@ -70,8 +72,8 @@ UNSET: Any = _Unset()
 # `Plan.extra[i] - 1`, ... (negative indexes: so a trace numbers them before it knows how many
 # nodes there are, and a node's first output needs no look-up).
 #
-# How a node gets its arguments: one tuple, `(shape, x1, ..., xn)`, one `x` per argument in
-# the order of the call, read as its kind says:
+# How a node gets its arguments: one tuple, `(shape, x1, x2, ...)`, with the x of each argument
+# in the order of the call (one, except for `GATHER2`...), read as its kind says:
 CONST = 0  # x is the value, a constant
 SLOT = 1  # x is a slot: a whole output of another node
 GATHER1 = 2  # x is a slot: the argument is a list of that one output

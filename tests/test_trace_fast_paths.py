@@ -328,38 +328,56 @@ async def plan_two(x: Any = None, y: Any = None) -> dict[str, Any]:
 
 
 def _plan_shape(plan: Any) -> dict[str, Any]:
-    """A plan with its slot numbers replaced by what they hold: an output (node, position) or
-    a constant (type, value)."""
-    owner: dict[int, Any] = {}
-    for j, base in enumerate(plan.out_base):
-        for k in range(len(plan.targets[j].outputs)):
-            owner[base + k] = ("output", j, k)
+    """A plan with its slot numbers replaced by what they hold (an output: node, position),
+    its constants by their type and value, and its generated argument builders by what they
+    build from slots that hold their own numbers."""
+    from trioflow._plan import CONST, GATHER, GATHER1, SLOT, TREE, arg_values, fan_in_slots
 
-    def slot(s: int) -> Any:
-        value = plan.initial[s]
-        return owner.get(s, ("constant", type(value), value))
+    owner: dict[int, Any] = {}  # slot → (node, position), negative slots as list indexes
+    size = len(plan.initial)
+    for j, target in enumerate(plan.targets):
+        for k in range(len(target.outputs)):
+            owner[plan.slot(j, target.outputs[k]) % size] = ("output", j, k)
 
-    def gather(g: Any) -> Any:
-        slots = [g] if isinstance(g, int) else list(g(range(len(plan.initial))))
-        return [slot(s) for s in slots]
+    def arg(kind: int, x: Any) -> Any:
+        if kind == CONST:
+            return ("constant", type(x), x)
+        if kind in (SLOT, GATHER1):
+            return owner[x % size]
+        if kind == TREE:
+            return ("tree", x)
+        slots = fan_in_slots(x) if kind == GATHER else x  # (a GATHER2..4: the slots)
+        return [owner[s % size] for s in slots]
+
+    def built(args: Any) -> Any:  # what a run passes, with each slot holding what it holds
+        slots = [owner.get(s) for s in range(size)]
+        return list(args[0].build(slots, args, _Looked).items())
 
     return {
         "nodes": (plan.ids, plan.names, plan.kinds, [id(t) for t in plan.targets]),
         "how": (plan.fast, plan.executors, plan.index),
-        "edges": (plan.dependents, plan.indegree),
+        "edges": ([list(d) for d in plan.dependents], plan.indegree),
         "maps": plan.map_params,
         "args": [
-            (
-                [(name, slot(s)) for name, s in pairs],
-                [(name, gather(g)) for name, g in gathers],
-                list(trees),
-            )
-            for pairs, gathers, trees in plan.args
+            [(name, kind, arg(kind, x)) for name, kind, x in arg_values(a)] for a in plan.args
         ],
-        # Every output slot starts unset, and nothing else does; every slot is used.
-        "unset": {s for s, v in enumerate(plan.initial) if v is trioflow._plan.UNSET} == set(owner),
-        "size": len(plan.initial),
+        "built": [built(a) for a in plan.args],
+        # Every slot starts unset, and every output has one of its own.
+        "unset": set(plan.initial) <= {trioflow._plan.UNSET},
+        "outputs": len(owner) == sum(len(t.outputs) for t in plan.targets),
+        "size": size,
     }
+
+
+@attrs.frozen
+class _Looked:
+    """What a ref (projected along a path) stands for in `_plan_shape`'s runs."""
+
+    ref: Any
+    path: tuple[Any, ...] = ()
+
+    def __getitem__(self, key: Any) -> _Looked:
+        return _Looked(self.ref, (*self.path, key))
 
 
 _plan_atoms = st.one_of(
@@ -383,7 +401,7 @@ def _programs(draw: st.DrawFn) -> list[tuple[str, dict[str, Any]]]:
                 earlier.map(lambda j: ("ref", j)),
                 earlier.map(lambda j: ("noderef", j)),
                 earlier.map(lambda j: ("path", j)),
-                st.lists(earlier, max_size=4).map(lambda js: ("fanin", js)),
+                st.lists(earlier, max_size=6).map(lambda js: ("fanin", js)),
                 st.lists(item, max_size=3).map(lambda xs: ("mixed", xs)),
                 st.lists(earlier, max_size=2).map(lambda js: ("tuple", js)),
                 earlier.map(lambda j: ("dict", j)),
@@ -427,9 +445,97 @@ def _body_for(program: list[tuple[str, dict[str, Any]]]) -> Any:
 
         for tool, recipes in program:
             refs.append(tools[tool](**{name: build(r) for name, r in recipes.items()}))
-        return {"out": whole(len(refs) - 1)}
+        return {"out": [ref[out] for ref in refs for out in ref.outputs]}  # every output
 
     return body
+
+
+def test_each_fan_in_width_reads_its_own_slots() -> None:
+    """Fan-ins of every width the plan files differently (none, one, two to four slots in
+    the arguments tuple, more through a getter), of first and of other outputs."""
+
+    @trioflow.tool(outputs=["out", "twice"], name="fan_num")
+    async def num(k: int) -> dict[str, int]:
+        return {"out": k, "twice": 2 * k}
+
+    @trioflow.tool(outputs=["out"], name="fan_listed")
+    async def listed(xs: list[int]) -> list[int]:
+        return xs
+
+    @trioflow.graphify(outputs=["out"])
+    def g() -> Any:
+        nums = [num(k=k) for k in range(10)]
+        firsts, seconds = [n.out for n in nums], [n.twice for n in nums]
+        lists = [firsts[:n] for n in range(7)] + [firsts[::-1][:3], seconds[2:5], [seconds[9]]]
+        return [listed(xs=xs).out for xs in lists]
+
+    want = [list(range(n)) for n in range(7)] + [[9, 8, 7], [4, 6, 8], [18]]
+    assert trioflow.run(g) == {"out": want}
+    graph = g.compile()
+    assert trioflow.run(TaskGraph.from_dict(graph.to_dict(), callables=graph.callables)) == {
+        "out": want
+    }
+
+
+def _evaluate(program: list[tuple[str, dict[str, Any]]], vals: Any) -> Any:
+    """What a run of `_body_for(program)` returns, computed directly: each node's outputs from
+    its arguments' values (or "error" if some node's tool or projection fails)."""
+    outs: list[dict[str, Any]] = []
+
+    def whole(j: int) -> Any:
+        return outs[j]["out"] if "out" in outs[j] else outs[j]["b"]
+
+    def value(recipe: Any) -> Any:
+        kind = recipe[0]
+        if kind == "const":
+            return recipe[1]
+        if kind == "input":
+            return vals
+        if kind == "ref":
+            return whole(recipe[1])
+        if kind == "noderef":
+            j = recipe[1]
+            return outs[j]["out"] if "out" in outs[j] else outs[j]["a"]
+        if kind == "path":
+            return whole(recipe[1])[0]
+        if kind == "fanin":
+            return [whole(j) for j in recipe[1]]
+        if kind == "mixed":
+            return [value(item) for item in recipe[1]]
+        if kind == "tuple":
+            return tuple(whole(j) for j in recipe[1])
+        return {"k": whole(recipe[1]), "c": 1}
+
+    try:
+        for tool, recipes in program:
+            args = {name: value(r) for name, r in recipes.items()}
+            if tool == "plan_one":
+                outs.append({"out": args.get("x")})
+            else:
+                outs.append({"a": args.get("x"), "b": args.get("y")})
+    except (LookupError, TypeError):
+        return "error"
+    return {"out": [value for out in outs for value in out.values()]}
+
+
+@given(_programs(), st.sampled_from([[5, 6], ["s"], {0: "zero"}, None]))
+def test_a_run_passes_every_node_the_values_its_arguments_name(
+    program: list[tuple[str, dict[str, Any]]], vals: Any
+) -> None:
+    """The plan's arguments (a generated function per argument shape reading slots, constants
+    and trees) give each node the values the body passed it: a run returns what evaluating
+    the program directly does, traced once and run twice, and read back from its dict."""
+    graph = trioflow.graphify(name="planned", outputs=["out"])(_body_for(program))
+    want = _evaluate(program, vals)
+    compiled = graph.compile()
+    again = TaskGraph.from_dict(compiled.to_dict(), callables=compiled.callables)
+    for target in (graph, graph, compiled, again):
+        try:
+            got = trioflow.run(target, inputs={"vals": vals})
+        except trioflow.NodeFailed as exc:
+            assert isinstance(exc.__cause__, LookupError | TypeError), exc
+            got = "error"
+        assert got == want
 
 
 @given(_programs())

@@ -14,10 +14,9 @@ import functools
 import gc
 import os
 import traceback
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
-from operator import itemgetter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Self, cast
 
 import attrs
 
@@ -44,7 +43,24 @@ from ._graph import (
     make_output_ref,
     ref_as_text,
 )
-from ._plan import KINDS, UNSET, ArgPlan, Plan, classify_arg, fan_in, is_fast
+from ._plan import (
+    _KIND_BITS,
+    GATHER,
+    GATHER1,
+    GATHER2,
+    KINDS,
+    SLOT,
+    UNSET,
+    Args,
+    ArgShape,
+    Plan,
+    add_arg,
+    arg_shape,
+    classify,
+    fan_in,
+    is_fast,
+    spec_args,
+)
 from ._trace import TRACER, called_from_user_code
 
 if TYPE_CHECKING:
@@ -58,28 +74,42 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 class NodeRef:
     """A traced call: `ref.out` or `ref["out"]` is the `OutputRef` of output `out`."""
 
-    # The output refs are made with the node and kept in the instance's `__dict__`, so `ref.out`
-    # is a plain attribute read (a fan-in reads one per dependency; a failed lookup that falls
-    # back to `__getattr__` costs 6x more). Names starting with `_` stay out of it, so as not to
-    # hide the class's own methods: `ref._x` finds them through `__getattr__`, `ref["_x"]` works.
-    __slots__ = ("__dict__", "__weakref__", "id", "outputs")
+    # The output refs are made with the node and kept in slots, of a subclass per set of output
+    # names (`_ref_class`), so `ref.out` is a plain attribute read (a fan-in reads one per
+    # dependency; a failed lookup that falls back to `__getattr__` costs 6x more), and a ref
+    # has no `__dict__` (a dict per node would cost more than the rest of the node's trace).
+    # Names starting with `_`, `id`, `outputs` and names that are not identifiers get no slot,
+    # so as not to hide the class's own attributes: `ref["_x"]` works, and `ref._x` finds it
+    # through `__getattr__`. The first output's slot is `__first__` under another name (see
+    # `_ref_class`): the tracer sets it with a plain attribute store.
+    __slots__ = ("__first__", "__weakref__", "id", "outputs")
     __match_args__ = ("id", "outputs")
+    _held: ClassVar[tuple[str, ...]] = ()  # the outputs this class has a slot for
 
     id: str
     outputs: tuple[str, ...]
+    __first__: OutputRef
+
+    def __new__(cls, id: str, outputs: tuple[str, ...]) -> Self:
+        held = _held_outputs(outputs)
+        made = object.__new__(_ref_class(held, bool(held) and held[0] == outputs[0]))
+        return cast("Self", made)  # (of a subclass)
 
     def __init__(self, id: str, outputs: tuple[str, ...]) -> None:
         self.id = id
         self.outputs = outputs
-        refs = self.__dict__
-        for name in outputs:
-            if name[:1] != "_":
-                refs[name] = make_output_ref(id, name)
+        for name in self._held:
+            setattr(self, name, make_output_ref(id, name))
+
+    def __reduce__(self) -> tuple[type[NodeRef], tuple[str, tuple[str, ...]]]:
+        return (NodeRef, (self.id, self.outputs))
 
     def __getitem__(self, name: str) -> OutputRef:
         if name in self.outputs:
-            found = self.__dict__.get(name)
-            return found if type(found) is OutputRef else make_output_ref(self.id, name)
+            if name in self._held:
+                found: OutputRef = getattr(self, name)
+                return found
+            return make_output_ref(self.id, name)
         raise GraphBuildError(
             f"node {self.id!r} has no output {name!r}",
             code="unknown-output",
@@ -142,6 +172,30 @@ class NodeRef:
         return format(repr(self), spec)
 
 
+def _held_outputs(outputs: tuple[str, ...]) -> tuple[str, ...]:
+    """The outputs a NodeRef keeps in slots (see `NodeRef`)."""
+    return tuple(
+        out
+        for out in outputs
+        if out[:1] != "_" and out not in ("id", "outputs") and out.isidentifier()
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _ref_class(held: tuple[str, ...], first: bool) -> type[NodeRef]:
+    """The NodeRef class with a slot for each output in `held`; with `first`, `held[0]` is
+    the first output, whose slot is every NodeRef's `__first__`."""
+    if not held:
+        return NodeRef
+    namespace: dict[str, Any] = {"_held": held, "__module__": "trioflow"}
+    namespace["__slots__"] = held[1:] if first else held
+    if first:
+        namespace[held[0]] = NodeRef.__dict__["__first__"]  # the same slot, by its own name
+    cls: type[NodeRef] = type("NodeRef", (NodeRef,), namespace)
+    cls.__qualname__ = NodeRef.__qualname__
+    return cls
+
+
 _new = object.__new__
 # Slot setters of `NodeSpec` and `OutputRef` (`make_output_ref` of _graph, inlined in
 # `GraphTracer._add` with the node's own).
@@ -189,59 +243,84 @@ _ATOMS = frozenset({str, int, float, bool})
 _PROMOTE_NODES = 1000
 
 
-# What a trace knows of a callable, by name: (callable, "tool" or "graph", its import path,
-# name, and for the plan: its kind, whether it takes the fast path, its executor key, one unset
-# slot per output; the `map_param` of a map node; and for its NodeRefs, the outputs they hold
-# (see `NodeRef`) and whether the first is one of them).
-_Entry = tuple[
-    Any, NodeKind, str, str, int, bool, str, list[Any], str | None, tuple[str, ...], bool
-]
+@attrs.define(eq=False)
+class _Callee:
+    """What a trace knows of a callable it met, by name (a map node has one of its own)."""
 
+    target: Any
+    kind: NodeKind
+    path: str  # its import path
+    name: str
+    # For the plan: its kind, whether it takes the fast path, its executor key.
+    plan_kind: int
+    fast: bool
+    executor: str
+    outputs: tuple[str, ...]
+    map_param: str | None
+    # For its NodeRefs: their class, the outputs they hold (see `NodeRef`), and whether the
+    # first output is one of them.
+    ref_class: type[NodeRef]
+    held: tuple[str, ...]
+    first: bool
+    # The argument names of its last call, their kinds and `ArgShape`: a call with the same
+    # names needs no check of them, and most calls of a callable have the same shape.
+    names: tuple[str, ...] | None = None
+    code: int = -1
+    shape: ArgShape | None = None
 
-def _entry(target: Any, name: str, kind: NodeKind, map_param: str | None = None) -> _Entry:
-    plan_kind = KINDS[kind]
-    executor = "loop" if kind == "graph" else target.executor_key
-    unset = [UNSET] * len(target.outputs)
-    path = _target_path(target)
-    fast = is_fast(target, plan_kind)
-    held = tuple(out for out in target.outputs if out[:1] != "_")
-    first = bool(held) and held[0] == target.outputs[0]
-    return (target, kind, path, name, plan_kind, fast, executor, unset, map_param, held, first)
+    @classmethod
+    def of(cls, target: Any, name: str, kind: NodeKind, map_param: str | None = None) -> _Callee:
+        plan_kind = KINDS[kind]
+        outputs: tuple[str, ...] = target.outputs
+        held = _held_outputs(outputs)
+        first = bool(held) and held[0] == outputs[0]
+        return cls(
+            target=target,
+            kind=kind,
+            path=_target_path(target),
+            name=name,
+            plan_kind=plan_kind,
+            fast=is_fast(target, plan_kind),
+            executor="loop" if kind == "graph" else target.executor_key,
+            outputs=outputs,
+            map_param=map_param,
+            ref_class=_ref_class(held, first),
+            held=held,
+            first=first,
+        )
 
 
 @attrs.define(eq=False)
 class GraphTracer:
     """Records the calls a graphify body makes (the `Tracer` of `_trace`).
 
-    A trace keeps its nodes as columns by node index: what the plan (`_plan.Plan`) reads, built
-    as the trace goes, and each node's arguments. The graph's `NodeSpec`s are made from these
-    columns only if something reads `graph.nodes` (`_make_nodes`): a run needs only the plan."""
+    A trace keeps its nodes as columns by node index: what the plan (`_plan.Plan`) reads,
+    built as the trace goes. Nothing else is kept per node: the graph's `NodeSpec`s are made
+    from these columns if something reads `graph.nodes` (`_make_nodes`), and a run needs only
+    the plan."""
 
     name: str
     inputs: tuple[str, ...]
     values: Mapping[str, Any] | None
     callables: dict[str, Any] = attrs.field(factory=dict)
     counters: dict[str, int] = attrs.field(factory=dict)
-    # name → its `_Entry`: computed once per name (a map node has one of its own)
-    known: dict[str, _Entry] = attrs.field(factory=dict)
-    # The columns. The plan's columns that depend on the tool only are read off `entries` at
-    # the end; each node's outputs and each constant argument get a slot in `slots` as the
-    # trace meets them.
-    ids: list[str] = attrs.field(factory=list)
+    known: dict[str, _Callee] = attrs.field(factory=dict)
+    # (argument names, kinds) → their `ArgShape` (`_plan.arg_shape`), for this trace
+    shapes: dict[tuple[tuple[str, ...], int], ArgShape] = attrs.field(factory=dict)
+    # The columns. The node ids are the keys of `index`; the plan's columns that depend on the
+    # callable only are read off `callees` at the end.
     index: dict[str, int] = attrs.field(factory=dict)
-    entries: list[_Entry] = attrs.field(factory=list)
-    args: list[dict[str, Any]] = attrs.field(factory=list)
-    targets: list[Any] = attrs.field(factory=list)
-    out_base: list[int] = attrs.field(factory=list)
-    slots: list[Any] = attrs.field(factory=list)
-    arg_plans: list[ArgPlan] = attrs.field(factory=list)
-    dependents: list[list[int]] = attrs.field(factory=list)
+    callees: list[_Callee] = attrs.field(factory=list)
+    args: list[Args] = attrs.field(factory=list)
+    dependents: list[Sequence[int]] = attrs.field(factory=list)
     indegree: list[int] = attrs.field(factory=list)
-    # The output refs this trace made for its nodes' first outputs, by `id()` → node index:
-    # an argument found here needs no checks (it is one of ours, whole). `made_refs` keeps
-    # them alive for the trace, so that no other object can take one of their ids.
-    made: dict[int, int] = attrs.field(factory=dict)
-    made_refs: list[OutputRef] = attrs.field(factory=list)
+    # Per node, the output ref this trace made for its first output (None if it made none):
+    # an argument that is this very object needs no checks (it is one of ours, whole), and
+    # reads slot j, its node's index (see `_plan`).
+    made: list[OutputRef | None] = attrs.field(factory=list)
+    # Node index → the slot of its second output, for nodes with several (see `_plan`).
+    extra: dict[int, int] = attrs.field(factory=dict)
+    extra_slots: int = 0
     map_params: dict[int, str] = attrs.field(factory=dict)  # map node index → its items' input
 
     def known_value(self, ref: object) -> tuple[bool, Any]:
@@ -308,7 +387,7 @@ class GraphTracer:
         j = self.index.get(ref.node)
         if j is None:
             raise self._foreign(node_id, ref)
-        outputs: tuple[str, ...] = self.targets[j].outputs
+        outputs = self.callees[j].outputs
         if ref.output not in outputs:
             raise GraphBuildError(
                 f"node {node_id!r}: node {ref.node!r} has no output {ref.output!r}",
@@ -317,8 +396,8 @@ class GraphTracer:
             )
         deps[j] = None
 
-    def _register(self, name: str, target: Any) -> _Entry:
-        """Remember the callable behind `name` (its `_Entry`). A different one
+    def _register(self, name: str, target: Any) -> _Callee:
+        """Remember the callable behind `name` (its `_Callee`). A different one
         under the same name is an error, since nodes find their callable by name (one of them
         would run the other's code). A graph is checked for recursion when first seen."""
         known = self.callables.get(name)
@@ -338,8 +417,8 @@ class GraphTracer:
         if kind == "graph":
             _check_recursion(target)
         self.callables[name] = target
-        entry = self.known[name] = _entry(target, name, kind)
-        return entry
+        callee = self.known[name] = _Callee.of(target, name, kind)
+        return callee
 
     def call(
         self,
@@ -351,118 +430,136 @@ class GraphTracer:
         """A tool call (or a nested graph call: a subgraph node) in the body: record a node
         and its plan (with `map_param`, the one node of a `map`: see `map`).
 
-        `kwargs` is the call's own `**kwargs` dict: the node keeps it as its arguments, each
-        value checked, with lists copied and node refs replaced by their one output."""
+        Each argument is checked and filed into the node's plan arguments (`_plan.Args`);
+        nothing else of the call is kept (its NodeSpec's arguments are made from them)."""
         name = target.name
+        callee = self.known.get(name)
+        names = tuple(kwargs)
+        same = callee is not None and callee.target is target and names == callee.names
         if map_param is None:
-            spec = target.spec
-            if args or not spec.named or kwargs.keys() != spec.params:
-                kwargs = spec.bind(args, kwargs)  # else every input is given by name: as is
+            if args or not same:  # (a call with the names of the last one was checked)
+                spec = target.spec
+                if args or not spec.named or kwargs.keys() != spec.params:
+                    kwargs = spec.bind(args, kwargs)  # else every input is given by name
+                    names = tuple(kwargs)
+                    same = False
+                if callee is None or callee.target is not target:
+                    callee = self._register(name, target)
             counters = self.counters
             k = counters[name] = counters.get(name, 0) + 1
             node_id = f"{name}_{k}"
-        else:
+        else:  # a map node
             node_id = self._new_id("map")
-        entry = self.known.get(name)
-        if entry is None or entry[0] is not target:
-            entry = self._register(name, target)
-        if map_param is not None:  # a map node
-            entry = _entry(target, name, "map", map_param)
-            self.map_params[len(self.out_base)] = map_param
-        out_base, slots, made = self.out_base, self.slots, self.made
+            if callee is None or callee.target is not target:
+                self._register(name, target)
+            callee = _Callee.of(target, name, "map", map_param)
+            same = False
+            self.map_params[len(self.made)] = map_param
+        assert callee is not None  # (registered, or the same as last time)
+        index, made = self.index, self.made
         deps: dict[int, None] = {}  # the nodes it depends on, by index
-        pairs: list[tuple[str, int]] = []
-        gathers: Any = _NONE
-        trees: Any = _NONE
-        # Each argument checked and filed into the plan (`_prepare` and `classify_arg`, inlined
-        # for constants, and for output refs and lists of them that this trace made); anything
-        # else, and any mistake, takes the general path.
-        for key, value in kwargs.items():
+        xs: list[Any] = [None]  # the plan arguments: (shape, x1, ..., xn), see _plan
+        code = 0  # their kinds (`_plan.arg_shape`)
+        # Each argument checked and filed (`_prepare` and `classify`, inlined for constants,
+        # and for output refs and lists of them that this trace made, found by identity:
+        # each reads the slot of its node, the node's index); anything else, and any mistake,
+        # takes the general path.
+        for value in kwargs.values():
             vtype = type(value)
             if vtype in _ATOMS or value is None:
-                pairs.append((key, len(slots)))
-                slots.append(value)
+                xs.append(value)
+                code <<= _KIND_BITS  # (CONST is 0)
                 continue
-            if vtype is list:
+            if vtype is OutputRef:
+                j = index.get(value.node)
+                if j is not None and made[j] is value:
+                    deps[j] = None
+                    xs.append(j)
+                    code = code << _KIND_BITS | SLOT
+                    continue
+            elif vtype is list:
                 if len(value) == 1:  # (a fan-in of one: no list of slots)
-                    j = made.get(id(value[0]))
-                    if j is not None:
-                        deps[j] = None
-                        kwargs[key] = [value[0]]  # a copy: the caller may change its list later
-                        if gathers is _NONE:
-                            gathers = []
-                        gathers.append((key, out_base[j]))
-                        continue
-                got: list[int] = []
-                for item in value:
-                    j = made.get(id(item))
-                    if j is None:
-                        break
-                    deps[j] = None
-                    got.append(out_base[j])
+                    item = value[0]
+                    if type(item) is OutputRef:
+                        j = index.get(item.node)
+                        if j is not None and made[j] is item:
+                            deps[j] = None
+                            xs.append(j)
+                            code = code << _KIND_BITS | GATHER1
+                            continue
                 else:
-                    kwargs[key] = value[:]  # a copy: the caller may change its list later
-                    if gathers is _NONE:
-                        gathers = []
-                    gathers.append((key, got[0] if len(got) == 1 else fan_in(got)))
-                    continue
-            else:
-                j = made.get(id(value))
-                if j is not None:
-                    deps[j] = None
-                    pairs.append((key, out_base[j]))
-                    continue
-            kwargs[key] = value = self._prepare(value, deps, node_id)
-            if gathers is _NONE:
-                gathers = []
-            if trees is _NONE:
-                trees = []
-            classify_arg(key, value, self._slot_of, slots, pairs, gathers, trees)
-        i = len(out_base)
+                    got: list[int] = []
+                    for item in value:
+                        if type(item) is not OutputRef:
+                            break
+                        j = index.get(item.node)
+                        if j is None or made[j] is not item:
+                            break
+                        deps[j] = None
+                        got.append(j)
+                    else:
+                        n = len(got)
+                        if 2 <= n <= 4:  # (see _plan.GATHER2)
+                            xs += got
+                            code = code << _KIND_BITS | (GATHER2 - 2 + n)
+                        else:
+                            xs.append(fan_in(got))
+                            code = code << _KIND_BITS | GATHER
+                        continue
+            kind, x = classify(self._prepare(value, deps, node_id), self._slot_of)
+            add_arg(xs, kind, x)
+            code = code << _KIND_BITS | kind
+        if code != callee.code or not same:
+            key = (names, code)
+            shape = self.shapes.get(key)
+            if shape is None:
+                shape = self.shapes[key] = arg_shape(names, code)
+            callee.names, callee.code, callee.shape = names, code, shape
+        xs[0] = callee.shape
+        i = len(made)
         dependents = self.dependents
-        for j in deps:
-            dependents[j].append(i)
-        dependents.append([])
+        for j in deps:  # (a node's first dependent in a tuple: most nodes have one)
+            found = dependents[j]
+            if not found:
+                dependents[j] = (i,)
+            elif type(found) is tuple:
+                dependents[j] = [found[0], i]
+            else:
+                found.append(i)  # type: ignore[attr-defined]  # (a list)
+        dependents.append(())
         self.indegree.append(len(deps))
-        self.ids.append(node_id)
-        self.index[node_id] = i
-        self.entries.append(entry)
-        self.args.append(kwargs)
-        self.targets.append(target)
-        out_base.append(len(slots))
-        slots += entry[7]
-        self.arg_plans.append((pairs, gathers, trees))
+        index[node_id] = i
+        self.callees.append(callee)
+        self.args.append(tuple(xs))
+        outputs = callee.outputs
+        if len(outputs) > 1:
+            self.extra[i] = -1 - self.extra_slots
+            self.extra_slots += len(outputs) - 1
         # The NodeRef with its output refs, their slots set directly (`NodeRef()` and
         # `make_output_ref` inlined).
-        outputs = target.outputs
-        ref: NodeRef = _new(NodeRef)
+        ref: NodeRef = _new(callee.ref_class)
         ref.id = node_id
         ref.outputs = outputs
-        held = entry[9]
-        if entry[10]:  # the first output's ref: what arguments pass most
+        if callee.first:  # the first output's ref: what arguments pass most
             first = _new(OutputRef)
             _set_node(first, node_id)
             _set_output(first, outputs[0])
             _set_path(first, ())
-            ref.__dict__[outputs[0]] = first
-            made[id(first)] = i
-            self.made_refs.append(first)
-            if len(held) == 1:
+            ref.__first__ = first
+            made.append(first)
+            if len(callee.held) == 1:
                 return ref
-        refs = ref.__dict__
-        for out in held:
-            if out not in refs:
-                output = _new(OutputRef)
-                _set_node(output, node_id)
-                _set_output(output, out)
-                _set_path(output, ())
-                refs[out] = output
+        else:
+            made.append(None)
+        for out in callee.held:
+            if out != outputs[0] or not callee.first:
+                setattr(ref, out, make_output_ref(node_id, out))
         return ref
 
     def _slot_of(self, ref: OutputRef) -> int:
         j = self.index[ref.node]
-        outputs: tuple[str, ...] = self.targets[j].outputs
-        return self.out_base[j] + outputs.index(ref.output)
+        k = self.callees[j].outputs.index(ref.output)
+        return self.extra[j] - k + 1 if k else j
 
     def map(self, tool: Tool, items: Any, param: str, fixed: Mapping[str, Any]) -> NodeRef:
         """`trioflow.map(tool, items)` in the body: one node that fans out at run time."""
@@ -470,45 +567,64 @@ class GraphTracer:
 
     def plan(self, graph: TaskGraph) -> Plan:
         """The plan built with `graph`'s nodes (its trace was this one)."""
-        entries = self.entries
+        callees = self.callees
+        # (Comprehensions: an attribute read in one is cheaper than an `attrgetter` call.)
         return Plan(
             graph=graph,
-            ids=self.ids,
-            names=list(map(_NAME, entries)),
-            kinds=list(map(_KIND, entries)),
-            targets=self.targets,
-            args=self.arg_plans,
+            ids=list(self.index),
+            names=[c.name for c in callees],
+            kinds=[c.plan_kind for c in callees],
+            targets=[c.target for c in callees],
+            args=self.args,
             dependents=self.dependents,
             indegree=self.indegree,
             index=self.index,
-            fast=list(map(_FAST, entries)),
-            executors=list(map(_EXECUTOR, entries)),
-            out_base=self.out_base,
-            initial=self.slots,
+            fast=[c.fast for c in callees],
+            executors=[c.executor for c in callees],
+            extra=self.extra,
+            initial=[UNSET] * (len(callees) + self.extra_slots),
             map_params=self.map_params,
         )
 
 
-_NAME, _KIND, _FAST, _EXECUTOR = itemgetter(3), itemgetter(4), itemgetter(5), itemgetter(6)
-_NONE: tuple[Any, ...] = ()
-
-
 def _make_nodes(
-    ids: list[str], entries: list[_Entry], args: list[dict[str, Any]]
+    ids: list[str],
+    callees: list[_Callee],
+    args: list[Args],
+    made: list[OutputRef | None],
+    extra: dict[int, int],
 ) -> dict[str, NodeSpec]:
     """A traced graph's `NodeSpec`s, made from its trace's columns (what `graph.nodes` reads,
     once: see `lazy_nodes`).
 
-    A node's dependencies are the nodes of the output refs in its arguments, in the order the
-    trace met them (argument order, depth first), each once."""
+    A node's arguments are read back from its plan arguments, in call order, with an output
+    ref for each slot (the one the trace made, for a first output). Its dependencies are the
+    nodes of the output refs in its arguments, in the order the trace met them (argument
+    order, depth first), each once."""
+    # The refs of the other outputs, by slot (see `_plan`), made once each here.
+    refs: dict[int, OutputRef] = {}
+    for j, second in extra.items():
+        outputs = callees[j].outputs
+        for k in range(1, len(outputs)):
+            refs[second - k + 1] = make_output_ref(ids[j], outputs[k])
+
+    def ref_at(slot: int) -> OutputRef:
+        if slot < 0:
+            return refs[slot]
+        ref = made[slot]
+        if ref is None:  # (an output the trace made no ref for: named `_x`, say)
+            ref = made[slot] = make_output_ref(ids[slot], callees[slot].outputs[0])
+        return ref
+
     nodes: dict[str, NodeSpec] = {}
     paused = gc.isenabled()
     if paused:  # the NodeSpecs live on with the graph: see `trace`
         gc.disable()
     try:
-        for node_id, entry, node_args in zip(ids, entries, args, strict=True):
+        for node_id, callee, node_args in zip(ids, callees, args, strict=True):
+            values = spec_args(node_args, ref_at)
             deps: dict[str, None] = {}
-            for value in node_args.values():
+            for value in values.values():
                 if type(value) is OutputRef:
                     deps[value.node] = None
                 elif type(value) not in _ATOMS and value is not None:
@@ -517,13 +633,13 @@ def _make_nodes(
                             deps[ref.node] = None
             node = _new(NodeSpec)
             _set_id(node, node_id)
-            _set_tool(node, entry[3])
-            _set_args(node, node_args)
+            _set_tool(node, callee.name)
+            _set_args(node, values)
             _set_deps(node, tuple(deps))
-            _set_outputs(node, entry[0].outputs)
-            _set_kind(node, entry[1])
-            _set_map_param(node, entry[8])
-            _set_target(node, entry[2])
+            _set_outputs(node, callee.outputs)
+            _set_kind(node, callee.kind)
+            _set_map_param(node, callee.map_param)
+            _set_target(node, callee.path)
             nodes[node_id] = node
     finally:
         if paused:
@@ -608,7 +724,7 @@ def trace(
     made = 0
     try:
         result = fn(**{n: InputRef(n) for n in inputs})
-        made = len(tracer.ids)
+        made = len(tracer.made)
     except GraphBuildError as exc:
         if exc.graph is None:  # the innermost trace locates it
             exc.graph = name
@@ -645,5 +761,15 @@ def trace(
         callables=tracer.callables,
     )
     graph._lowered.plan = tracer.plan(graph)
-    lazy_nodes(graph, functools.partial(_make_nodes, tracer.ids, tracer.entries, tracer.args))
+    lazy_nodes(
+        graph,
+        functools.partial(
+            _make_nodes,
+            graph._lowered.plan.ids,
+            tracer.callees,
+            tracer.args,
+            tracer.made,
+            tracer.extra,
+        ),
+    )
     return graph

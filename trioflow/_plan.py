@@ -9,33 +9,46 @@ way the plan is kept with the graph (`TaskGraph._lowered`) and reused by every l
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import functools
+from collections.abc import Callable, Iterator, Sequence
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from ._gcpause import gc_paused
-from ._graph import InputRef, OutputRef, TaskGraph
+from ._graph import InputRef, OutputRef, TaskGraph, resolve
 
 if TYPE_CHECKING:
     from ._tool import Tool
 
 __all__ = [
     "ATOMS",
+    "CONST",
+    "GATHER",
+    "GATHER1",
+    "GATHER2",
+    "GATHER3",
+    "GATHER4",
     "GRAPH",
     "KINDS",
     "MAP",
+    "SLOT",
     "TOOL",
+    "TREE",
     "UNSET",
-    "ArgPlan",
-    "Gathers",
+    "ArgShape",
+    "Args",
     "Plan",
-    "Trees",
-    "classify_arg",
+    "add_arg",
+    "arg_shape",
+    "arg_values",
+    "classify",
     "fan_in",
+    "fan_in_slots",
     "is_fast",
     "plan_of_graph",
+    "spec_args",
     "take_plan",
 ]
 
@@ -54,19 +67,173 @@ class _Unset:
 
 UNSET: Any = _Unset()
 
-# How a node gets its arguments. Every value a node reads sits in one flat list per run: each
-# node's outputs (`Plan.out_base[i]` is node i's first slot) and the graph's constant
-# arguments, the slots in the order the trace met them. `pairs` are arguments read from one
-# slot (a constant or a whole output); `gathers` build a list (a fan-in: one slot, or a getter
-# of several or none, see `fan_in`); `trees` are anything else, resolved ref by ref.
-Pairs = Sequence[tuple[str, int]]
-Gathers = Sequence[tuple[str, "int | Callable[[list[Any]], Any]"]]
-Trees = Sequence[tuple[str, Any]]
-ArgPlan = tuple[Pairs, Gathers, Trees]
+# Where a run keeps the nodes' outputs: one flat list of slots. Node i's first output is slot
+# i; the others of a node with several are at the end of the list, slots `Plan.extra[i]`,
+# `Plan.extra[i] - 1`, ... (negative indexes: so a trace numbers them before it knows how many
+# nodes there are, and a node's first output needs no look-up).
+#
+# How a node gets its arguments: one tuple, `(shape, x1, x2, ...)`, with the x of each argument
+# in the order of the call (one, except for `GATHER2`...), read as its kind says:
+CONST = 0  # x is the value, a constant
+SLOT = 1  # x is a slot: a whole output of another node
+GATHER1 = 2  # x is a slot: the argument is a list of that one output
+GATHER = 3  # x gets the list from the slots (`fan_in`): a fan-in of many outputs, or none
+TREE = 4  # x is anything else holding refs (a projection, a dict, a mixed list): resolved
+# A fan-in of 2, 3 or 4 outputs (kind `GATHER2 - 2 + n`) has n slots, one x each.
+GATHER2, GATHER3, GATHER4 = 5, 6, 7
+_SPREAD = {GATHER2: 2, GATHER3: 3, GATHER4: 4}  # kind → how many x it has
+# The shape (`ArgShape`), shared by every node called with the same names and kinds, has the
+# names and a function that builds the arguments from the slots at run time.
+Args = tuple[Any, ...]
+_KIND_BITS = 3  # a shape's kinds packed in an int (`arg_shape`), `_KIND_BITS` per argument
 
-# Exact types whose values are constants read from a slot as they are.
+# Exact types whose values are constants as they are.
 ATOMS = frozenset({int, str, float, bool, type(None)})
 _TREES = frozenset({InputRef, OutputRef, list, tuple, dict})
+
+
+@attrs.frozen(eq=False)
+class ArgShape:
+    """The names and kinds of a node's arguments, and `build(values, args, lookup)`, which
+    makes its arguments dict from a run's slots (`values`), the node's arguments tuple and the
+    run's ref lookup (for trees)."""
+
+    names: tuple[str, ...]
+    kinds: tuple[int, ...]
+    at: tuple[int, ...]  # where each argument's x (its first, for a `GATHER2`...) is
+    build: Callable[[list[Any], Args, Callable[[Any], Any]], dict[str, Any]]
+
+
+# What each kind's argument reads, in the generated `build` (`a[k]` is its first x).
+_READS = {
+    CONST: "a[{k}]",
+    SLOT: "v[a[{k}]]",
+    GATHER1: "[v[a[{k}]]]",
+    GATHER: "list(a[{k}](v))",
+    TREE: "resolve(a[{k}], lookup)",
+}
+for _kind, _n in _SPREAD.items():
+    _READS[_kind] = "[" + ", ".join(f"v[a[{{k}} + {m}]]" for m in range(_n)) + "]"
+# The order a node's arguments dict has at run time (as it always had): the constants and whole
+# outputs, then the lists of outputs, then the trees, each in call order.
+_GROUP = {CONST: 0, SLOT: 0, TREE: 2} | {kind: 1 for kind in (GATHER1, GATHER, *_SPREAD)}
+
+
+@functools.lru_cache(maxsize=4096)
+def arg_shape(names: tuple[str, ...], code: int) -> ArgShape:
+    """The shape of arguments `names` with kinds `code` (packed: the last argument's kind in
+    the lowest `_KIND_BITS` bits), one per distinct shape and shared by every graph.
+
+    Its `build` is generated code, as attrs and cattrs make theirs: one dict display per shape
+    builds a node's arguments in one call, with no loop over them and no test of their kinds
+    at run time (the names are written as string literals, `repr`)."""
+    kinds: list[int] = []
+    for _ in names:
+        kinds.append(code & ((1 << _KIND_BITS) - 1))
+        code >>= _KIND_BITS
+    kinds.reverse()
+    at: list[int] = []  # each argument's first x, in the arguments tuple
+    k = 1
+    for kind in kinds:
+        at.append(k)
+        k += _SPREAD.get(kind, 1)
+    order = sorted(range(len(names)), key=lambda p: _GROUP[kinds[p]])
+    items = ", ".join(f"{names[p]!r}: {_READS[kinds[p]].format(k=at[p])}" for p in order)
+    source = f"def build(v, a, lookup):\n    return {{{items}}}\n"
+    scope: dict[str, Any] = {"resolve": resolve}
+    exec(compile(source, f"<trioflow arguments {', '.join(names)}>", "exec"), scope)
+    return ArgShape(names, tuple(kinds), tuple(at), scope["build"])
+
+
+def _no_slots(values: list[Any]) -> tuple[()]:
+    return ()
+
+
+def fan_in(slots: list[int]) -> Callable[[list[Any]], Any]:
+    """How a fan-in of several outputs (or none) reads them from the run's slots: an
+    `itemgetter` (or, for an empty list argument, a getter of none)."""
+    return itemgetter(*slots) if slots else _no_slots
+
+
+class _SlotNumbers:
+    """A sequence whose item at every index (negative ones too) is that index."""
+
+    def __getitem__(self, slot: int) -> int:
+        return slot
+
+
+_SLOT_NUMBERS = _SlotNumbers()
+
+
+def fan_in_slots(getter: Callable[[Any], Any]) -> tuple[int, ...]:
+    """The slots a `fan_in` getter reads (it reads them from a sequence of slot numbers)."""
+    slots: tuple[int, ...] = getter(_SLOT_NUMBERS)
+    return slots
+
+
+def is_fast(target: Any, kind: int) -> bool:
+    """Whether node runs of `target` take the scheduler's inline path (plain async tools)."""
+    return kind == TOOL and target.plain and not target.limits
+
+
+def classify(value: Any, slot_of: Callable[[OutputRef], int]) -> tuple[int, Any]:
+    """The kind and x of one (checked) argument value (for a `GATHER2`..., its x's in a
+    tuple: see `add_arg`): a whole output ref reads its node's slot (`slot_of(ref)`), a list
+    of them is a fan-in, any other ref-holding value a tree, and anything else a constant."""
+    kind = type(value)
+    if kind in ATOMS:
+        return CONST, value
+    if kind is OutputRef and not value.path:
+        return SLOT, slot_of(value)
+    if kind is list:
+        slots = []
+        for v in value:
+            if type(v) is not OutputRef or v.path:
+                return TREE, value
+            slots.append(slot_of(v))
+        if len(slots) == 1:
+            return GATHER1, slots[0]
+        if 2 <= len(slots) <= 4:
+            return GATHER2 - 2 + len(slots), tuple(slots)
+        return GATHER, fan_in(slots)
+    if kind in _TREES or isinstance(value, InputRef | OutputRef | list | tuple | dict):
+        return TREE, value
+    return CONST, value
+
+
+def add_arg(xs: list[Any], kind: int, x: Any) -> None:
+    """Add an argument `classify` filed to a node's arguments `xs`."""
+    if kind in _SPREAD:
+        xs.extend(x)
+    else:
+        xs.append(x)
+
+
+def arg_values(args: Args) -> Iterator[tuple[str, int, Any]]:
+    """A node's arguments as (name, kind, x), in call order (for a `GATHER2`..., its x's in a
+    tuple)."""
+    shape: ArgShape = args[0]
+    for name, kind, k in zip(shape.names, shape.kinds, shape.at, strict=True):
+        n = _SPREAD.get(kind)
+        yield name, kind, args[k : k + n] if n else args[k]
+
+
+def spec_args(args: Args, ref_at: Callable[[int], OutputRef]) -> dict[str, Any]:
+    """A node's `NodeSpec` arguments from its plan arguments, in call order; `ref_at(slot)` is
+    the output ref of a slot."""
+    found: dict[str, Any] = {}
+    for name, kind, x in arg_values(args):
+        if kind == SLOT:
+            found[name] = ref_at(x)
+        elif kind == GATHER1:
+            found[name] = [ref_at(x)]
+        elif kind == GATHER:
+            found[name] = [ref_at(s) for s in fan_in_slots(x)]
+        elif kind in _SPREAD:
+            found[name] = [ref_at(s) for s in x]
+        else:
+            found[name] = x
+    return found
 
 
 @attrs.frozen(eq=False)
@@ -78,16 +245,19 @@ class Plan:
     names: list[str]
     kinds: list[int]
     targets: list[Any]
-    args: list[ArgPlan]
-    dependents: list[list[int]]
+    # Node i's arguments: `(shape, x1, ..., xn)` (see `ArgShape`); its arguments dict in a run
+    # is `args[i][0].build(values, args[i], lookup)`.
+    args: list[Args]
+    # Node i's dependents, in order (a list, or a tuple of one or none).
+    dependents: list[Sequence[int]]
     indegree: list[int]
     index: dict[str, int]
     # True for plain async tools (no timeout, retry, limits or context): the inline fast path.
     fast: list[bool]
     executors: list[str]
-    # Node i's outputs are slots out_base[i] ... out_base[i] + len(targets[i].outputs) - 1.
-    out_base: list[int]
-    # The flat value list a run starts from: UNSET in every output slot, and the constants.
+    # Node i → the slot of its second output, for nodes with several (see above).
+    extra: dict[int, int]
+    # The slots a run starts from: UNSET in every one.
     initial: list[Any]
     # A map node's index → the input its items are passed as (no NodeSpec needed at run time).
     map_params: dict[int, str] = attrs.field(factory=dict)
@@ -98,70 +268,22 @@ class Plan:
 
         return list({id(t): t for t in self.targets if isinstance(t, Tool)}.values())
 
+    @property
+    def out_base(self) -> range:
+        """The slot of each node's first output: its index."""
+        return range(len(self.ids))
+
     def slot(self, i: int, output: str) -> int:
         """The value slot of node i's output `output`."""
         outputs: tuple[str, ...] = self.targets[i].outputs
-        return self.out_base[i] + outputs.index(output)
+        k = outputs.index(output)
+        return self.extra[i] - k + 1 if k else i
 
     def shipped_args(self, i: int) -> dict[str, Any]:
         """Node i's arguments that are not plain outputs of other nodes: what a shipping
         executor must be able to send before the node runs (refs inside trees pickle as
         plain data)."""
-        pairs, _, trees = self.args[i]
-        initial = self.initial
-        found = {name: initial[s] for name, s in pairs if initial[s] is not UNSET}
-        found.update(trees)
-        return found
-
-
-def _no_slots(values: list[Any]) -> tuple[()]:
-    return ()
-
-
-def fan_in(slots: list[int]) -> int | Callable[[list[Any]], Any]:
-    """How a gather reads its list from the run's values: one slot, or a getter of several
-    (an `itemgetter`), or of none (an empty list argument is an empty fan-in)."""
-    if len(slots) == 1:
-        return slots[0]
-    return itemgetter(*slots) if slots else _no_slots
-
-
-def is_fast(target: Any, kind: int) -> bool:
-    """Whether node runs of `target` take the scheduler's inline path (plain async tools)."""
-    return kind == TOOL and target.plain and not target.limits
-
-
-def classify_arg(
-    name: str,
-    value: Any,
-    slot_of: Any,
-    values: list[Any],
-    pairs: list[tuple[str, int]],
-    gathers: list[tuple[str, int | Callable[[list[Any]], Any]]],
-    trees: list[tuple[str, Any]],
-) -> None:
-    """File one argument of a node into its plan: a constant gets a new slot in `values`, a
-    whole output ref its node's slot (`slot_of(ref)`), a list of whole output refs a gather;
-    anything else is a tree."""
-    kind = type(value)
-    if kind in ATOMS:
-        pairs.append((name, len(values)))
-        values.append(value)
-    elif kind is OutputRef and not value.path:
-        pairs.append((name, slot_of(value)))
-    elif kind is list:
-        slots = []
-        for v in value:
-            if type(v) is not OutputRef or v.path:
-                trees.append((name, value))
-                return
-            slots.append(slot_of(v))
-        gathers.append((name, fan_in(slots)))
-    elif kind in _TREES or isinstance(value, InputRef | OutputRef | list | tuple | dict):
-        trees.append((name, value))
-    else:
-        pairs.append((name, len(values)))
-        values.append(value)
+        return {name: x for name, kind, x in arg_values(self.args[i]) if kind in (CONST, TREE)}
 
 
 def plan_of_graph(graph: TaskGraph) -> Plan:
@@ -188,7 +310,7 @@ def _lower(graph: TaskGraph) -> Plan:
     nodes = list(graph.nodes.values())
     ids = [node.id for node in nodes]
     index = {node_id: i for i, node_id in enumerate(ids)}
-    dependents: list[list[int]] = [[] for _ in nodes]
+    dependents: list[list[int]] = [[] for _ in nodes]  # (the trace's tuples compare as lists)
     indegree = [0] * len(nodes)
     for i, node in enumerate(nodes):
         deps = node.deps
@@ -200,8 +322,8 @@ def _lower(graph: TaskGraph) -> Plan:
     targets: list[Any] = []
     fast: list[bool] = []
     executors: list[str] = []
-    out_base: list[int] = []
-    width = 0
+    extra: dict[int, int] = {}
+    extra_slots = 0
     # Per (tool name, kind): nodes of one tool share their target and everything derived from it.
     seen: dict[tuple[str, str], tuple[int, Any, bool, str, int]] = {}
     for node in nodes:
@@ -216,23 +338,26 @@ def _lower(graph: TaskGraph) -> Plan:
         targets.append(found[1])
         fast.append(found[2])
         executors.append(found[3])
-        out_base.append(width)
-        width += found[4]
-    values: list[Any] = [UNSET] * width
+        if found[4] > 1:
+            extra[len(targets) - 1] = -1 - extra_slots
+            extra_slots += found[4] - 1
 
     def slot_of(ref: OutputRef) -> int:
         j = index[ref.node]
         outputs: tuple[str, ...] = targets[j].outputs
-        return out_base[j] + outputs.index(ref.output)
+        k = outputs.index(ref.output)
+        return extra[j] - k + 1 if k else j
 
-    args: list[ArgPlan] = []
+    args: list[Args] = []
     for node in nodes:
-        pairs: list[tuple[str, int]] = []
-        gathers: list[tuple[str, int | Callable[[list[Any]], Any]]] = []
-        trees: list[tuple[str, Any]] = []
-        for name, value in node.args.items():
-            classify_arg(name, value, slot_of, values, pairs, gathers, trees)
-        args.append((tuple(pairs), tuple(gathers), tuple(trees)))
+        xs: list[Any] = [None]
+        code = 0
+        for value in node.args.values():
+            kind, x = classify(value, slot_of)
+            add_arg(xs, kind, x)
+            code = code << _KIND_BITS | kind
+        xs[0] = arg_shape(tuple(node.args), code)
+        args.append(tuple(xs))
     return Plan(
         graph=graph,
         ids=ids,
@@ -240,12 +365,12 @@ def _lower(graph: TaskGraph) -> Plan:
         kinds=kinds,
         targets=targets,
         args=args,
-        dependents=dependents,
+        dependents=dependents,  # type: ignore[arg-type]
         indegree=indegree,
         index=index,
         fast=fast,
         executors=executors,
-        out_base=out_base,
-        initial=values,
+        extra=extra,
+        initial=[UNSET] * (len(nodes) + extra_slots),
         map_params={i: n.map_param for i, n in enumerate(nodes) if n.map_param is not None},
     )

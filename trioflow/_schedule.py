@@ -24,7 +24,7 @@ from ._context import FRAME, Frame
 from ._errors import DependencyFailed, GraphBuildError, NodeFailed, is_run_failure
 from ._graph import InputRef, OutputRef, TaskGraph, resolve
 from ._pace import interval
-from ._plan import MAP, TOOL, UNSET, Gathers, Plan, Trees, plan_of_graph, take_plan
+from ._plan import MAP, TOOL, UNSET, Plan, plan_of_graph, take_plan
 from ._reactive import FanOut
 from ._records import ErrorInfo, NodeState
 from ._runstate import RunState
@@ -87,8 +87,8 @@ class _PlanRun:
     node_ids: list[str]
     base: int
     cap: float
-    # Every output and constant of the run, flat (see `Plan.out_base`): a fan-in reads a list
-    # slot per dependency, never a dict per node.
+    # Every output of the run, flat (see `_plan`): a fan-in reads a list slot per dependency,
+    # never a dict per node.
     values: list[Any]
     indegree: list[int]
     # Ready nodes, lowest index first: a sorted FIFO (the initial roots, and each node that
@@ -109,10 +109,14 @@ class _PlanRun:
     # -- values ------------------------------------------------------------------------------
 
     def store(self, i: int, outputs: Mapping[str, Any]) -> None:
-        """Node i's outputs, into their slots."""
-        values, base = self.values, self.plan.out_base[i]
-        for k, name in enumerate(self.plan.targets[i].outputs):
-            values[base + k] = outputs[name]
+        """Node i's outputs, into their slots (see `_plan`)."""
+        values, names = self.values, self.plan.targets[i].outputs
+        if names:
+            values[i] = outputs[names[0]]
+            if len(names) > 1:
+                second = self.plan.extra[i]
+                for k in range(1, len(names)):
+                    values[second - k + 1] = outputs[names[k]]
 
     # -- the ready queue -------------------------------------------------------------------
 
@@ -157,7 +161,7 @@ class _PlanRun:
         frame = Frame(run, self.graph_id, "", 1, slot)
         FRAME.set(frame)  # this task's context only
         fast, targets, names, args = self.fast, plan.targets, plan.names, plan.args
-        values, out_base, indegree = self.values, plan.out_base, self.indegree
+        values, indegree = self.values, self.indegree
         dependents = plan.dependents
         ledger = run.ledger
         start, done, fail, cancel = ledger.start, ledger.done, ledger.fail, ledger.cancel
@@ -175,7 +179,7 @@ class _PlanRun:
         ready, later = self.ready, self.later
         ordered = run.rng is None
         heappop, heappush = heapq.heappop, heapq.heappush
-        more_args = self.more_args
+        lookup = self.lookup
         # Pacing (see _pace): check for cancellation after every node; yield for real once
         # `every` seconds of running have passed since this worker last resumed.
         every = interval()
@@ -212,12 +216,8 @@ class _PlanRun:
                     # The hot path, inlined: execute_node minus executors, timeout and retry.
                     idx = base + i
                     try:
-                        pairs, gathers, trees = args[i]
-                        kwargs = {}
-                        for name, k in pairs:
-                            kwargs[name] = values[k]
-                        if gathers or trees:
-                            more_args(kwargs, gathers, trees)
+                        a = args[i]
+                        kwargs = a[0].build(values, a, lookup)
                         start(idx, kwargs, now)
                         target = targets[i]
                         result = await target.fn(**kwargs)
@@ -235,7 +235,7 @@ class _PlanRun:
                                 outputs = {outs[0]: result}
                                 if accept is not None:  # a store encodes them first: an
                                     accept(node_ids[i], target, outputs)  # unstorable one fails
-                            values[out_base[i]] = result
+                            values[i] = result  # (its one output's slot)
                         else:
                             outputs = target.normalize(result)
                             if accept is not None:
@@ -282,20 +282,10 @@ class _PlanRun:
         finally:
             slot.give_back()
 
-    def more_args(self, kwargs: dict[str, Any], gathers: Gathers, trees: Trees) -> None:
-        """The fan-in and tree arguments of a node (its plain ones are read inline)."""
-        values = self.values
-        for name, g in gathers:
-            kwargs[name] = [values[g]] if type(g) is int else list(g(values))  # type: ignore[operator]
-        for name, tree in trees:
-            kwargs[name] = resolve(tree, self.lookup)
-
     def args_for(self, i: int) -> dict[str, Any]:
-        pairs, gathers, trees = self.plan.args[i]
-        values = self.values
-        kwargs = {name: values[k] for name, k in pairs}
-        if gathers or trees:
-            self.more_args(kwargs, gathers, trees)
+        """Node i's arguments dict (see `_plan.ArgShape`)."""
+        a = self.plan.args[i]
+        kwargs: dict[str, Any] = a[0].build(self.values, a, self.lookup)
         return kwargs
 
     def lookup(self, ref: InputRef | OutputRef) -> Any:

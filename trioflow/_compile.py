@@ -59,6 +59,7 @@ from ._plan import (
     classify,
     fan_in,
     is_fast,
+    output_slot,
     spec_args,
 )
 from ._trace import TRACER, called_from_user_code
@@ -558,8 +559,7 @@ class GraphTracer:
 
     def _slot_of(self, ref: OutputRef) -> int:
         j = self.index[ref.node]
-        k = self.callees[j].outputs.index(ref.output)
-        return self.extra[j] - k + 1 if k else j
+        return output_slot(j, self.callees[j].outputs.index(ref.output), self.extra)
 
     def map(self, tool: Tool, items: Any, param: str, fixed: Mapping[str, Any]) -> NodeRef:
         """`trioflow.map(tool, items)` in the body: one node that fans out at run time."""
@@ -603,10 +603,10 @@ def _make_nodes(
     order, depth first), each once."""
     # The refs of the other outputs, by slot (see `_plan`), made once each here.
     refs: dict[int, OutputRef] = {}
-    for j, second in extra.items():
+    for j in extra:
         outputs = callees[j].outputs
         for k in range(1, len(outputs)):
-            refs[second - k + 1] = make_output_ref(ids[j], outputs[k])
+            refs[output_slot(j, k, extra)] = make_output_ref(ids[j], outputs[k])
 
     def ref_at(slot: int) -> OutputRef:
         if slot < 0:

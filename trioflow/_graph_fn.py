@@ -31,6 +31,7 @@ from ._errors import (
     TrioflowError,
     is_run_failure,
 )
+from ._reactive import SEQUENCES
 from ._runstate import RunState
 from ._tool import (
     InputSpec,
@@ -45,9 +46,6 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 __all__ = ["GraphFn", "gather", "graph_fn", "map"]
-
-# Items whose iteration runs no caller code (see `FanOut`'s `quick`).
-_SEQUENCES = (list, tuple, range)
 
 
 @attrs.frozen(eq=False, slots=False)
@@ -252,7 +250,7 @@ class MapCall:
         run: RunState = frame.run
         items = self.items
         calls = map_calls(tool, items, param, fixed, run)
-        return run.fan_out(frame, calls, type(items) in _SEQUENCES).__await__()
+        return run.fan_out(frame, calls, type(items) in SEQUENCES).__await__()
 
 
 def map(tool: Tool, items: Any, *, param: str | None = None, **fixed: Any) -> Any:

@@ -10,7 +10,7 @@ way the plan is kept with the graph (`TaskGraph._lowered`) and reused by every l
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +46,7 @@ __all__ = [
     "classify",
     "fan_in",
     "fan_in_slots",
+    "output_slot",
     "is_fast",
     "plan_of_graph",
     "spec_args",
@@ -143,6 +144,11 @@ def arg_shape(names: tuple[str, ...], code: int) -> ArgShape:
     scope: dict[str, Any] = {"resolve": resolve}
     exec(compile(source, f"<trioflow arguments {', '.join(names)}>", "exec"), scope)
     return ArgShape(names, tuple(kinds), tuple(at), scope["build"])
+
+
+def output_slot(i: int, k: int, extra: Mapping[int, int]) -> int:
+    """The slot of node i's output number k (its first: slot i; see above)."""
+    return extra[i] - k + 1 if k else i
 
 
 def _no_slots(values: list[Any]) -> tuple[()]:
@@ -276,8 +282,7 @@ class Plan:
     def slot(self, i: int, output: str) -> int:
         """The value slot of node i's output `output`."""
         outputs: tuple[str, ...] = self.targets[i].outputs
-        k = outputs.index(output)
-        return self.extra[i] - k + 1 if k else i
+        return output_slot(i, outputs.index(output), self.extra)
 
     def shipped_args(self, i: int) -> dict[str, Any]:
         """Node i's arguments that are not plain outputs of other nodes: what a shipping
@@ -345,8 +350,7 @@ def _lower(graph: TaskGraph) -> Plan:
     def slot_of(ref: OutputRef) -> int:
         j = index[ref.node]
         outputs: tuple[str, ...] = targets[j].outputs
-        k = outputs.index(ref.output)
-        return extra[j] - k + 1 if k else j
+        return output_slot(j, outputs.index(ref.output), extra)
 
     args: list[Args] = []
     for node in nodes:

@@ -30,7 +30,10 @@ if TYPE_CHECKING:
     from ._runstate import GraphTarget, RunState
     from ._tool import Tool
 
-__all__ = ["FanOut", "call_graph", "call_tool", "run_composite"]
+__all__ = ["SEQUENCES", "FanOut", "call_graph", "call_tool", "run_composite"]
+
+# Items whose iteration runs no caller code: a map over one is a `quick` fan-out (`FanOut`).
+SEQUENCES = (list, tuple, range)
 
 Item = ToolCall | Callable[[], Awaitable[Any]]
 
@@ -254,9 +257,10 @@ class FanOut:
         self.nursery: trio.Nursery | None = None
         items: Iterator[tuple[int, Item]]
         # Whether taking the next call runs no caller code (gather's list, or `quick`: a map
-        # over a list, tuple or range): a worker may then reuse a clock reading across it.
-        self.quick = quick or type(calls) is list
-        if type(calls) is list:
+        # over `SEQUENCES`): a worker may then reuse a clock reading across it.
+        self.quick = quick
+        if type(calls) is list:  # (gather's)
+            self.quick = True
             items = _taken(calls)
             self.results = [None] * len(calls)
         else:

@@ -24,8 +24,8 @@ from ._context import FRAME, Frame
 from ._errors import DependencyFailed, GraphBuildError, NodeFailed, is_run_failure
 from ._graph import InputRef, OutputRef, TaskGraph, resolve
 from ._pace import interval
-from ._plan import MAP, TOOL, UNSET, Plan, plan_of_graph, take_plan
-from ._reactive import FanOut
+from ._plan import MAP, TOOL, UNSET, Plan, output_slot, plan_of_graph, take_plan
+from ._reactive import SEQUENCES, FanOut
 from ._records import ErrorInfo, NodeState
 from ._runstate import RunState
 from ._slots import Slot
@@ -114,9 +114,9 @@ class _PlanRun:
         if names:
             values[i] = outputs[names[0]]
             if len(names) > 1:
-                second = self.plan.extra[i]
+                extra = self.plan.extra
                 for k in range(1, len(names)):
-                    values[second - k + 1] = outputs[names[k]]
+                    values[output_slot(i, k, extra)] = outputs[names[k]]
 
     # -- the ready queue -------------------------------------------------------------------
 
@@ -383,7 +383,7 @@ class _PlanRun:
                     f"got {type(items).__name__}"
                 ) from None
             calls = map_calls(tool, iterator, param, kwargs, run)
-            results = await FanOut(run, frame, calls, type(items) in (list, tuple)).run()
+            results = await FanOut(run, frame, calls, type(items) in SEQUENCES).run()
             return {out: [r[out] for r in results] for out in tool.outputs}
 
         outputs: dict[str, Any] = await run.run_composite(self.base + i, node_id, slot, body)

@@ -457,6 +457,51 @@ def test_two_processes_writing_one_store_file_lose_nothing(tmp_path: pathlib.Pat
         assert store.outputs(r.run_id) == {f"n_{i}": {"out": i} for i in range(200)}
 
 
+OPENER = textwrap.dedent(
+    """
+    import sys
+    import trioflow
+    print("ready", flush=True)
+    sys.stdin.readline()  # every process is ready: all open the new file at once
+    trioflow.SQLiteStore(sys.argv[1]).close()
+    """
+)
+
+
+def test_processes_creating_one_new_store_at_once_all_open_it(tmp_path: pathlib.Path) -> None:
+    """SQLite refuses a racing switch of a new file to WAL mode at once, without its busy
+    timeout; every process still opens the store (as two `trioflow run`s at once would)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for round_ in range(5):
+        path = tmp_path / f"new-{round_}.db"
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", OPENER, str(path)],
+                cwd=ROOT,
+                env=env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(6)
+        ]
+        try:
+            for p in procs:
+                assert p.stdout is not None and p.stdout.readline() == "ready\n"
+            for p in procs:
+                assert p.stdin is not None
+                p.stdin.write("go\n")
+                p.stdin.flush()
+            for p in procs:
+                _, err = p.communicate(timeout=120)
+                assert p.returncode == 0, err
+        finally:
+            for p in procs:
+                p.kill()
+        assert trioflow.SQLiteStore(path).runs() == []
+
+
 @given(
     st.text(max_size=6) | st.sampled_from(["$t", '"$t"', "\\", "é", "\u2028"]),
     st.integers() | st.text(max_size=6) | st.sampled_from(["$t", '"$t"', "\\", "\x00", "é"]),

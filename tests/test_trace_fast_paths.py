@@ -13,6 +13,7 @@ import gc
 import hashlib
 import json
 from typing import Any
+from unittest import mock
 
 import attrs
 import pytest
@@ -749,3 +750,201 @@ def test_a_missing_graph_attribute_is_still_an_attribute_error() -> None:
         graph.nodez  # type: ignore[attr-defined]  # noqa: B018
     assert not hasattr(graph, "fn")
     assert graph.nodes["work_1"].deps == ()
+
+
+# -- filers: generated filing of the common calls (`_plan.filer`) ---------------------------------
+# A filer guards every argument and returns None at the first one it does not expect. These
+# trace random bodies that call one tool many times with the same names, mixing the arguments a
+# filer takes (constants, whole refs, lists of them of any length, repeated refs) with those it
+# must leave to the general path (second outputs, projections, node refs, mixed lists, tuples,
+# dicts, refs equal to ours but not ours, the graph's input), against a trace without filers.
+
+_fileable = st.sampled_from(["const", "ref", "fanin", "fanin", "fanin"])
+_other = st.sampled_from(["noderef", "path", "mixed", "tuple", "dict", "input", "copy", "second"])
+
+
+@st.composite
+def _repeating_programs(draw: st.DrawFn) -> list[tuple[str, dict[str, Any]]]:
+    """Calls of `plan_one` (and now and then `plan_two`) with the same names, in recipes of
+    `_body_for`; `("copy", j)` is a ref equal to node j's output but made by the body."""
+    names = draw(st.lists(st.sampled_from(["x", "y"]), unique=True, max_size=2))
+    kinds = {name: draw(_fileable) for name in names}  # what most calls pass
+    program: list[tuple[str, dict[str, Any]]] = [("plan_one", {})]
+    for k in range(1, draw(st.integers(2, 14))):
+        earlier = st.integers(0, k - 1)
+        recipes: dict[str, Any] = {}
+        for name in names:
+            kind = draw(st.sampled_from([kinds[name]] * 4 + [draw(_fileable), draw(_other)]))
+            if kind == "const":
+                recipes[name] = ("const", draw(st.one_of(st.none(), st.integers(), st.text())))
+            elif kind == "ref":
+                recipes[name] = ("ref", draw(earlier))
+            elif kind == "fanin":  # (duplicates too)
+                recipes[name] = ("fanin", draw(st.lists(earlier, max_size=7)))
+            elif kind == "mixed":
+                item = st.one_of(earlier.map(lambda j: ("ref", j)), st.just(("const", 1)))
+                recipes[name] = ("mixed", draw(st.lists(item, max_size=3)))
+            elif kind == "tuple":
+                recipes[name] = ("tuple", draw(st.lists(earlier, max_size=2)))
+            elif kind == "input":
+                recipes[name] = ("input",)
+            else:
+                recipes[name] = (kind, draw(earlier))
+        program.append((draw(st.sampled_from(["plan_one"] * 5 + ["plan_two"])), recipes))
+    return program
+
+
+def _resolve_extra_recipes(program: list[tuple[str, dict[str, Any]]]) -> Any:
+    """`_body_for` with two recipes more: a ref equal to a node's output but made here
+    ("copy"), and a node's second output where it has one ("second")."""
+    tools = {"plan_one": plan_one, "plan_two": plan_two}
+
+    def body(vals: Any) -> Any:
+        refs: list[Any] = []
+
+        def whole(j: int) -> Any:
+            return refs[j]["out"] if "out" in refs[j].outputs else refs[j]["a"]
+
+        def build(recipe: Any) -> Any:
+            kind = recipe[0]
+            if kind == "const":
+                return recipe[1]
+            if kind == "input":
+                return vals
+            if kind == "ref":
+                return whole(recipe[1])
+            if kind == "copy":
+                ref = whole(recipe[1])
+                return OutputRef(ref.node, ref.output)
+            if kind == "second":
+                ref = refs[recipe[1]]
+                return ref[ref.outputs[-1]]
+            if kind == "noderef":
+                j = recipe[1]
+                return refs[j] if len(refs[j].outputs) == 1 else refs[j].a
+            if kind == "path":
+                return whole(recipe[1])[0]
+            if kind == "fanin":
+                return [whole(j) for j in recipe[1]]
+            if kind == "mixed":
+                return [build(item) for item in recipe[1]]
+            if kind == "tuple":
+                return tuple(whole(j) for j in recipe[1])
+            return {"k": whole(recipe[1]), "c": 1}
+
+        for tool, recipes in program:
+            refs.append(tools[tool](**{name: build(r) for name, r in recipes.items()}))
+        return {"out": [ref[out] for ref in refs for out in ref.outputs]}
+
+    return body
+
+
+def _compile(program: list[tuple[str, dict[str, Any]]]) -> trioflow.TaskGraph:
+    body = _resolve_extra_recipes(program)
+    return trioflow.graphify(name="filed", outputs=["out"])(body).compile()
+
+
+@given(_repeating_programs())
+def test_a_filed_call_is_traced_as_the_general_path_traces_it(
+    program: list[tuple[str, dict[str, Any]]],
+) -> None:
+    filed = _compile(program)
+    with mock.patch("trioflow._compile.filer", lambda names, code: None):
+        general = _compile(program)
+    assert filed._lowered.plan is not None and general._lowered.plan is not None
+    assert _plan_shape(filed._lowered.plan) == _plan_shape(general._lowered.plan)
+    assert filed.nodes == general.nodes
+    assert filed.to_dict() == general.to_dict()
+
+
+@given(_repeating_programs(), st.sampled_from([[5, 6], {0: "zero"}, None]))
+def test_a_run_of_a_filed_graph_gives_what_the_general_one_does(
+    program: list[tuple[str, dict[str, Any]]], vals: Any
+) -> None:
+    def run(graph: trioflow.TaskGraph) -> Any:
+        try:
+            return trioflow.run(graph, inputs={"vals": vals})
+        except trioflow.NodeFailed as exc:
+            return type(exc.__cause__)
+
+    filed = _compile(program)
+    with mock.patch("trioflow._compile.filer", lambda names, code: None):
+        general = _compile(program)
+    assert run(filed) == run(general)
+
+
+def test_calls_with_the_names_of_the_last_one_take_the_filer() -> None:
+    """A fan-out and fan-ins of every width, by one tool with the same names: only the first
+    call of each names and kinds takes the general path (a list of any length is one kind)."""
+    from trioflow._compile import GraphTracer
+
+    general = GraphTracer._file
+    seen: list[str] = []
+
+    def spy(self: GraphTracer, callee: Any, *args: Any) -> Any:
+        seen.append(callee.name)
+        return general(self, callee, *args)
+
+    @trioflow.graphify(outputs=["out"])
+    def g() -> Any:
+        first = plan_one(x=1, y=None)  # general: the first call
+        refs = [plan_one(x=k, y=[first.out]) for k in range(9)]  # general once: another kind
+        fans = [plan_one(x=k, y=[r.out for r in refs[:k]]) for k in range(9)]
+        a, b = refs[0].out, fans[3].out
+        for twice in ([a, a], [a, b, a], [b, a, a, b], [a, b, a, b, b, a]):  # one dep each
+            fans.append(plan_one(x=2, y=twice))
+        whole = plan_one(y=first.out, x="a")  # general: other names
+        again = plan_one(y=whole.out, x="b")
+        return [r.out for r in [*fans, again]]
+
+    with mock.patch.object(GraphTracer, "_file", spy):
+        graph = g.compile()
+    assert seen == ["plan_one"] * 3
+    with mock.patch("trioflow._compile.filer", lambda names, code: None):
+        general = g.compile()
+    assert graph._lowered.plan is not None and general._lowered.plan is not None
+    assert _plan_shape(graph._lowered.plan) == _plan_shape(general._lowered.plan)
+    plan = graph._lowered.plan
+    assert plan.indegree[-6:-2] == [1, 2, 2, 2]
+    assert graph.nodes["plan_one_21"].deps == ("plan_one_2", "plan_one_14")
+    assert trioflow.run(graph)["out"][-2] == 2
+
+
+_ODD = [
+    ("path", 1),
+    ("second", 1),
+    ("copy", 1),
+    ("noderef", 1),
+    ("input",),
+    ("tuple", [1]),
+    ("dict", 1),
+    ("mixed", [("ref", 1), ("const", 2)]),
+    ("mixed", [("path", 1)]),
+    ("mixed", [("second", 1), ("ref", 0)]),
+    ("mixed", [("copy", 1)]),
+    ("mixed", [("ref", 0), ("ref", 1), ("ref", 0), ("copy", 1), ("ref", 0)]),
+    ("const", 3),
+    ("ref", 1),
+    ("fanin", [1]),
+]
+
+
+@pytest.mark.parametrize("odd", _ODD)
+@pytest.mark.parametrize(
+    "usual", [("const", 1), ("ref", 0), ("ref", 1), *(("fanin", [0, 1] * k) for k in range(4))]
+)
+def test_a_filer_leaves_an_argument_of_another_kind_to_the_general_path(
+    usual: Any, odd: Any
+) -> None:
+    """Every argument a filer must not take, after calls it filed (in each position)."""
+    for position in ("x", "y"):
+        other = "y" if position == "x" else "x"
+        calls = [{position: usual, other: ("ref", 0)}, {position: odd, other: ("ref", 1)}]
+        program = [("plan_one", {}), ("plan_two", {"x": ("const", 1)})]
+        program += [("plan_one", recipes) for recipes in calls * 2]
+        filed = _compile(program)
+        with mock.patch("trioflow._compile.filer", lambda names, code: None):
+            general = _compile(program)
+        assert filed._lowered.plan is not None and general._lowered.plan is not None
+        assert _plan_shape(filed._lowered.plan) == _plan_shape(general._lowered.plan)
+        assert filed.nodes == general.nodes

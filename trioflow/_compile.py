@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import functools
 import gc
+import itertools
+import operator
 import os
 import traceback
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, ClassVar, Self, cast
 
@@ -53,11 +55,13 @@ from ._plan import (
     UNSET,
     Args,
     ArgShape,
+    Filer,
     Plan,
     add_arg,
     arg_shape,
     classify,
     fan_in,
+    filer,
     is_fast,
     output_slot,
     spec_args,
@@ -244,6 +248,11 @@ _ATOMS = frozenset({str, int, float, bool})
 _PROMOTE_NODES = 1000
 
 
+def _no_filer(kwargs: dict[str, Any], index: dict[str, int], made: list[Any]) -> None:
+    """The filer of calls the general path files (see `_plan.filer`)."""
+    return None
+
+
 @attrs.define(eq=False)
 class _Callee:
     """What a trace knows of a callable it met, by name (a map node has one of its own)."""
@@ -265,12 +274,28 @@ class _Callee:
     first: bool
     # The argument names of its last call, their kinds and `ArgShape`: a call with the same
     # names needs no check of them, and most calls of a callable have the same shape.
+    # Its node ids, in order (`_node_ids`: shared by every callee that numbers its nodes by
+    # the same name).
+    ids: Iterator[str]
+    # Its first output (if it has one), whether it has more, and whether the first is the
+    # only one its NodeRefs hold.
+    output: str | None
+    more: bool
+    only: bool
     names: tuple[str, ...] | None = None
     code: int = -1
     shape: ArgShape | None = None
+    filer: Filer = attrs.field(default=_no_filer)  # of `names` and `code` (see `_plan.filer`)
 
     @classmethod
-    def of(cls, target: Any, name: str, kind: NodeKind, map_param: str | None = None) -> _Callee:
+    def of(
+        cls,
+        target: Any,
+        name: str,
+        kind: NodeKind,
+        ids: Iterator[str],
+        map_param: str | None = None,
+    ) -> _Callee:
         plan_kind = KINDS[kind]
         outputs: tuple[str, ...] = target.outputs
         held = _held_outputs(outputs)
@@ -288,7 +313,17 @@ class _Callee:
             ref_class=_ref_class(held, first),
             held=held,
             first=first,
+            ids=ids,
+            output=outputs[0] if outputs else None,
+            more=len(outputs) > 1,
+            only=first and len(held) == 1,
         )
+
+
+def _node_ids(name: str) -> Iterator[str]:
+    """`name_1`, `name_2`, ...: the ids of the nodes a trace numbers by `name` (each made by
+    one C-level `next()`: no counter to read and write back, no f-string)."""
+    return map(operator.add, itertools.repeat(f"{name}_"), map(str, itertools.count(1)))
 
 
 @attrs.define(eq=False)
@@ -304,7 +339,7 @@ class GraphTracer:
     inputs: tuple[str, ...]
     values: Mapping[str, Any] | None
     callables: dict[str, Any] = attrs.field(factory=dict)
-    counters: dict[str, int] = attrs.field(factory=dict)
+    ids: dict[str, Iterator[str]] = attrs.field(factory=dict)  # by name: see `_node_ids`
     known: dict[str, _Callee] = attrs.field(factory=dict)
     # (argument names, kinds) → their `ArgShape` (`_plan.arg_shape`), for this trace
     shapes: dict[tuple[tuple[str, ...], int], ArgShape] = attrs.field(factory=dict)
@@ -333,9 +368,13 @@ class GraphTracer:
         except (LookupError, TypeError):
             return False, None
 
-    def _new_id(self, name: str) -> str:
-        k = self.counters[name] = self.counters.get(name, 0) + 1
-        return f"{name}_{k}"
+    def _ids(self, name: str) -> Iterator[str]:
+        """The ids of the nodes numbered by `name` (tool and subgraph nodes by their
+        callable's name, map nodes by "map")."""
+        found = self.ids.get(name)
+        if found is None:
+            found = self.ids[name] = _node_ids(name)
+        return found
 
     def _foreign(self, node_id: str, ref: OutputRef) -> GraphBuildError:
         return GraphBuildError(
@@ -418,7 +457,7 @@ class GraphTracer:
         if kind == "graph":
             _check_recursion(target)
         self.callables[name] = target
-        callee = self.known[name] = _Callee.of(target, name, kind)
+        callee = self.known[name] = _Callee.of(target, name, kind, self._ids(name))
         return callee
 
     def call(
@@ -446,17 +485,73 @@ class GraphTracer:
                     same = False
                 if callee is None or callee.target is not target:
                     callee = self._register(name, target)
-            counters = self.counters
-            k = counters[name] = counters.get(name, 0) + 1
-            node_id = f"{name}_{k}"
+            assert callee is not None  # (registered, or the same as last time)
         else:  # a map node
-            node_id = self._new_id("map")
             if callee is None or callee.target is not target:
                 self._register(name, target)
-            callee = _Callee.of(target, name, "map", map_param)
+            callee = _Callee.of(target, name, "map", self._ids("map"), map_param)
             same = False
-            self.map_params[len(self.made)] = map_param
-        assert callee is not None  # (registered, or the same as last time)
+        node_id = next(callee.ids)
+        index, made = self.index, self.made
+        # Its arguments tuple and the nodes it depends on (by index): by the filer of the
+        # names and kinds of its last call (`_plan.filer`), else by the general path.
+        filed = callee.filer(kwargs, index, made) if same else None
+        if filed is None:
+            filed = self._file(callee, names, same, kwargs, node_id)
+        node_args, deps = filed
+        i = len(made)
+        if map_param is not None:
+            self.map_params[i] = map_param
+        dependents = self.dependents
+        for j in deps:  # (a node's first dependent in a tuple: most nodes have one)
+            found = dependents[j]
+            if not found:
+                dependents[j] = (i,)
+            elif type(found) is tuple:
+                dependents[j] = [found[0], i]
+            else:
+                found.append(i)  # type: ignore[attr-defined]  # (a list)
+        dependents.append(())
+        self.indegree.append(len(deps))
+        index[node_id] = i
+        self.callees.append(callee)
+        self.args.append(node_args)
+        outputs = callee.outputs
+        if callee.more:  # several outputs: the slots of the others
+            self.extra[i] = -1 - self.extra_slots
+            self.extra_slots += len(outputs) - 1
+        # The NodeRef with its output refs, their slots set directly (`NodeRef()` and
+        # `make_output_ref` inlined).
+        ref: NodeRef = _new(callee.ref_class)
+        ref.id = node_id
+        ref.outputs = outputs
+        if callee.first:  # the first output's ref: what arguments pass most
+            first = _new(OutputRef)
+            _set_node(first, node_id)
+            _set_output(first, callee.output)
+            _set_path(first, ())
+            ref.__first__ = first
+            made.append(first)
+            if callee.only:
+                return ref
+        else:
+            made.append(None)
+        for out in callee.held:
+            if out != outputs[0] or not callee.first:
+                setattr(ref, out, make_output_ref(node_id, out))
+        return ref
+
+    def _file(
+        self,
+        callee: _Callee,
+        names: tuple[str, ...],
+        same: bool,
+        kwargs: dict[str, Any],
+        node_id: str,
+    ) -> tuple[Args, Collection[int]]:
+        """The general path of `call`: each argument checked and filed into the node's
+        arguments tuple, with the nodes it depends on; the callee's shape and filer kept for
+        its next calls."""
         index, made = self.index, self.made
         deps: dict[int, None] = {}  # the nodes it depends on, by index
         xs: list[Any] = [None]  # the plan arguments: (shape, x1, ..., xn), see _plan
@@ -479,34 +574,27 @@ class GraphTracer:
                     code = code << _KIND_BITS | SLOT
                     continue
             elif vtype is list:
-                if len(value) == 1:  # (a fan-in of one: no list of slots)
-                    item = value[0]
-                    if type(item) is OutputRef:
-                        j = index.get(item.node)
-                        if j is not None and made[j] is item:
-                            deps[j] = None
-                            xs.append(j)
-                            code = code << _KIND_BITS | GATHER1
-                            continue
+                got: list[int] = []
+                for item in value:
+                    if type(item) is not OutputRef:
+                        break
+                    j = index.get(item.node)
+                    if j is None or made[j] is not item:
+                        break
+                    deps[j] = None
+                    got.append(j)
                 else:
-                    got: list[int] = []
-                    for item in value:
-                        if type(item) is not OutputRef:
-                            break
-                        j = index.get(item.node)
-                        if j is None or made[j] is not item:
-                            break
-                        deps[j] = None
-                        got.append(j)
+                    n = len(got)
+                    if n == 1:  # (a fan-in of one: no list of slots)
+                        xs += got
+                        code = code << _KIND_BITS | GATHER1
+                    elif 2 <= n <= 4:  # (see _plan.GATHER2)
+                        xs += got
+                        code = code << _KIND_BITS | (GATHER2 - 2 + n)
                     else:
-                        n = len(got)
-                        if 2 <= n <= 4:  # (see _plan.GATHER2)
-                            xs += got
-                            code = code << _KIND_BITS | (GATHER2 - 2 + n)
-                        else:
-                            xs.append(fan_in(got))
-                            code = code << _KIND_BITS | GATHER
-                        continue
+                        xs.append(fan_in(got))
+                        code = code << _KIND_BITS | GATHER
+                    continue
             kind, x = classify(self._prepare(value, deps, node_id), self._slot_of)
             add_arg(xs, kind, x)
             code = code << _KIND_BITS | kind
@@ -516,46 +604,9 @@ class GraphTracer:
             if shape is None:
                 shape = self.shapes[key] = arg_shape(names, code)
             callee.names, callee.code, callee.shape = names, code, shape
+            callee.filer = (filer(names, code) or _no_filer) if callee.kind != "map" else _no_filer
         xs[0] = callee.shape
-        i = len(made)
-        dependents = self.dependents
-        for j in deps:  # (a node's first dependent in a tuple: most nodes have one)
-            found = dependents[j]
-            if not found:
-                dependents[j] = (i,)
-            elif type(found) is tuple:
-                dependents[j] = [found[0], i]
-            else:
-                found.append(i)  # type: ignore[attr-defined]  # (a list)
-        dependents.append(())
-        self.indegree.append(len(deps))
-        index[node_id] = i
-        self.callees.append(callee)
-        self.args.append(tuple(xs))
-        outputs = callee.outputs
-        if len(outputs) > 1:
-            self.extra[i] = -1 - self.extra_slots
-            self.extra_slots += len(outputs) - 1
-        # The NodeRef with its output refs, their slots set directly (`NodeRef()` and
-        # `make_output_ref` inlined).
-        ref: NodeRef = _new(callee.ref_class)
-        ref.id = node_id
-        ref.outputs = outputs
-        if callee.first:  # the first output's ref: what arguments pass most
-            first = _new(OutputRef)
-            _set_node(first, node_id)
-            _set_output(first, outputs[0])
-            _set_path(first, ())
-            ref.__first__ = first
-            made.append(first)
-            if len(callee.held) == 1:
-                return ref
-        else:
-            made.append(None)
-        for out in callee.held:
-            if out != outputs[0] or not callee.first:
-                setattr(ref, out, make_output_ref(node_id, out))
-        return ref
+        return tuple(xs), deps
 
     def _slot_of(self, ref: OutputRef) -> int:
         j = self.index[ref.node]

@@ -752,12 +752,12 @@ def test_a_missing_graph_attribute_is_still_an_attribute_error() -> None:
     assert graph.nodes["work_1"].deps == ()
 
 
-# -- filers: generated filing of the common calls (`_plan.filer`) ---------------------------------
-# A filer guards every argument and returns None at the first one it does not expect. These
+# -- recorders: generated code for the common calls (`_compile.recorder`, `_plan.filing`) ---------
+# A recorder guards every argument and returns None at the first one it does not expect. These
 # trace random bodies that call one tool many times with the same names, mixing the arguments a
-# filer takes (constants, whole refs, lists of them of any length, repeated refs) with those it
+# recorder takes (constants, whole refs, lists of them of any length, repeated refs) with those it
 # must leave to the general path (second outputs, projections, node refs, mixed lists, tuples,
-# dicts, refs equal to ours but not ours, the graph's input), against a trace without filers.
+# dicts, refs equal to ours but not ours, the graph's input), against a trace without them.
 
 _fileable = st.sampled_from(["const", "ref", "fanin", "fanin", "fanin"])
 _other = st.sampled_from(["noderef", "path", "mixed", "tuple", "dict", "input", "copy", "second"])
@@ -849,7 +849,7 @@ def test_a_filed_call_is_traced_as_the_general_path_traces_it(
     program: list[tuple[str, dict[str, Any]]],
 ) -> None:
     filed = _compile(program)
-    with mock.patch("trioflow._compile.filer", lambda names, code: None):
+    with mock.patch("trioflow._compile.recorder", lambda names, code: None):
         general = _compile(program)
     assert filed._lowered.plan is not None and general._lowered.plan is not None
     assert _plan_shape(filed._lowered.plan) == _plan_shape(general._lowered.plan)
@@ -868,12 +868,12 @@ def test_a_run_of_a_filed_graph_gives_what_the_general_one_does(
             return type(exc.__cause__)
 
     filed = _compile(program)
-    with mock.patch("trioflow._compile.filer", lambda names, code: None):
+    with mock.patch("trioflow._compile.recorder", lambda names, code: None):
         general = _compile(program)
     assert run(filed) == run(general)
 
 
-def test_calls_with_the_names_of_the_last_one_take_the_filer() -> None:
+def test_calls_with_the_names_of_the_last_one_take_the_recorder() -> None:
     """A fan-out and fan-ins of every width, by one tool with the same names: only the first
     call of each names and kinds takes the general path (a list of any length is one kind)."""
     from trioflow._compile import GraphTracer
@@ -900,7 +900,7 @@ def test_calls_with_the_names_of_the_last_one_take_the_filer() -> None:
     with mock.patch.object(GraphTracer, "_file", spy):
         graph = g.compile()
     assert seen == ["plan_one"] * 3
-    with mock.patch("trioflow._compile.filer", lambda names, code: None):
+    with mock.patch("trioflow._compile.recorder", lambda names, code: None):
         general = g.compile()
     assert graph._lowered.plan is not None and general._lowered.plan is not None
     assert _plan_shape(graph._lowered.plan) == _plan_shape(general._lowered.plan)
@@ -933,18 +933,68 @@ _ODD = [
 @pytest.mark.parametrize(
     "usual", [("const", 1), ("ref", 0), ("ref", 1), *(("fanin", [0, 1] * k) for k in range(4))]
 )
-def test_a_filer_leaves_an_argument_of_another_kind_to_the_general_path(
+def test_a_recorder_leaves_an_argument_of_another_kind_to_the_general_path(
     usual: Any, odd: Any
 ) -> None:
-    """Every argument a filer must not take, after calls it filed (in each position)."""
+    """Every argument a recorder must not take, after calls it took (in each position)."""
     for position in ("x", "y"):
         other = "y" if position == "x" else "x"
         calls = [{position: usual, other: ("ref", 0)}, {position: odd, other: ("ref", 1)}]
         program = [("plan_one", {}), ("plan_two", {"x": ("const", 1)})]
         program += [("plan_one", recipes) for recipes in calls * 2]
         filed = _compile(program)
-        with mock.patch("trioflow._compile.filer", lambda names, code: None):
+        with mock.patch("trioflow._compile.recorder", lambda names, code: None):
             general = _compile(program)
         assert filed._lowered.plan is not None and general._lowered.plan is not None
         assert _plan_shape(filed._lowered.plan) == _plan_shape(general._lowered.plan)
         assert filed.nodes == general.nodes
+
+
+def test_a_call_refused_by_the_body_leaves_no_trace_in_the_next_node() -> None:
+    """A map call whose items are refused (a ref of another graph), caught by the body: the
+    next node is a plain tool node, numbered as if the refused call had made none."""
+    stray = OutputRef("elsewhere_1", "out")
+
+    @trioflow.graphify(outputs=["out"])
+    def g() -> Any:
+        with pytest.raises(GraphBuildError, match="does not belong"):
+            trioflow.map(work, stray)
+        with pytest.raises(GraphBuildError, match="does not belong"):
+            work(x=stray)
+        return total(xs=[work(x=2).out]).total
+
+    graph = g.compile()
+    assert graph._lowered.plan is not None and graph._lowered.plan.map_params == {}
+    assert list(graph.nodes) == ["work_2", "total_1"]  # (the refused call took its number)
+    assert [node.kind for node in graph.nodes.values()] == ["tool", "tool"]
+    assert trioflow.run(g) == {"out": 4}
+
+
+def test_a_trace_s_recording_functions_let_it_go_when_it_ends() -> None:
+    """The callees a graph keeps (for its nodes) hold functions bound to the trace while it
+    runs; once it ends they hold nothing of it, so the trace is freed without the cyclic
+    collector."""
+    import weakref
+
+    from trioflow import _compile
+
+    traces: list[Any] = []
+
+    class Kept(_compile.GraphTracer):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            traces.append(weakref.ref(self))
+
+    @trioflow.graphify(outputs=["out", "each"])
+    def g() -> Any:
+        each = trioflow.map(work, [1, 2]).out
+        return {"out": total(xs=[work(x=k).out for k in range(3)]).total, "each": each}
+
+    gc.disable()
+    try:
+        with mock.patch.object(_compile, "GraphTracer", Kept):
+            graph = g.compile()
+        assert len(traces) == 1 and traces[0]() is None
+        assert len(graph.nodes) == 5 and trioflow.run(graph) == {"out": 6, "each": [2, 4]}
+    finally:
+        gc.enable()

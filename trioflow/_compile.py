@@ -55,13 +55,12 @@ from ._plan import (
     UNSET,
     Args,
     ArgShape,
-    Filer,
     Plan,
     add_arg,
     arg_shape,
     classify,
     fan_in,
-    filer,
+    filing,
     is_fast,
     output_slot,
     spec_args,
@@ -248,9 +247,13 @@ _ATOMS = frozenset({str, int, float, bool})
 _PROMOTE_NODES = 1000
 
 
-def _no_filer(kwargs: dict[str, Any], index: dict[str, int], made: list[Any]) -> None:
-    """The filer of calls the general path files (see `_plan.filer`)."""
+def _no_record(kwargs: dict[str, Any]) -> None:
+    """The recorder of a callee whose calls the general path files (see `recorder`)."""
     return None
+
+
+def _ended(*args: Any) -> NodeRef:
+    raise AssertionError("a trace that ended recorded a call")  # (see `GraphTracer.unbind`)
 
 
 @attrs.define(eq=False)
@@ -285,7 +288,11 @@ class _Callee:
     names: tuple[str, ...] | None = None
     code: int = -1
     shape: ArgShape | None = None
-    filer: Filer = attrs.field(default=_no_filer)  # of `names` and `code` (see `_plan.filer`)
+    # Bound to a trace's columns (see `recorder`): `record(kwargs)` records a call with the
+    # names and kinds of the last one, or returns None; `finish(...)` records a call the
+    # general path filed.
+    record: Callable[[dict[str, Any]], NodeRef | None] = _no_record
+    finish: Callable[[str, Args, int | None, Collection[int] | None], NodeRef] = _ended
 
     @classmethod
     def of(
@@ -326,6 +333,118 @@ def _node_ids(name: str) -> Iterator[str]:
     return map(operator.add, itertools.repeat(f"{name}_"), map(str, itertools.count(1)))
 
 
+# -- recording a call: generated code bound to a trace ----------------------------------------
+# A call is recorded in the trace's columns (see `GraphTracer`) by a function bound to the
+# trace and the callee (its columns and constants in a closure): `finish` for calls the
+# general path filed, and, for the calls a generated filing takes (`_plan.filing`), `record`,
+# that filing and the same recording in one function. The recording is written once, here.
+_BIND = """\
+def bind(tracer, callee):
+    index, made, dependents = tracer.index, tracer.made, tracer.dependents
+    indegree, callees, args, extra = tracer.indegree, tracer.callees, tracer.args, tracer.extra
+    ids, ref_class, outputs, output = callee.ids, callee.ref_class, callee.outputs, callee.output
+    more, first_held, only, held = callee.more, callee.first, callee.only, callee.held
+"""
+# The node `node_id`, with arguments `node_args`, depends on node `d` (if `deps` is None) or
+# on the nodes `deps`; its NodeRef with its output refs, their slots set directly (`NodeRef()`
+# and `make_output_ref` inlined).
+_RECORD = """\
+i = len(made)
+if deps is None:  # (one dependency: most nodes)
+    found = dependents[d]
+    if not found:  # (a node's first dependent in a tuple: most nodes have one)
+        dependents[d] = (i,)
+    elif type(found) is tuple:
+        dependents[d] = [found[0], i]
+    else:
+        found.append(i)
+    indegree.append(1)
+else:
+    for j in deps:
+        found = dependents[j]
+        if not found:
+            dependents[j] = (i,)
+        elif type(found) is tuple:
+            dependents[j] = [found[0], i]
+        else:
+            found.append(i)
+    indegree.append(len(deps))
+dependents.append(())
+index[node_id] = i
+callees.append(callee)
+args.append(node_args)
+if more:  # several outputs: the slots of the others
+    extra[i] = -1 - tracer.extra_slots
+    tracer.extra_slots += len(outputs) - 1
+ref = _new(ref_class)
+ref.id = node_id
+ref.outputs = outputs
+if first_held:  # the first output's ref: what arguments pass most
+    first = _new(OutputRef)
+    _set_node(first, node_id)
+    _set_output(first, output)
+    _set_path(first, ())
+    ref.__first__ = first
+    made.append(first)
+    if only:
+        return ref
+else:
+    made.append(None)
+for out in held:
+    if out != outputs[0] or not first_held:
+        setattr(ref, out, make_output_ref(node_id, out))
+return ref
+"""
+_Binder = Callable[["GraphTracer", "_Callee"], Callable[..., Any]]
+
+
+def _indent(lines: Iterator[str] | Sequence[str], by: str) -> str:
+    return "".join(f"{by}{line}\n" for line in lines)
+
+
+def _compile_binder(source: str, name: str, scope: dict[str, Any]) -> _Binder:
+    scope |= {
+        "_new": _new,
+        "OutputRef": OutputRef,
+        "_set_node": _set_node,
+        "_set_output": _set_output,
+        "_set_path": _set_path,
+        "make_output_ref": make_output_ref,
+    }
+    exec(compile(source, name, "exec"), scope)
+    found: _Binder = scope["bind"]
+    return found
+
+
+_bind_finish = _compile_binder(
+    _BIND
+    + "    def finish(node_id, node_args, d, deps):\n"
+    + _indent(_RECORD.splitlines(), "        ")
+    + "    return finish\n",
+    "<trioflow recording>",
+    {},
+)
+
+
+@functools.lru_cache(maxsize=4096)
+def recorder(names: tuple[str, ...], code: int) -> _Binder | None:
+    """What binds `record` (see above) for calls with arguments `names` of kinds `code` to a
+    trace and a callee; None if those calls have no generated filing."""
+    found = filing(names, code)
+    if found is None:
+        return None
+    lines, scope = found
+    source = (
+        _BIND
+        + "    def record(kwargs):\n"
+        + _indent(lines, "        ")
+        + "        node_id = next(ids)\n"
+        + _indent(_RECORD.splitlines(), "        ")
+        + "    return record\n"
+    )
+    return _compile_binder(source, f"<trioflow recording {', '.join(names)}>", dict(scope))
+
+
 @attrs.define(eq=False)
 class GraphTracer:
     """Records the calls a graphify body makes (the `Tracer` of `_trace`).
@@ -358,6 +477,19 @@ class GraphTracer:
     extra: dict[int, int] = attrs.field(factory=dict)
     extra_slots: int = 0
     map_params: dict[int, str] = attrs.field(factory=dict)  # map node index → its items' input
+    bound: list[_Callee] = attrs.field(factory=list)  # the callees bound to this trace
+
+    def bind(self, callee: _Callee) -> _Callee:
+        """`callee` with its `finish` bound to this trace."""
+        callee.finish = _bind_finish(self, callee)
+        self.bound.append(callee)
+        return callee
+
+    def unbind(self) -> None:
+        """Unbind the callees from this trace when it ends (their functions hold it, and
+        the graph holds them)."""
+        for callee in self.bound:
+            callee.record, callee.finish = _no_record, _ended
 
     def known_value(self, ref: object) -> tuple[bool, Any]:
         """The value of an input ref, if this trace knows the inputs."""
@@ -457,7 +589,7 @@ class GraphTracer:
         if kind == "graph":
             _check_recursion(target)
         self.callables[name] = target
-        callee = self.known[name] = _Callee.of(target, name, kind, self._ids(name))
+        callee = self.known[name] = self.bind(_Callee.of(target, name, kind, self._ids(name)))
         return callee
 
     def call(
@@ -485,61 +617,21 @@ class GraphTracer:
                     same = False
                 if callee is None or callee.target is not target:
                     callee = self._register(name, target)
+            else:  # most calls: recorded by the generated code for their names and kinds
+                ref = callee.record(kwargs)  # type: ignore[union-attr]  # (same: not None)
+                if ref is not None:
+                    return ref
             assert callee is not None  # (registered, or the same as last time)
         else:  # a map node
             if callee is None or callee.target is not target:
                 self._register(name, target)
-            callee = _Callee.of(target, name, "map", self._ids("map"), map_param)
+            callee = self.bind(_Callee.of(target, name, "map", self._ids("map"), map_param))
             same = False
         node_id = next(callee.ids)
-        index, made = self.index, self.made
-        # Its arguments tuple and the nodes it depends on (by index): by the filer of the
-        # names and kinds of its last call (`_plan.filer`), else by the general path.
-        filed = callee.filer(kwargs, index, made) if same else None
-        if filed is None:
-            filed = self._file(callee, names, same, kwargs, node_id)
-        node_args, deps = filed
-        i = len(made)
+        node_args, deps = self._file(callee, names, same, kwargs, node_id)
         if map_param is not None:
-            self.map_params[i] = map_param
-        dependents = self.dependents
-        for j in deps:  # (a node's first dependent in a tuple: most nodes have one)
-            found = dependents[j]
-            if not found:
-                dependents[j] = (i,)
-            elif type(found) is tuple:
-                dependents[j] = [found[0], i]
-            else:
-                found.append(i)  # type: ignore[attr-defined]  # (a list)
-        dependents.append(())
-        self.indegree.append(len(deps))
-        index[node_id] = i
-        self.callees.append(callee)
-        self.args.append(node_args)
-        outputs = callee.outputs
-        if callee.more:  # several outputs: the slots of the others
-            self.extra[i] = -1 - self.extra_slots
-            self.extra_slots += len(outputs) - 1
-        # The NodeRef with its output refs, their slots set directly (`NodeRef()` and
-        # `make_output_ref` inlined).
-        ref: NodeRef = _new(callee.ref_class)
-        ref.id = node_id
-        ref.outputs = outputs
-        if callee.first:  # the first output's ref: what arguments pass most
-            first = _new(OutputRef)
-            _set_node(first, node_id)
-            _set_output(first, callee.output)
-            _set_path(first, ())
-            ref.__first__ = first
-            made.append(first)
-            if callee.only:
-                return ref
-        else:
-            made.append(None)
-        for out in callee.held:
-            if out != outputs[0] or not callee.first:
-                setattr(ref, out, make_output_ref(node_id, out))
-        return ref
+            self.map_params[len(self.made)] = map_param
+        return callee.finish(node_id, node_args, None, deps)
 
     def _file(
         self,
@@ -550,8 +642,8 @@ class GraphTracer:
         node_id: str,
     ) -> tuple[Args, Collection[int]]:
         """The general path of `call`: each argument checked and filed into the node's
-        arguments tuple, with the nodes it depends on; the callee's shape and filer kept for
-        its next calls."""
+        arguments tuple, with the nodes it depends on; the callee's shape and recorder kept
+        for its next calls."""
         index, made = self.index, self.made
         deps: dict[int, None] = {}  # the nodes it depends on, by index
         xs: list[Any] = [None]  # the plan arguments: (shape, x1, ..., xn), see _plan
@@ -604,7 +696,8 @@ class GraphTracer:
             if shape is None:
                 shape = self.shapes[key] = arg_shape(names, code)
             callee.names, callee.code, callee.shape = names, code, shape
-            callee.filer = (filer(names, code) or _no_filer) if callee.kind != "map" else _no_filer
+            bind = recorder(names, code) if callee.kind != "map" else None
+            callee.record = _no_record if bind is None else bind(self, callee)
         xs[0] = callee.shape
         return tuple(xs), deps
 
@@ -792,6 +885,7 @@ def trace(
             where=_user_location(exc.__traceback__),
         ) from exc
     finally:
+        tracer.unbind()
         if paused:
             if made >= _PROMOTE_NODES:
                 promote_young()  # the graph lives on: skip the young collections' rescans

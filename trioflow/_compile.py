@@ -360,10 +360,11 @@ if deps is None:  # (one dependency: most nodes)
         found.append(i)
     indegree.append(1)
 else:
+    one = (i,)  # (shared by the nodes it is the first dependent of: a fan-in's)
     for j in deps:
         found = dependents[j]
         if not found:
-            dependents[j] = (i,)
+            dependents[j] = one
         elif type(found) is tuple:
             dependents[j] = [found[0], i]
         else:

@@ -6,7 +6,9 @@ already warm:
     trio-parallel's `run_sync`, a Ray object ref's future bridged into Trio with a TrioToken);
   - trioflow executor: `await executor.run(fn, ...)` (shipping wrapper and error transport);
   - trioflow node: a `@tool(executor=key)` awaited in a graph_fn (the whole node: ledger,
-    events, capacity, shipping check).
+    events, capacity, shipping check);
+  - trioflow map (64 in flight only): `trioflow.map(tool, range(n))`, the way a graph_fn fans
+    out: the run's 64 workers pull the calls (the other paths spawn a task per call).
 Like with like: the same function and argument, the same harness (one call in flight, or 64
 tasks in flight with a task per call), the same concurrency (threads: no cap below the 64 in
 flight on either side — Trio's default of 40 threads would cap the hand-driven side only;
@@ -24,6 +26,7 @@ checks its own answer.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import pathlib
@@ -122,8 +125,11 @@ async def alternate(paths: dict[str, Call], n: int) -> dict[str, tuple[float, fl
     return means
 
 
+Batch = Callable[[int], Awaitable[tuple[float, float]]]
+
+
 async def alternate_wide(
-    paths: dict[str, Call], n: int, batches: int
+    paths: dict[str, Batch], n: int, batches: int
 ) -> dict[str, tuple[float, float, float, float]]:
     """Wall and CPU seconds per call with 64 in flight, the paths taking turns batch by batch
     (the order rotated): the median batch of each path, and the median of each batch's ratio
@@ -132,8 +138,9 @@ async def alternate_wide(
     got: dict[str, list[tuple[float, float]]] = {path: [] for path in paths}
     order = list(paths.items())
     for b in range(batches):
-        for path, call in order[b % 3 :] + order[: b % 3]:
-            got[path].append(await in_flight(call, n))
+        k = b % len(order)
+        for path, batch in order[k:] + order[:k]:
+            got[path].append(await batch(n))
     hand = got[order[0][0]]
     found = {}
     for path, pairs in got.items():
@@ -156,6 +163,21 @@ def ray_by_hand() -> Callable[[int], Awaitable[int]]:
         return int(future.result())
 
     return call
+
+
+def mapped(key: str) -> Batch:
+    """A batch of n calls as trioflow runs a fan-out: `trioflow.map` over the run's
+    `max_concurrency` (64) workers, which pull the calls in order (no task per call)."""
+    tool = trioflow.tool(outputs=["y"], name=f"noop_{key}", executor=key)(noop)
+
+    async def batch(n: int) -> tuple[float, float]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        got = await trioflow.map(tool, range(n))
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        assert [r["y"] for r in got] == list(range(n))
+        return wall / n, cpu / n
+
+    return batch
 
 
 def node_caller(key: str) -> Callable[[int], Awaitable[int]]:
@@ -265,7 +287,11 @@ async def main(args: argparse.Namespace) -> None:
                 for call in paths.values():  # warm up: workers started, code imported
                     await in_graph(lambda call=call: in_flight(call, 64))
                 one = await in_graph(lambda paths=paths: alternate(paths, n1 * rounds))
-                wide = await in_graph(lambda paths=paths: alternate_wide(paths, n64, rounds))
+                batches: dict[str, Batch] = {
+                    path: functools.partial(in_flight, call) for path, call in paths.items()
+                }
+                batches["trioflow map"] = mapped(kind)
+                wide = await in_graph(lambda b=batches: alternate_wide(b, n64, rounds))
                 base_wall, base_cpu = one["by hand"]
                 rows = [
                     (1, path, wall, wall / base_wall, cpu, cpu / base_cpu)

@@ -219,3 +219,48 @@ async def test_an_inlined_executor_node_is_stored_running_while_it_runs(
         "double_1": trioflow.NodeState.DONE,
         "later_1": trioflow.NodeState.DONE,
     }
+
+
+async def test_a_quick_limiter_takes_a_free_token_without_a_yield_and_queues_behind_waiters() -> (
+    None
+):
+    from trioflow._executor import QuickLimiter
+
+    instrument = Steps()
+    trio.lowlevel.add_instrument(instrument)
+    quick = QuickLimiter(2)
+    limiter = quick._limiter
+    assert limiter is not None
+    a, b, c = object(), object(), object()
+
+    async def take_two() -> None:
+        await quick.acquire_on_behalf_of(a)
+        async with quick:  # trio-parallel's way in: the task is the borrower
+            assert limiter.statistics().borrowed_tokens == 2
+        await quick.acquire_on_behalf_of(b)
+
+    try:
+        assert await steps_of(instrument, take_two) == 0  # free tokens: no trip through Trio
+    finally:
+        trio.lowlevel.remove_instrument(instrument)
+    got: list[str] = []
+
+    async def third() -> None:
+        await quick.acquire_on_behalf_of(c)
+        got.append("c")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(third)
+        await trio.testing.wait_all_tasks_blocked()
+        assert got == [] and limiter.statistics().tasks_waiting == 1
+        quick.release_on_behalf_of(a)  # to the waiter, by the limiter itself
+    assert got == ["c"] and set(limiter.statistics().borrowers) == {b, c}
+    quick.release_on_behalf_of(b)
+    with trio.CancelScope() as scope:  # a cancelled call takes no token, free as one is
+        scope.cancel()
+        await quick.acquire_on_behalf_of(a)
+    assert scope.cancelled_caught and limiter.statistics().borrowers == [c]
+    quick.release_on_behalf_of(c)
+    assert limiter.statistics().borrowed_tokens == 0
+    with pytest.raises(KeyError):
+        limiter._borrowers.remove(c)  # really gone

@@ -229,3 +229,78 @@ def test_big_containers_of_atoms_pass_and_a_trio_object_past_the_fast_path_is_fo
     items[-1] = trio.Event()
     with pytest.raises(trioflow.ConfigError, match="trio.Event"):
         check_shippable("n_1", square, (), {"v": make(items)})
+
+
+# -- functions shipped by reference are pickled once -----------------------------------------
+
+
+class Counted:
+    """A callable that pickles as a global name (as a module-level function does), counting
+    each time it is pickled."""
+
+    pickled = 0
+
+    def __call__(self, x: int) -> int:
+        return x + 1
+
+    def __reduce__(self) -> str:
+        Counted.pickled += 1
+        return "COUNTED"
+
+
+COUNTED = Counted()
+
+
+def test_by_reference_gives_bytes_only_for_what_ships_by_reference() -> None:
+    found = _shipping.by_reference(square)
+    assert found is not None and pickle.loads(found) is square
+    k = 3
+    assert _shipping.by_reference(lambda v: v + k) is None  # by value: pickled each call
+
+    def in_main(x: int) -> int:
+        return x
+
+    in_main.__module__ = "__main__"  # cloudpickle ships `__main__`'s functions by value
+    in_main.__qualname__ = "in_main"
+    assert _shipping.by_reference(in_main) is None
+
+
+def test_call_and_capture_calls_a_function_given_as_its_bytes() -> None:
+    found = _shipping.by_reference(square)
+    assert found is not None
+    assert _shipping.call_and_capture(found, None, {"x": 4}) == 16
+    assert _shipping.call_and_capture(square, (5,), {}) == 25
+    with pytest.raises(_shipping.Failure):
+        _shipping.call_and_capture(found, None, {"x": "a"})
+
+
+async def test_a_process_ships_a_function_by_reference_pickled_once_per_executor() -> None:
+    with trio.fail_after(60):
+        async with trioflow.ProcessExecutor(max_workers=1) as ex:
+            Counted.pickled = 0
+            assert [await ex.run(COUNTED, i) for i in range(5)] == [1, 2, 3, 4, 5]
+            # Twice to learn that it ships by reference (pickle, cloudpickle), then never
+            # again: each call sends the same bytes. Without that, once per call.
+            assert Counted.pickled == 2
+
+
+async def test_a_closure_shipped_by_value_sees_its_values_as_they_are_at_each_call() -> None:
+    seen: list[int] = []
+
+    def read(x: int) -> list[int]:
+        return [*seen, x]
+
+    tool = trioflow.tool(outputs=["y"], executor="process")(read)
+
+    @trioflow.graph_fn(outputs=["ys"])
+    async def graph() -> list[list[int]]:
+        ys = []
+        for i in range(3):
+            ys.append((await tool(x=i))["y"])
+            seen.append(10 + i)  # changed here, between two calls
+        return ys
+
+    with trio.fail_after(60):
+        async with trioflow.open_runtime(executors={"process": trioflow.ProcessExecutor(1)}):
+            out = await trioflow.run_async(graph)
+    assert out == {"ys": [[0], [10, 1], [10, 11, 2]]}

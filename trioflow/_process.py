@@ -17,7 +17,7 @@ import attrs
 
 from ._errors import ConfigError, ConfigTypeError, TrioflowError
 from ._executor import QuickLimiter
-from ._shipping import Failure, call_and_capture, require, restore, shippable
+from ._shipping import Failure, by_reference, call_and_capture, require, restore, shippable
 
 __all__ = ["ProcessExecutor"]
 
@@ -26,6 +26,8 @@ _NOT_SHIPPED = (
     "its result cannot be pickled)"
 )
 
+
+_KEEP = 256  # functions whose `_shipped` form a ProcessExecutor keeps
 
 _NO_GUARD = (
     "(a worker process could not start: workers import the main module again, and it started "
@@ -73,6 +75,10 @@ class ProcessExecutor:
     _context: Any = attrs.field(default=None, init=False, repr=False)
     _limiter: QuickLimiter | None = attrs.field(default=None, init=False, repr=False)
     _broken: type[BaseException] = attrs.field(default=Exception, init=False, repr=False)
+    # Each function met, with what is sent for it (`_shipped`).
+    _refs: dict[Callable[..., Any], Callable[..., Any] | bytes] = attrs.field(
+        factory=dict, init=False, repr=False
+    )
 
     async def __aenter__(self) -> Self:
         if self._cm is not None:
@@ -107,7 +113,7 @@ class ProcessExecutor:
             raise failed from None
 
     def _job(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        self, fn: Callable[..., Any], args: tuple[Any, ...] | None, kwargs: dict[str, Any]
     ) -> Coroutine[Any, Any, Any]:
         """The call of `run`, not yet awaited; an exception raised by awaiting it goes through
         `_failed`.
@@ -121,13 +127,24 @@ class ProcessExecutor:
             )
         job: Coroutine[Any, Any, Any] = context.run_sync(
             call_and_capture,
-            shippable(fn),
-            args,
+            self._shipped(fn),
+            args or None,  # (None pickles for less than an empty tuple)
             kwargs,
             kill_on_cancel=self.kill_on_cancel,
             limiter=limiter,  # a QuickLimiter: a free worker is taken without a yield
         )
         return job
+
+    def _shipped(self, fn: Callable[..., Any]) -> Callable[..., Any] | bytes:
+        """What to send for `fn`: its `by_reference` bytes, pickled once, if it ships by
+        reference; else the function (`shippable`), pickled with each call."""
+        found = self._refs.get(fn)
+        if found is None:
+            if len(self._refs) >= _KEEP:  # (functions made anew for each call: a few kept)
+                self._refs.clear()
+            shipped = shippable(fn)
+            found = self._refs[fn] = by_reference(shipped) or shipped
+        return found
 
     def _failed(self, fn: Callable[..., Any], exc: Exception) -> Exception:
         """What `run` raises for `exc`, raised by its job: the call's own exception (raised

@@ -71,8 +71,8 @@ def ray_task(fn: Callable[..., Any], names: tuple[str, ...], *values: Any) -> An
     return call_and_capture(fn, values[:n_args], kwargs)
 
 
-def _bind(fn: Callable[..., Any]) -> Callable[..., Any]:
-    def task(names: tuple[str, ...], *values: Any) -> Any:
+def _bind(fn: Callable[..., Any], names: tuple[str, ...]) -> Callable[..., Any]:
+    def task(*values: Any) -> Any:
         return ray_task(fn, names, *values)
 
     task.__qualname__ = task.__name__ = f"trioflow:{getattr(fn, '__qualname__', 'call')}"
@@ -274,24 +274,27 @@ class RayExecutor:
         if self._remote is None:
             raise TrioflowError("RayExecutor.run() needs the executor entered: `async with ...`")
         fn = shippable(fn)
-        bound = self._bound_task(fn)
+        names = tuple(kwargs)
+        bound = self._bound_task(fn, names)
         if bound is not None:
-            return bound.remote(tuple(kwargs), *args, *kwargs.values())
-        return self._remote.remote(fn, tuple(kwargs), *args, *kwargs.values())
+            return bound.remote(*args, *kwargs.values())
+        return self._remote.remote(fn, names, *args, *kwargs.values())
 
-    def _bound_task(self, fn: Callable[..., Any]) -> Any:
-        """A Ray task with `fn` built in, for a function called more than once: Ray exports
-        it to the workers once, instead of pickling the function into every call."""
+    def _bound_task(self, fn: Callable[..., Any], names: tuple[str, ...]) -> Any:
+        """A Ray task with `fn` and the keyword names built in, for a function called more
+        than once: Ray exports it to the workers once, instead of pickling the function (and
+        sending the names) with every call."""
         try:
             found = self._bound.get(fn)
         except TypeError:  # not weak-referenceable
             return None
         if found is None:
-            self._bound[fn] = 1  # seen once: a one-off lambda is not worth an export
+            self._bound[fn] = {}  # seen once: a one-off lambda is not worth an export
             return None
-        if found == 1:
-            found = self._bound[fn] = self._ray.remote(**self.options)(_bind(fn))
-        return found
+        task = found.get(names)
+        if task is None:
+            task = found[names] = self._ray.remote(**self.options)(_bind(fn, names))
+        return task
 
     async def run(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Run `fn(*args, **kwargs)` as a Ray task and return its result."""

@@ -30,7 +30,15 @@ if TYPE_CHECKING:
     from ._runstate import GraphTarget, RunState
     from ._tool import Tool
 
-__all__ = ["SEQUENCES", "FanOut", "call_graph", "call_tool", "run_composite"]
+__all__ = [
+    "SEQUENCES",
+    "FanOut",
+    "OnExecutor",
+    "call_graph",
+    "call_on_executor",
+    "call_tool",
+    "run_composite",
+]
 
 # Items whose iteration runs no caller code: a map over one is a `quick` fan-out (`FanOut`).
 SEQUENCES = (list, tuple, range)
@@ -70,48 +78,42 @@ async def take_capacity(run: RunState, idx: int, slot: Slot, limiters: Limiters)
 async def call_tool(run: RunState, call: ToolCall, parent: Frame) -> dict[str, Any]:
     """An awaited tool call: a node run inline in the awaiting task.
 
-    Two cases are inlined here rather than run through `execute_node`: a plain async tool in
-    the loop, and one plain attempt on an entered executor (a thread, a process, ...), whose
-    round trip is short enough that every call and coroutine on the way shows.
+    A plain async tool runs in the loop, inlined here rather than through `execute_node`. A
+    tool of one plain attempt on an entered executor (a thread, a process, ...) is noted in
+    `run.on_executor` on its first call, and its calls go to `call_on_executor`.
     """
     tool = call.tool
-    inputs = dict(call)  # a plain dict of its own: what leaves for tools, executors, events
     limiters = run.checked.get(tool) or run.check_tool(tool)  # before the node takes a slot
     node_id = run.node_id(parent.graph_id, tool.name)
     key = tool.executor_key
-    executor: Any = None
-    job: Any = None
-    fn = tool.fn
-    if not tool.plain:  # a plain tool runs in the loop: nothing is shipped
-        found = run.on_executor.get(tool)
-        if found is not None:  # one attempt on an executor, its function checked
-            executor, fn, ships, job = found
+    inputs = dict(call)  # a plain dict of its own: what leaves for tools, executors, events
+    if not tool.plain:  # (a plain tool runs in the loop: nothing is shipped)
+        executor: Any = None
+        if tool.one_attempt and run.memo is None:
+            executor = run.executors.entered(key)
+        if executor is None:  # the general path (or the executor's first use)
+            run.executors.check_call(node_id, tool, inputs)
+        else:  # (its first call here: checked, and noted for the next ones)
+            fn = tool.fn
+            ships = bool(getattr(executor, "ships", False))
             if ships:
-                for value in inputs.values():
-                    if type(value) not in ATOMS:  # (`check_shippable`'s first test, inlined)
-                        check_shippable(node_id, tool.fn, (), inputs)
-                        break
-        else:
-            if tool.one_attempt and run.memo is None:
-                executor = run.executors.entered(key)
-            if executor is None:  # the general path (or the executor's first use)
-                run.executors.check_call(node_id, tool, inputs)
-            else:
-                ships = bool(getattr(executor, "ships", False))
-                if ships:
-                    check_shippable(node_id, fn, (), inputs)
-                    if tool.is_async:
-                        fn = shippable(fn)
-                # A ProcessExecutor's job is awaited here, not through its `run`: a worker's
-                # round trip suspends several times, each passing through every coroutine.
-                job = executor._job if type(executor).run is _process_run else None
-                run.on_executor[tool] = (executor, fn, ships, job)
+                check_shippable(node_id, fn, (), inputs)
+                if tool.is_async:
+                    fn = shippable(fn)
+            job, after = None, key != "loop"
+            # A ProcessExecutor's job is awaited in `call_on_executor`, not through its `run`:
+            # a worker's round trip suspends several times, each passing through every
+            # coroutine. A job that kills its worker on cancel is itself cancelled by a
+            # deadline that passes: no check for one after it (a thread's must be checked).
+            if type(executor).run is _process_run:
+                job, after = executor._job, not executor.kill_on_cancel
+            entry = run.on_executor[tool] = (executor, fn, ships, job, limiters, after)
+            return await call_on_executor(run, call, parent, entry, node_id)
     ledger = run.ledger
     held = parent.slot  # (`lend`, inlined)
     lent = held.give_back() if held is not None and held.held else ()
     slot = Slot()
     idx = -1  # the node's ledger row: added once its capacity is taken, or it must wait
-    suspended = False
     try:
         if not slot.take_nowait(limiters):
             idx = ledger.add(node_id, tool.name, key)
@@ -119,43 +121,19 @@ async def call_tool(run: RunState, call: ToolCall, parent: Frame) -> dict[str, A
         frame = Frame(run, parent.graph_id, node_id, 1, slot)
         token = FRAME.set(frame)
         try:
-            if executor is None and (not tool.plain or run.memo is not None):
+            if not tool.plain or run.memo is not None:
                 if idx < 0:
                     idx = ledger.add(node_id, tool.name, key)
                 outputs = await execute_node(run, idx, tool, inputs, frame)
             else:
-                # The hot paths, inlined: execute_node's one attempt with nothing around it,
-                # on an executor or (a plain async tool) in the loop itself.
+                # The hot path, inlined: execute_node's one attempt with nothing around it, a
+                # plain async tool in the loop itself.
                 if idx < 0:
                     idx = ledger.add_running(node_id, tool.name, key, inputs)
                 else:
                     ledger.start(idx, inputs)
                 try:
-                    if executor is None:
-                        outputs = tool.normalize(await fn(**inputs))
-                    else:
-                        task = _current_task()
-                        points = task._schedule_points if _COUNTS_TRIPS else -1
-                        if job is None:
-                            result = await executor.run(fn, **inputs)
-                        else:  # `ProcessExecutor.run`, inlined
-                            work = job(fn, (), inputs)
-                            try:
-                                result = await work
-                            except Exception as exc:
-                                failed = executor._failed(fn, exc)
-                                if failed is exc:
-                                    raise
-                                raise failed from None
-                        suspended = points >= 0 and task._schedule_points != points
-                        if key != "loop":
-                            # A run deadline (or outer cancel) that passed while a thread ran.
-                            await _checkpoint_if_cancelled()
-                        names = tool.outputs
-                        if len(names) == 1 and type(result) is not dict:
-                            outputs = {names[0]: result}  # (`normalize`'s common case, inlined)
-                        else:
-                            outputs = tool.normalize(result)
+                    outputs = tool.normalize(await tool.fn(**inputs))
                 except Exception as exc:
                     ledger.fail(idx, exc)
                     raise node_failed(node_id, tool.name, exc) from exc
@@ -166,6 +144,79 @@ async def call_tool(run: RunState, call: ToolCall, parent: Frame) -> dict[str, A
         finally:
             FRAME.reset(token)
             slot.give_back()
+        await run.pacer.tick()
+        return outputs
+    finally:
+        if lent:
+            await reclaim(parent, lent)
+
+
+async def call_on_executor(
+    run: RunState, call: ToolCall, parent: Frame, entry: OnExecutor, node_id: str | None = None
+) -> dict[str, Any]:
+    """An awaited call of a tool noted in `run.on_executor` (`entry`): one plain attempt on
+    an entered executor, `execute_node`'s common case inlined, since a thread's or a process's
+    round trip is short enough that every call and coroutine on the way shows. (`node_id`:
+    the one `call_tool` took for the tool's first call, whose inputs it checked.)"""
+    tool = call.tool
+    inputs = dict(call)  # a plain dict of its own: what leaves for executors and events
+    executor, fn, ships, job, limiters, after = entry
+    if node_id is None:
+        node_id = run.node_id(parent.graph_id, tool.name)
+        if ships:
+            for value in inputs.values():
+                if type(value) not in ATOMS:  # (`check_shippable`'s first test, inlined)
+                    check_shippable(node_id, tool.fn, (), inputs)
+                    break
+    key = tool.executor_key
+    ledger = run.ledger
+    held = parent.slot  # (`lend`, inlined)
+    lent = held.give_back() if held is not None and held.held else ()
+    slot = Slot()
+    try:
+        if slot.take_nowait(limiters):
+            idx = ledger.add_running(node_id, tool.name, key, inputs)
+        else:
+            idx = ledger.add(node_id, tool.name, key)
+            await take_capacity(run, idx, slot, limiters)
+            ledger.start(idx, inputs)
+        # A tool that runs in another process or on another machine cannot see this task's
+        # frame, and nothing here reads it meanwhile: it is not made.
+        token = None if ships else FRAME.set(Frame(run, parent.graph_id, node_id, 1, slot))
+        try:
+            if job is not None:  # `ProcessExecutor.run`, inlined
+                try:
+                    result = await job(fn, None, inputs)
+                except Exception as exc:
+                    failed = executor._failed(fn, exc)
+                    if failed is exc:
+                        raise
+                    raise failed from None
+                suspended = True  # (trio-parallel sends a job after a checkpoint)
+            else:
+                task = _current_task()
+                points = task._schedule_points if _COUNTS_TRIPS else -1
+                result = await executor.run(fn, **inputs)
+                suspended = points >= 0 and task._schedule_points != points
+            if after:
+                # A run deadline (or outer cancel) that passed while a thread ran.
+                await _checkpoint_if_cancelled()
+            names = tool.outputs
+            if len(names) == 1 and type(result) is not dict:
+                outputs = {names[0]: result}  # (`normalize`'s common case, inlined)
+            else:
+                outputs = tool.normalize(result)
+        except Exception as exc:
+            ledger.fail(idx, exc)
+            raise node_failed(node_id, tool.name, exc) from exc
+        except BaseException:
+            ledger.cancel(idx)
+            raise
+        finally:
+            if token is not None:
+                FRAME.reset(token)
+            slot.give_back()
+        ledger.done(idx, outputs)
         if not suspended or key == "loop":
             # A node whose executor went through the scheduler (and then checked for a
             # cancel) has given every other task its turn already: no pacing needed.
@@ -174,6 +225,12 @@ async def call_tool(run: RunState, call: ToolCall, parent: Frame) -> dict[str, A
     finally:
         if lent:
             await reclaim(parent, lent)
+
+
+# What `call_on_executor` needs of a tool: its executor, the function to hand it (checked for
+# shipping), whether it ships, its job method for a ProcessExecutor, its limiters, and whether
+# to check for a cancel after an attempt.
+OnExecutor = tuple[Any, Callable[..., Any], bool, Any, Limiters, bool]
 
 
 _current_task = trio.lowlevel.current_task

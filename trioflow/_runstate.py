@@ -102,12 +102,9 @@ class RunState:
     _limiters: dict[tuple[str, ...], Limiters] = attrs.field(factory=dict, init=False)
     # Tools `check_tool` passed, with their limiters (a graph_fn call looks here first).
     checked: dict[Tool, Limiters] = attrs.field(factory=dict, init=False)
-    # Tools whose awaited calls are one attempt on an entered executor: that executor, the
-    # function to hand it (checked for shipping), whether it ships, and its job method for a
-    # ProcessExecutor (`call_tool`).
-    on_executor: dict[Tool, tuple[Any, Callable[..., Any], bool, Any]] = attrs.field(
-        factory=dict, init=False
-    )
+    # Tools whose awaited calls are one attempt on an entered executor, noted on their first
+    # call (`_reactive.call_tool`): what `call_on_executor` needs of each.
+    on_executor: dict[Tool, _reactive.OnExecutor] = attrs.field(factory=dict, init=False)
 
     # -- identities and capacity ---------------------------------------------------------
 
@@ -178,6 +175,15 @@ class RunState:
     """`run.call(call, parent)`: run an awaited tool call as a node, inline in the awaiting
     task. (`call_tool` itself as the method, so awaiting it costs no call and no frame in
     between: an executor's node crosses its frames on each of several suspensions.)"""
+
+    call_on_executor: ClassVar[
+        Callable[
+            [RunState, ToolCall, Frame, _reactive.OnExecutor],
+            Coroutine[Any, Any, dict[str, Any]],
+        ]
+    ] = _reactive.call_on_executor
+    """`run.call_on_executor(call, parent, run.on_executor[tool])`: the same, for a tool of one
+    plain attempt on an entered executor (awaiting a call picks it: see `ToolCall`)."""
 
     async def fan_out(
         self,

@@ -29,6 +29,7 @@ from ._errors import ConfigError, RemoteError
 
 __all__ = [
     "Failure",
+    "by_reference",
     "call_and_capture",
     "check_shippable",
     "require",
@@ -299,11 +300,34 @@ def capture(exc: BaseException) -> Failure:
     return Failure(pickled, type(exc).__qualname__, message, text)
 
 
-def call_and_capture(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """Call `fn` on the worker; an exception leaves as a `Failure` (cancellation does not:
-    Ray's cancel arrives as a KeyboardInterrupt, which must reach Ray)."""
+def by_reference(fn: Callable[..., Any]) -> bytes | None:
+    """`fn` pickled, if cloudpickle ships it by reference (as a module and a name, the way
+    plain pickle does: a function a worker can import); None if it ships by value.
+
+    Those bytes never change, so an executor may pickle such a function once and send the
+    bytes with each call (`call_and_capture` loads them): cloudpickle spends as much on one
+    function as on the rest of a small call. A function shipped by value (a lambda, a
+    closure, one defined in `__main__`) is pickled afresh each call, as the values it refers
+    to may have changed in between."""
+    import cloudpickle
+
     try:
-        return fn(*args, **kwargs)
+        plain = pickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
+        cloud = cloudpickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        return None
+    return plain if plain == cloud else None
+
+
+def call_and_capture(
+    fn: Callable[..., Any] | bytes, args: tuple[Any, ...] | None, kwargs: dict[str, Any]
+) -> Any:
+    """Call `fn` on the worker (the function, or its `by_reference` bytes) with `args` (None
+    for none) and `kwargs`; an exception leaves as a `Failure` (cancellation does not: Ray's
+    cancel arrives as a KeyboardInterrupt, which must reach Ray)."""
+    try:
+        call: Any = pickle.loads(fn) if type(fn) is bytes else fn
+        return call(*args, **kwargs) if args else call(**kwargs)
     except (Exception, SystemExit) as exc:  # sys.exit() in a tool fails its node, like a raise
         raise capture(exc) from None
 

@@ -11,7 +11,7 @@ from collections import OrderedDict
 
 import trio
 
-__all__ = ["Slot"]
+__all__ = ["QUICK_TOKENS", "Slot"]
 
 Limiters = tuple[trio.CapacityLimiter, ...]
 
@@ -32,7 +32,7 @@ def _quick_tokens() -> bool:
 # on every call, so the common case does it by hand, on the limiter's private fields (its
 # borrowers, its token count, its parking lot's waiters); a waiter, or a future Trio whose
 # limiter looks different, goes through the public methods.
-_QUICK = _quick_tokens()
+QUICK_TOKENS = _quick_tokens()
 
 
 class Slot:
@@ -45,7 +45,7 @@ class Slot:
 
     def take_nowait(self, limiters: Limiters) -> bool:
         """Take every token without blocking; all or nothing."""
-        if _QUICK:
+        if QUICK_TOKENS:
             for lim in limiters:
                 if lim._lot._parked or len(lim._borrowers) >= lim._total_tokens:
                     return False  # (what acquire_on_behalf_of_nowait would find)
@@ -87,7 +87,7 @@ class Slot:
         held = self.held
         self.held = ()
         for lim in held:
-            if _QUICK and not lim._lot._parked:  # nobody to wake
+            if QUICK_TOKENS and not lim._lot._parked:  # nobody to wake
                 lim._borrowers.remove(self)
             else:
                 lim.release_on_behalf_of(self)

@@ -349,7 +349,11 @@ class ToolCall(dict[str, Any]):
             raise ContextError(
                 f"a call of tool {self.tool.name!r} was awaited outside the run that made it"
             )
-        return frame.run.call(self, frame).__await__()
+        run: Any = frame.run
+        entry = run.on_executor.get(self.tool)  # (a tool of one attempt on an executor)
+        if entry is not None:
+            return run.call_on_executor(self, frame, entry).__await__()
+        return run.call(self, frame).__await__()
 
     def __del__(self) -> None:
         if not self.used:

@@ -849,7 +849,7 @@ def test_a_filed_call_is_traced_as_the_general_path_traces_it(
     program: list[tuple[str, dict[str, Any]]],
 ) -> None:
     filed = _compile(program)
-    with mock.patch("trioflow._compile.recorder", lambda names, code: None):
+    with mock.patch("trioflow._compile.recorder", lambda names, code, flags: None):
         general = _compile(program)
     assert filed._lowered.plan is not None and general._lowered.plan is not None
     assert _plan_shape(filed._lowered.plan) == _plan_shape(general._lowered.plan)
@@ -868,7 +868,7 @@ def test_a_run_of_a_filed_graph_gives_what_the_general_one_does(
             return type(exc.__cause__)
 
     filed = _compile(program)
-    with mock.patch("trioflow._compile.recorder", lambda names, code: None):
+    with mock.patch("trioflow._compile.recorder", lambda names, code, flags: None):
         general = _compile(program)
     assert run(filed) == run(general)
 
@@ -900,7 +900,7 @@ def test_calls_with_the_names_of_the_last_one_take_the_recorder() -> None:
     with mock.patch.object(GraphTracer, "_file", spy):
         graph = g.compile()
     assert seen == ["plan_one"] * 3
-    with mock.patch("trioflow._compile.recorder", lambda names, code: None):
+    with mock.patch("trioflow._compile.recorder", lambda names, code, flags: None):
         general = g.compile()
     assert graph._lowered.plan is not None and general._lowered.plan is not None
     assert _plan_shape(graph._lowered.plan) == _plan_shape(general._lowered.plan)
@@ -943,7 +943,7 @@ def test_a_recorder_leaves_an_argument_of_another_kind_to_the_general_path(
         program = [("plan_one", {}), ("plan_two", {"x": ("const", 1)})]
         program += [("plan_one", recipes) for recipes in calls * 2]
         filed = _compile(program)
-        with mock.patch("trioflow._compile.recorder", lambda names, code: None):
+        with mock.patch("trioflow._compile.recorder", lambda names, code, flags: None):
             general = _compile(program)
         assert filed._lowered.plan is not None and general._lowered.plan is not None
         assert _plan_shape(filed._lowered.plan) == _plan_shape(general._lowered.plan)
@@ -998,3 +998,29 @@ def test_a_trace_s_recording_functions_let_it_go_when_it_ends() -> None:
         assert len(graph.nodes) == 5 and trioflow.run(graph) == {"out": 6, "each": [2, 4]}
     finally:
         gc.enable()
+
+
+@trioflow.tool(outputs=["_first", "plain"], name="plan_hidden")
+async def plan_hidden(x: Any = None) -> dict[str, Any]:
+    return {"_first": x, "plain": x}
+
+
+def test_recorders_of_tools_with_other_outputs_record_what_the_general_path_does() -> None:
+    """Recorders are made per callee: one output, several, and a first output a NodeRef holds
+    no slot for (named `_...`)."""
+
+    @trioflow.graphify(outputs=["out"])
+    def g() -> Any:
+        one = [plan_one(x=k) for k in range(3)]
+        two = [plan_two(x=one[k].out, y=k) for k in range(3)]
+        hidden = [plan_hidden(x=[two[k].a]) for k in range(3)]
+        hidden += [plan_hidden(x=[h.plain for h in hidden]), plan_hidden(x=[hidden[0]._first])]
+        return [r.b for r in two] + [h.plain for h in hidden] + [h["_first"] for h in hidden]
+
+    with mock.patch("trioflow._compile.recorder", lambda names, code, flags: None):
+        general = g.compile()
+    graph = g.compile()
+    assert graph._lowered.plan is not None and general._lowered.plan is not None
+    assert _plan_shape(graph._lowered.plan) == _plan_shape(general._lowered.plan)
+    assert graph.nodes == general.nodes
+    assert trioflow.run(graph) == trioflow.run(general)

@@ -347,8 +347,9 @@ def bind(tracer, callee):
 """
 # The node `node_id`, with arguments `node_args`, depends on node `d` (if `deps` is None) or
 # on the nodes `deps`; its NodeRef with its output refs, their slots set directly (`NodeRef()`
-# and `make_output_ref` inlined).
-_RECORD = """\
+# and `make_output_ref` inlined). In parts: what depends on the callee's outputs is chosen when
+# a recorder is generated (it is made for one callee), and tested by `finish`.
+_RECORD_NODE = """\
 i = len(made)
 if deps is None:  # (one dependency: most nodes)
     found = dependents[d]
@@ -374,28 +375,59 @@ dependents.append(())
 index[node_id] = i
 callees.append(callee)
 args.append(node_args)
-if more:  # several outputs: the slots of the others
-    extra[i] = -1 - tracer.extra_slots
-    tracer.extra_slots += len(outputs) - 1
+"""
+_RECORD_MORE = """\
+extra[i] = -1 - tracer.extra_slots  # several outputs: the slots of the others
+tracer.extra_slots += len(outputs) - 1
+"""
+_RECORD_REF = """\
 ref = _new(ref_class)
 ref.id = node_id
 ref.outputs = outputs
-if first_held:  # the first output's ref: what arguments pass most
-    first = _new(OutputRef)
-    _set_node(first, node_id)
-    _set_output(first, output)
-    _set_path(first, ())
-    ref.__first__ = first
-    made.append(first)
-    if only:
-        return ref
-else:
-    made.append(None)
+"""
+_RECORD_FIRST = """\
+first = _new(OutputRef)  # the first output's ref: what arguments pass most
+_set_node(first, node_id)
+_set_output(first, output)
+_set_path(first, ())
+ref.__first__ = first
+made.append(first)
+"""
+_RECORD_OTHERS = """\
 for out in held:
     if out != outputs[0] or not first_held:
         setattr(ref, out, make_output_ref(node_id, out))
 return ref
 """
+
+
+def _recording(flags: tuple[bool, bool, bool] | None) -> list[str]:
+    """The lines that record a node: for a callee whose `(more, first, only)` are `flags`, or
+    for any callee (testing them) if None."""
+    if flags is None:
+        return [
+            *_RECORD_NODE.splitlines(),
+            "if more:",
+            *_indent(_RECORD_MORE.splitlines(), "    ").splitlines(),
+            *_RECORD_REF.splitlines(),
+            "if first_held:",
+            *_indent(_RECORD_FIRST.splitlines(), "    ").splitlines(),
+            "    if only:",
+            "        return ref",
+            "else:",
+            "    made.append(None)",
+            *_RECORD_OTHERS.splitlines(),
+        ]
+    more, first, only = flags
+    return [
+        *_RECORD_NODE.splitlines(),
+        *(_RECORD_MORE.splitlines() if more else []),
+        *_RECORD_REF.splitlines(),
+        *(_RECORD_FIRST.splitlines() if first else ["made.append(None)"]),
+        *(["return ref"] if only else _RECORD_OTHERS.splitlines()),
+    ]
+
+
 _Binder = Callable[["GraphTracer", "_Callee"], Callable[..., Any]]
 
 
@@ -420,7 +452,7 @@ def _compile_binder(source: str, name: str, scope: dict[str, Any]) -> _Binder:
 _bind_finish = _compile_binder(
     _BIND
     + "    def finish(node_id, node_args, d, deps):\n"
-    + _indent(_RECORD.splitlines(), "        ")
+    + _indent(_recording(None), "        ")
     + "    return finish\n",
     "<trioflow recording>",
     {},
@@ -428,9 +460,10 @@ _bind_finish = _compile_binder(
 
 
 @functools.lru_cache(maxsize=4096)
-def recorder(names: tuple[str, ...], code: int) -> _Binder | None:
+def recorder(names: tuple[str, ...], code: int, flags: tuple[bool, bool, bool]) -> _Binder | None:
     """What binds `record` (see above) for calls with arguments `names` of kinds `code` to a
-    trace and a callee; None if those calls have no generated filing."""
+    trace and a callee whose `(more, first, only)` are `flags`; None if those calls have no
+    generated filing."""
     found = filing(names, code)
     if found is None:
         return None
@@ -440,7 +473,7 @@ def recorder(names: tuple[str, ...], code: int) -> _Binder | None:
         + "    def record(kwargs):\n"
         + _indent(lines, "        ")
         + "        node_id = next(ids)\n"
-        + _indent(_RECORD.splitlines(), "        ")
+        + _indent(_recording(flags), "        ")
         + "    return record\n"
     )
     return _compile_binder(source, f"<trioflow recording {', '.join(names)}>", dict(scope))
@@ -697,7 +730,8 @@ class GraphTracer:
             if shape is None:
                 shape = self.shapes[key] = arg_shape(names, code)
             callee.names, callee.code, callee.shape = names, code, shape
-            bind = recorder(names, code) if callee.kind != "map" else None
+            flags = (callee.more, callee.first, callee.only)
+            bind = recorder(names, code, flags) if callee.kind != "map" else None
             callee.record = _no_record if bind is None else bind(self, callee)
         xs[0] = callee.shape
         return tuple(xs), deps

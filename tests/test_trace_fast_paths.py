@@ -13,6 +13,7 @@ import gc
 import hashlib
 import json
 from typing import Any
+from unittest import mock
 
 import attrs
 import pytest
@@ -749,3 +750,277 @@ def test_a_missing_graph_attribute_is_still_an_attribute_error() -> None:
         graph.nodez  # type: ignore[attr-defined]  # noqa: B018
     assert not hasattr(graph, "fn")
     assert graph.nodes["work_1"].deps == ()
+
+
+# -- recorders: generated code for the common calls (`_compile.recorder`, `_plan.filing`) ---------
+# A recorder guards every argument and returns None at the first one it does not expect. These
+# trace random bodies that call one tool many times with the same names, mixing the arguments a
+# recorder takes (constants, whole refs, lists of them of any length, repeated refs) with those it
+# must leave to the general path (second outputs, projections, node refs, mixed lists, tuples,
+# dicts, refs equal to ours but not ours, the graph's input), against a trace without them.
+
+_fileable = st.sampled_from(["const", "ref", "fanin", "fanin", "fanin"])
+_other = st.sampled_from(["noderef", "path", "mixed", "tuple", "dict", "input", "copy", "second"])
+
+
+@st.composite
+def _repeating_programs(draw: st.DrawFn) -> list[tuple[str, dict[str, Any]]]:
+    """Calls of `plan_one` (and now and then `plan_two`) with the same names, in recipes of
+    `_body_for`; `("copy", j)` is a ref equal to node j's output but made by the body."""
+    names = draw(st.lists(st.sampled_from(["x", "y"]), unique=True, max_size=2))
+    kinds = {name: draw(_fileable) for name in names}  # what most calls pass
+    program: list[tuple[str, dict[str, Any]]] = [("plan_one", {})]
+    for k in range(1, draw(st.integers(2, 14))):
+        earlier = st.integers(0, k - 1)
+        recipes: dict[str, Any] = {}
+        for name in names:
+            kind = draw(st.sampled_from([kinds[name]] * 4 + [draw(_fileable), draw(_other)]))
+            if kind == "const":
+                recipes[name] = ("const", draw(st.one_of(st.none(), st.integers(), st.text())))
+            elif kind == "ref":
+                recipes[name] = ("ref", draw(earlier))
+            elif kind == "fanin":  # (duplicates too)
+                recipes[name] = ("fanin", draw(st.lists(earlier, max_size=7)))
+            elif kind == "mixed":
+                item = st.one_of(earlier.map(lambda j: ("ref", j)), st.just(("const", 1)))
+                recipes[name] = ("mixed", draw(st.lists(item, max_size=3)))
+            elif kind == "tuple":
+                recipes[name] = ("tuple", draw(st.lists(earlier, max_size=2)))
+            elif kind == "input":
+                recipes[name] = ("input",)
+            else:
+                recipes[name] = (kind, draw(earlier))
+        program.append((draw(st.sampled_from(["plan_one"] * 5 + ["plan_two"])), recipes))
+    return program
+
+
+def _resolve_extra_recipes(program: list[tuple[str, dict[str, Any]]]) -> Any:
+    """`_body_for` with two recipes more: a ref equal to a node's output but made here
+    ("copy"), and a node's second output where it has one ("second")."""
+    tools = {"plan_one": plan_one, "plan_two": plan_two}
+
+    def body(vals: Any) -> Any:
+        refs: list[Any] = []
+
+        def whole(j: int) -> Any:
+            return refs[j]["out"] if "out" in refs[j].outputs else refs[j]["a"]
+
+        def build(recipe: Any) -> Any:
+            kind = recipe[0]
+            if kind == "const":
+                return recipe[1]
+            if kind == "input":
+                return vals
+            if kind == "ref":
+                return whole(recipe[1])
+            if kind == "copy":
+                ref = whole(recipe[1])
+                return OutputRef(ref.node, ref.output)
+            if kind == "second":
+                ref = refs[recipe[1]]
+                return ref[ref.outputs[-1]]
+            if kind == "noderef":
+                j = recipe[1]
+                return refs[j] if len(refs[j].outputs) == 1 else refs[j].a
+            if kind == "path":
+                return whole(recipe[1])[0]
+            if kind == "fanin":
+                return [whole(j) for j in recipe[1]]
+            if kind == "mixed":
+                return [build(item) for item in recipe[1]]
+            if kind == "tuple":
+                return tuple(whole(j) for j in recipe[1])
+            return {"k": whole(recipe[1]), "c": 1}
+
+        for tool, recipes in program:
+            refs.append(tools[tool](**{name: build(r) for name, r in recipes.items()}))
+        return {"out": [ref[out] for ref in refs for out in ref.outputs]}
+
+    return body
+
+
+def _compile(program: list[tuple[str, dict[str, Any]]]) -> trioflow.TaskGraph:
+    body = _resolve_extra_recipes(program)
+    return trioflow.graphify(name="filed", outputs=["out"])(body).compile()
+
+
+@given(_repeating_programs())
+def test_a_filed_call_is_traced_as_the_general_path_traces_it(
+    program: list[tuple[str, dict[str, Any]]],
+) -> None:
+    filed = _compile(program)
+    with mock.patch("trioflow._compile.recorder", lambda names, code, flags: None):
+        general = _compile(program)
+    assert filed._lowered.plan is not None and general._lowered.plan is not None
+    assert _plan_shape(filed._lowered.plan) == _plan_shape(general._lowered.plan)
+    assert filed.nodes == general.nodes
+    assert filed.to_dict() == general.to_dict()
+
+
+@given(_repeating_programs(), st.sampled_from([[5, 6], {0: "zero"}, None]))
+def test_a_run_of_a_filed_graph_gives_what_the_general_one_does(
+    program: list[tuple[str, dict[str, Any]]], vals: Any
+) -> None:
+    def run(graph: trioflow.TaskGraph) -> Any:
+        try:
+            return trioflow.run(graph, inputs={"vals": vals})
+        except trioflow.NodeFailed as exc:
+            return type(exc.__cause__)
+
+    filed = _compile(program)
+    with mock.patch("trioflow._compile.recorder", lambda names, code, flags: None):
+        general = _compile(program)
+    assert run(filed) == run(general)
+
+
+def test_calls_with_the_names_of_the_last_one_take_the_recorder() -> None:
+    """A fan-out and fan-ins of every width, by one tool with the same names: only the first
+    call of each names and kinds takes the general path (a list of any length is one kind)."""
+    from trioflow._compile import GraphTracer
+
+    general = GraphTracer._file
+    seen: list[str] = []
+
+    def spy(self: GraphTracer, callee: Any, *args: Any) -> Any:
+        seen.append(callee.name)
+        return general(self, callee, *args)
+
+    @trioflow.graphify(outputs=["out"])
+    def g() -> Any:
+        first = plan_one(x=1, y=None)  # general: the first call
+        refs = [plan_one(x=k, y=[first.out]) for k in range(9)]  # general once: another kind
+        fans = [plan_one(x=k, y=[r.out for r in refs[:k]]) for k in range(9)]
+        a, b = refs[0].out, fans[3].out
+        for twice in ([a, a], [a, b, a], [b, a, a, b], [a, b, a, b, b, a]):  # one dep each
+            fans.append(plan_one(x=2, y=twice))
+        whole = plan_one(y=first.out, x="a")  # general: other names
+        again = plan_one(y=whole.out, x="b")
+        return [r.out for r in [*fans, again]]
+
+    with mock.patch.object(GraphTracer, "_file", spy):
+        graph = g.compile()
+    assert seen == ["plan_one"] * 3
+    with mock.patch("trioflow._compile.recorder", lambda names, code, flags: None):
+        general = g.compile()
+    assert graph._lowered.plan is not None and general._lowered.plan is not None
+    assert _plan_shape(graph._lowered.plan) == _plan_shape(general._lowered.plan)
+    plan = graph._lowered.plan
+    assert plan.indegree[-6:-2] == [1, 2, 2, 2]
+    assert graph.nodes["plan_one_21"].deps == ("plan_one_2", "plan_one_14")
+    assert trioflow.run(graph)["out"][-2] == 2
+
+
+_ODD = [
+    ("path", 1),
+    ("second", 1),
+    ("copy", 1),
+    ("noderef", 1),
+    ("input",),
+    ("tuple", [1]),
+    ("dict", 1),
+    ("mixed", [("ref", 1), ("const", 2)]),
+    ("mixed", [("path", 1)]),
+    ("mixed", [("second", 1), ("ref", 0)]),
+    ("mixed", [("copy", 1)]),
+    ("mixed", [("ref", 0), ("ref", 1), ("ref", 0), ("copy", 1), ("ref", 0)]),
+    ("const", 3),
+    ("ref", 1),
+    ("fanin", [1]),
+]
+
+
+@pytest.mark.parametrize("odd", _ODD)
+@pytest.mark.parametrize(
+    "usual", [("const", 1), ("ref", 0), ("ref", 1), *(("fanin", [0, 1] * k) for k in range(4))]
+)
+def test_a_recorder_leaves_an_argument_of_another_kind_to_the_general_path(
+    usual: Any, odd: Any
+) -> None:
+    """Every argument a recorder must not take, after calls it took (in each position)."""
+    for position in ("x", "y"):
+        other = "y" if position == "x" else "x"
+        calls = [{position: usual, other: ("ref", 0)}, {position: odd, other: ("ref", 1)}]
+        program = [("plan_one", {}), ("plan_two", {"x": ("const", 1)})]
+        program += [("plan_one", recipes) for recipes in calls * 2]
+        filed = _compile(program)
+        with mock.patch("trioflow._compile.recorder", lambda names, code, flags: None):
+            general = _compile(program)
+        assert filed._lowered.plan is not None and general._lowered.plan is not None
+        assert _plan_shape(filed._lowered.plan) == _plan_shape(general._lowered.plan)
+        assert filed.nodes == general.nodes
+
+
+def test_a_call_refused_by_the_body_leaves_no_trace_in_the_next_node() -> None:
+    """A map call whose items are refused (a ref of another graph), caught by the body: the
+    next node is a plain tool node, numbered as if the refused call had made none."""
+    stray = OutputRef("elsewhere_1", "out")
+
+    @trioflow.graphify(outputs=["out"])
+    def g() -> Any:
+        with pytest.raises(GraphBuildError, match="does not belong"):
+            trioflow.map(work, stray)
+        with pytest.raises(GraphBuildError, match="does not belong"):
+            work(x=stray)
+        return total(xs=[work(x=2).out]).total
+
+    graph = g.compile()
+    assert graph._lowered.plan is not None and graph._lowered.plan.map_params == {}
+    assert list(graph.nodes) == ["work_2", "total_1"]  # (the refused call took its number)
+    assert [node.kind for node in graph.nodes.values()] == ["tool", "tool"]
+    assert trioflow.run(g) == {"out": 4}
+
+
+def test_a_trace_s_recording_functions_let_it_go_when_it_ends() -> None:
+    """The callees a graph keeps (for its nodes) hold functions bound to the trace while it
+    runs; once it ends they hold nothing of it, so the trace is freed without the cyclic
+    collector."""
+    import weakref
+
+    from trioflow import _compile
+
+    traces: list[Any] = []
+
+    class Kept(_compile.GraphTracer):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            traces.append(weakref.ref(self))
+
+    @trioflow.graphify(outputs=["out", "each"])
+    def g() -> Any:
+        each = trioflow.map(work, [1, 2]).out
+        return {"out": total(xs=[work(x=k).out for k in range(3)]).total, "each": each}
+
+    gc.disable()
+    try:
+        with mock.patch.object(_compile, "GraphTracer", Kept):
+            graph = g.compile()
+        assert len(traces) == 1 and traces[0]() is None
+        assert len(graph.nodes) == 5 and trioflow.run(graph) == {"out": 6, "each": [2, 4]}
+    finally:
+        gc.enable()
+
+
+@trioflow.tool(outputs=["_first", "plain"], name="plan_hidden")
+async def plan_hidden(x: Any = None) -> dict[str, Any]:
+    return {"_first": x, "plain": x}
+
+
+def test_recorders_of_tools_with_other_outputs_record_what_the_general_path_does() -> None:
+    """Recorders are made per callee: one output, several, and a first output a NodeRef holds
+    no slot for (named `_...`)."""
+
+    @trioflow.graphify(outputs=["out"])
+    def g() -> Any:
+        one = [plan_one(x=k) for k in range(3)]
+        two = [plan_two(x=one[k].out, y=k) for k in range(3)]
+        hidden = [plan_hidden(x=[two[k].a]) for k in range(3)]
+        hidden += [plan_hidden(x=[h.plain for h in hidden]), plan_hidden(x=[hidden[0]._first])]
+        return [r.b for r in two] + [h.plain for h in hidden] + [h["_first"] for h in hidden]
+
+    with mock.patch("trioflow._compile.recorder", lambda names, code, flags: None):
+        general = g.compile()
+    graph = g.compile()
+    assert graph._lowered.plan is not None and general._lowered.plan is not None
+    assert _plan_shape(graph._lowered.plan) == _plan_shape(general._lowered.plan)
+    assert graph.nodes == general.nodes
+    assert trioflow.run(graph) == trioflow.run(general)

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import functools
 import gc
+import itertools
+import operator
 import os
 import traceback
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, ClassVar, Self, cast
 
@@ -58,6 +60,7 @@ from ._plan import (
     arg_shape,
     classify,
     fan_in,
+    filing,
     is_fast,
     output_slot,
     spec_args,
@@ -244,6 +247,15 @@ _ATOMS = frozenset({str, int, float, bool})
 _PROMOTE_NODES = 1000
 
 
+def _no_record(kwargs: dict[str, Any]) -> None:
+    """The recorder of a callee whose calls the general path files (see `recorder`)."""
+    return None
+
+
+def _ended(*args: Any) -> NodeRef:
+    raise AssertionError("a trace that ended recorded a call")  # (see `GraphTracer.unbind`)
+
+
 @attrs.define(eq=False)
 class _Callee:
     """What a trace knows of a callable it met, by name (a map node has one of its own)."""
@@ -265,12 +277,32 @@ class _Callee:
     first: bool
     # The argument names of its last call, their kinds and `ArgShape`: a call with the same
     # names needs no check of them, and most calls of a callable have the same shape.
+    # Its node ids, in order (`_node_ids`: shared by every callee that numbers its nodes by
+    # the same name).
+    ids: Iterator[str]
+    # Its first output (if it has one), whether it has more, and whether the first is the
+    # only one its NodeRefs hold.
+    output: str | None
+    more: bool
+    only: bool
     names: tuple[str, ...] | None = None
     code: int = -1
     shape: ArgShape | None = None
+    # Bound to a trace's columns (see `recorder`): `record(kwargs)` records a call with the
+    # names and kinds of the last one, or returns None; `finish(...)` records a call the
+    # general path filed.
+    record: Callable[[dict[str, Any]], NodeRef | None] = _no_record
+    finish: Callable[[str, Args, int | None, Collection[int] | None], NodeRef] = _ended
 
     @classmethod
-    def of(cls, target: Any, name: str, kind: NodeKind, map_param: str | None = None) -> _Callee:
+    def of(
+        cls,
+        target: Any,
+        name: str,
+        kind: NodeKind,
+        ids: Iterator[str],
+        map_param: str | None = None,
+    ) -> _Callee:
         plan_kind = KINDS[kind]
         outputs: tuple[str, ...] = target.outputs
         held = _held_outputs(outputs)
@@ -288,7 +320,163 @@ class _Callee:
             ref_class=_ref_class(held, first),
             held=held,
             first=first,
+            ids=ids,
+            output=outputs[0] if outputs else None,
+            more=len(outputs) > 1,
+            only=first and len(held) == 1,
         )
+
+
+def _node_ids(name: str) -> Iterator[str]:
+    """`name_1`, `name_2`, ...: the ids of the nodes a trace numbers by `name` (each made by
+    one C-level `next()`: no counter to read and write back, no f-string)."""
+    return map(operator.add, itertools.repeat(f"{name}_"), map(str, itertools.count(1)))
+
+
+# -- recording a call: generated code bound to a trace ----------------------------------------
+# A call is recorded in the trace's columns (see `GraphTracer`) by a function bound to the
+# trace and the callee (its columns and constants in a closure): `finish` for calls the
+# general path filed, and, for the calls a generated filing takes (`_plan.filing`), `record`,
+# that filing and the same recording in one function. The recording is written once, here.
+_BIND = """\
+def bind(tracer, callee):
+    index, made, dependents = tracer.index, tracer.made, tracer.dependents
+    indegree, callees, args, extra = tracer.indegree, tracer.callees, tracer.args, tracer.extra
+    ids, ref_class, outputs, output = callee.ids, callee.ref_class, callee.outputs, callee.output
+    more, first_held, only, held = callee.more, callee.first, callee.only, callee.held
+"""
+# The node `node_id`, with arguments `node_args`, depends on node `d` (if `deps` is None) or
+# on the nodes `deps`; its NodeRef with its output refs, their slots set directly (`NodeRef()`
+# and `make_output_ref` inlined). In parts: what depends on the callee's outputs is chosen when
+# a recorder is generated (it is made for one callee), and tested by `finish`.
+_RECORD_NODE = """\
+i = len(made)
+if deps is None:  # (one dependency: most nodes)
+    found = dependents[d]
+    if not found:  # (a node's first dependent in a tuple: most nodes have one)
+        dependents[d] = (i,)
+    elif type(found) is tuple:
+        dependents[d] = [found[0], i]
+    else:
+        found.append(i)
+    indegree.append(1)
+else:
+    one = (i,)  # (shared by the nodes it is the first dependent of: a fan-in's)
+    for j in deps:
+        found = dependents[j]
+        if not found:
+            dependents[j] = one
+        elif type(found) is tuple:
+            dependents[j] = [found[0], i]
+        else:
+            found.append(i)
+    indegree.append(len(deps))
+dependents.append(())
+index[node_id] = i
+callees.append(callee)
+args.append(node_args)
+"""
+_RECORD_MORE = """\
+extra[i] = -1 - tracer.extra_slots  # several outputs: the slots of the others
+tracer.extra_slots += len(outputs) - 1
+"""
+_RECORD_REF = """\
+ref = _new(ref_class)
+ref.id = node_id
+ref.outputs = outputs
+"""
+_RECORD_FIRST = """\
+first = _new(OutputRef)  # the first output's ref: what arguments pass most
+_set_node(first, node_id)
+_set_output(first, output)
+_set_path(first, ())
+ref.__first__ = first
+made.append(first)
+"""
+_RECORD_OTHERS = """\
+for out in held:
+    if out != outputs[0] or not first_held:
+        setattr(ref, out, make_output_ref(node_id, out))
+return ref
+"""
+
+
+def _recording(flags: tuple[bool, bool, bool] | None) -> list[str]:
+    """The lines that record a node: for a callee whose `(more, first, only)` are `flags`, or
+    for any callee (testing them) if None."""
+    if flags is None:
+        return [
+            *_RECORD_NODE.splitlines(),
+            "if more:",
+            *_indent(_RECORD_MORE.splitlines(), "    ").splitlines(),
+            *_RECORD_REF.splitlines(),
+            "if first_held:",
+            *_indent(_RECORD_FIRST.splitlines(), "    ").splitlines(),
+            "    if only:",
+            "        return ref",
+            "else:",
+            "    made.append(None)",
+            *_RECORD_OTHERS.splitlines(),
+        ]
+    more, first, only = flags
+    return [
+        *_RECORD_NODE.splitlines(),
+        *(_RECORD_MORE.splitlines() if more else []),
+        *_RECORD_REF.splitlines(),
+        *(_RECORD_FIRST.splitlines() if first else ["made.append(None)"]),
+        *(["return ref"] if only else _RECORD_OTHERS.splitlines()),
+    ]
+
+
+_Binder = Callable[["GraphTracer", "_Callee"], Callable[..., Any]]
+
+
+def _indent(lines: Iterator[str] | Sequence[str], by: str) -> str:
+    return "".join(f"{by}{line}\n" for line in lines)
+
+
+def _compile_binder(source: str, name: str, scope: dict[str, Any]) -> _Binder:
+    scope |= {
+        "_new": _new,
+        "OutputRef": OutputRef,
+        "_set_node": _set_node,
+        "_set_output": _set_output,
+        "_set_path": _set_path,
+        "make_output_ref": make_output_ref,
+    }
+    exec(compile(source, name, "exec"), scope)
+    found: _Binder = scope["bind"]
+    return found
+
+
+_bind_finish = _compile_binder(
+    _BIND
+    + "    def finish(node_id, node_args, d, deps):\n"
+    + _indent(_recording(None), "        ")
+    + "    return finish\n",
+    "<trioflow recording>",
+    {},
+)
+
+
+@functools.lru_cache(maxsize=4096)
+def recorder(names: tuple[str, ...], code: int, flags: tuple[bool, bool, bool]) -> _Binder | None:
+    """What binds `record` (see above) for calls with arguments `names` of kinds `code` to a
+    trace and a callee whose `(more, first, only)` are `flags`; None if those calls have no
+    generated filing."""
+    found = filing(names, code)
+    if found is None:
+        return None
+    lines, scope = found
+    source = (
+        _BIND
+        + "    def record(kwargs):\n"
+        + _indent(lines, "        ")
+        + "        node_id = next(ids)\n"
+        + _indent(_recording(flags), "        ")
+        + "    return record\n"
+    )
+    return _compile_binder(source, f"<trioflow recording {', '.join(names)}>", dict(scope))
 
 
 @attrs.define(eq=False)
@@ -304,7 +492,7 @@ class GraphTracer:
     inputs: tuple[str, ...]
     values: Mapping[str, Any] | None
     callables: dict[str, Any] = attrs.field(factory=dict)
-    counters: dict[str, int] = attrs.field(factory=dict)
+    ids: dict[str, Iterator[str]] = attrs.field(factory=dict)  # by name: see `_node_ids`
     known: dict[str, _Callee] = attrs.field(factory=dict)
     # (argument names, kinds) → their `ArgShape` (`_plan.arg_shape`), for this trace
     shapes: dict[tuple[tuple[str, ...], int], ArgShape] = attrs.field(factory=dict)
@@ -323,6 +511,19 @@ class GraphTracer:
     extra: dict[int, int] = attrs.field(factory=dict)
     extra_slots: int = 0
     map_params: dict[int, str] = attrs.field(factory=dict)  # map node index → its items' input
+    bound: list[_Callee] = attrs.field(factory=list)  # the callees bound to this trace
+
+    def bind(self, callee: _Callee) -> _Callee:
+        """`callee` with its `finish` bound to this trace."""
+        callee.finish = _bind_finish(self, callee)
+        self.bound.append(callee)
+        return callee
+
+    def unbind(self) -> None:
+        """Unbind the callees from this trace when it ends (their functions hold it, and
+        the graph holds them)."""
+        for callee in self.bound:
+            callee.record, callee.finish = _no_record, _ended
 
     def known_value(self, ref: object) -> tuple[bool, Any]:
         """The value of an input ref, if this trace knows the inputs."""
@@ -333,9 +534,13 @@ class GraphTracer:
         except (LookupError, TypeError):
             return False, None
 
-    def _new_id(self, name: str) -> str:
-        k = self.counters[name] = self.counters.get(name, 0) + 1
-        return f"{name}_{k}"
+    def _ids(self, name: str) -> Iterator[str]:
+        """The ids of the nodes numbered by `name` (tool and subgraph nodes by their
+        callable's name, map nodes by "map")."""
+        found = self.ids.get(name)
+        if found is None:
+            found = self.ids[name] = _node_ids(name)
+        return found
 
     def _foreign(self, node_id: str, ref: OutputRef) -> GraphBuildError:
         return GraphBuildError(
@@ -418,7 +623,7 @@ class GraphTracer:
         if kind == "graph":
             _check_recursion(target)
         self.callables[name] = target
-        callee = self.known[name] = _Callee.of(target, name, kind)
+        callee = self.known[name] = self.bind(_Callee.of(target, name, kind, self._ids(name)))
         return callee
 
     def call(
@@ -446,17 +651,33 @@ class GraphTracer:
                     same = False
                 if callee is None or callee.target is not target:
                     callee = self._register(name, target)
-            counters = self.counters
-            k = counters[name] = counters.get(name, 0) + 1
-            node_id = f"{name}_{k}"
+            else:  # most calls: recorded by the generated code for their names and kinds
+                ref = callee.record(kwargs)  # type: ignore[union-attr]  # (same: not None)
+                if ref is not None:
+                    return ref
+            assert callee is not None  # (registered, or the same as last time)
         else:  # a map node
-            node_id = self._new_id("map")
             if callee is None or callee.target is not target:
                 self._register(name, target)
-            callee = _Callee.of(target, name, "map", map_param)
+            callee = self.bind(_Callee.of(target, name, "map", self._ids("map"), map_param))
             same = False
+        node_id = next(callee.ids)
+        node_args, deps = self._file(callee, names, same, kwargs, node_id)
+        if map_param is not None:
             self.map_params[len(self.made)] = map_param
-        assert callee is not None  # (registered, or the same as last time)
+        return callee.finish(node_id, node_args, None, deps)
+
+    def _file(
+        self,
+        callee: _Callee,
+        names: tuple[str, ...],
+        same: bool,
+        kwargs: dict[str, Any],
+        node_id: str,
+    ) -> tuple[Args, Collection[int]]:
+        """The general path of `call`: each argument checked and filed into the node's
+        arguments tuple, with the nodes it depends on; the callee's shape and recorder kept
+        for its next calls."""
         index, made = self.index, self.made
         deps: dict[int, None] = {}  # the nodes it depends on, by index
         xs: list[Any] = [None]  # the plan arguments: (shape, x1, ..., xn), see _plan
@@ -479,34 +700,27 @@ class GraphTracer:
                     code = code << _KIND_BITS | SLOT
                     continue
             elif vtype is list:
-                if len(value) == 1:  # (a fan-in of one: no list of slots)
-                    item = value[0]
-                    if type(item) is OutputRef:
-                        j = index.get(item.node)
-                        if j is not None and made[j] is item:
-                            deps[j] = None
-                            xs.append(j)
-                            code = code << _KIND_BITS | GATHER1
-                            continue
+                got: list[int] = []
+                for item in value:
+                    if type(item) is not OutputRef:
+                        break
+                    j = index.get(item.node)
+                    if j is None or made[j] is not item:
+                        break
+                    deps[j] = None
+                    got.append(j)
                 else:
-                    got: list[int] = []
-                    for item in value:
-                        if type(item) is not OutputRef:
-                            break
-                        j = index.get(item.node)
-                        if j is None or made[j] is not item:
-                            break
-                        deps[j] = None
-                        got.append(j)
+                    n = len(got)
+                    if n == 1:  # (a fan-in of one: no list of slots)
+                        xs += got
+                        code = code << _KIND_BITS | GATHER1
+                    elif 2 <= n <= 4:  # (see _plan.GATHER2)
+                        xs += got
+                        code = code << _KIND_BITS | (GATHER2 - 2 + n)
                     else:
-                        n = len(got)
-                        if 2 <= n <= 4:  # (see _plan.GATHER2)
-                            xs += got
-                            code = code << _KIND_BITS | (GATHER2 - 2 + n)
-                        else:
-                            xs.append(fan_in(got))
-                            code = code << _KIND_BITS | GATHER
-                        continue
+                        xs.append(fan_in(got))
+                        code = code << _KIND_BITS | GATHER
+                    continue
             kind, x = classify(self._prepare(value, deps, node_id), self._slot_of)
             add_arg(xs, kind, x)
             code = code << _KIND_BITS | kind
@@ -516,46 +730,11 @@ class GraphTracer:
             if shape is None:
                 shape = self.shapes[key] = arg_shape(names, code)
             callee.names, callee.code, callee.shape = names, code, shape
+            flags = (callee.more, callee.first, callee.only)
+            bind = recorder(names, code, flags) if callee.kind != "map" else None
+            callee.record = _no_record if bind is None else bind(self, callee)
         xs[0] = callee.shape
-        i = len(made)
-        dependents = self.dependents
-        for j in deps:  # (a node's first dependent in a tuple: most nodes have one)
-            found = dependents[j]
-            if not found:
-                dependents[j] = (i,)
-            elif type(found) is tuple:
-                dependents[j] = [found[0], i]
-            else:
-                found.append(i)  # type: ignore[attr-defined]  # (a list)
-        dependents.append(())
-        self.indegree.append(len(deps))
-        index[node_id] = i
-        self.callees.append(callee)
-        self.args.append(tuple(xs))
-        outputs = callee.outputs
-        if len(outputs) > 1:
-            self.extra[i] = -1 - self.extra_slots
-            self.extra_slots += len(outputs) - 1
-        # The NodeRef with its output refs, their slots set directly (`NodeRef()` and
-        # `make_output_ref` inlined).
-        ref: NodeRef = _new(callee.ref_class)
-        ref.id = node_id
-        ref.outputs = outputs
-        if callee.first:  # the first output's ref: what arguments pass most
-            first = _new(OutputRef)
-            _set_node(first, node_id)
-            _set_output(first, outputs[0])
-            _set_path(first, ())
-            ref.__first__ = first
-            made.append(first)
-            if len(callee.held) == 1:
-                return ref
-        else:
-            made.append(None)
-        for out in callee.held:
-            if out != outputs[0] or not callee.first:
-                setattr(ref, out, make_output_ref(node_id, out))
-        return ref
+        return tuple(xs), deps
 
     def _slot_of(self, ref: OutputRef) -> int:
         j = self.index[ref.node]
@@ -741,6 +920,7 @@ def trace(
             where=_user_location(exc.__traceback__),
         ) from exc
     finally:
+        tracer.unbind()
         if paused:
             if made >= _PROMOTE_NODES:
                 promote_young()  # the graph lives on: skip the young collections' rescans

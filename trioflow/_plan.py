@@ -44,7 +44,9 @@ __all__ = [
     "arg_shape",
     "arg_values",
     "classify",
+    "distinct",
     "fan_in",
+    "filing",
     "fan_in_slots",
     "output_slot",
     "is_fast",
@@ -144,6 +146,119 @@ def arg_shape(names: tuple[str, ...], code: int) -> ArgShape:
     scope: dict[str, Any] = {"resolve": resolve}
     exec(compile(source, f"<trioflow arguments {', '.join(names)}>", "exec"), scope)
     return ArgShape(names, tuple(kinds), tuple(at), scope["build"])
+
+
+# -- filing a traced call's arguments (`filing`) --------------------------------------------
+# What a tracer (`_compile.GraphTracer.call`) does with most calls: every argument a constant
+# atom, a whole output ref the trace made, or a list of those. Their filing is generated code
+# per argument names and kinds (one list argument at most, of any length: a fan-in), straight
+# code with no loop over the arguments and no test of their kinds but guards: it sets the
+# node's arguments tuple and the nodes it depends on, and any other call, or an argument of
+# another kind than the one seen, makes it return None (the tracer then takes its general
+# path). The tracer wraps it in the code that records the node (`_compile.recorder`).
+_AS_LIST = frozenset({GATHER1, GATHER, *_SPREAD})
+
+
+def distinct(js: tuple[int, ...]) -> tuple[int, ...]:
+    """`js` each once, in order (a node that reads one output twice depends on it once)."""
+    return js if len(set(js)) == len(js) else tuple(dict.fromkeys(js))
+
+
+def _deps_lines(js: list[str], indent: str) -> list[str]:
+    """Lines that set the nodes the slots `js` (variables) belong to, each once: `d` with
+    `deps = None` for one node, else the tuple `deps`."""
+    if not js:
+        return [f"{indent}deps = ()"]
+    if len(js) == 1:
+        return [f"{indent}d = {js[0]}", f"{indent}deps = None"]
+    if len(js) == 2:
+        a, b = js
+        return [
+            f"{indent}if {a} == {b}:",
+            f"{indent}    d = {a}",
+            f"{indent}    deps = None",
+            f"{indent}else:",
+            f"{indent}    deps = ({a}, {b})",
+        ]
+    return [f"{indent}deps = distinct(({', '.join(js)},))"]
+
+
+def _guard_ref(value: str, j: str, indent: str) -> list[str]:
+    """Lines that set slot variable `j` from `value`, a whole output ref this trace made (by
+    identity: its node's first output), or return None."""
+    return [
+        f"{indent}if type({value}) is not OutputRef:",
+        f"{indent}    return None",
+        f"{indent}{j} = index.get({value}.node)",
+        f"{indent}if {j} is None or made[{j}] is not {value}:",
+        f"{indent}    return None",
+    ]
+
+
+@functools.lru_cache(maxsize=4096)
+def filing(
+    names: tuple[str, ...], code: int
+) -> tuple[tuple[str, ...], tuple[tuple[str, Any], ...]] | None:
+    """The filing of calls with arguments `names` of kinds `code` (as `arg_shape`): the lines
+    of a function body that reads `kwargs`, `index` (node id → index) and `made` (index → its
+    first output's ref) and sets `node_args`, and `d` or `deps` (see `_deps_lines`), or returns
+    None; and the names it needs beside those, with their values. None if the arguments are
+    not all constants, whole refs and (one) list of them. The list may have any length: its
+    kind (and the call's shape) is chosen by it."""
+    kinds = arg_shape(names, code).kinds
+    lists = [p for p, kind in enumerate(kinds) if kind in _AS_LIST]
+    if len(lists) > 1 or any(kind not in (CONST, SLOT) and kind not in _AS_LIST for kind in kinds):
+        return None
+    scope: dict[str, Any] = {
+        "ATOMS": ATOMS,
+        "OutputRef": OutputRef,
+        "fan_in": fan_in,
+        "distinct": distinct,
+    }
+    values = [f"v{p}" for p in range(len(names))]
+    lines = [f"{', '.join(values)}, = kwargs.values()"] if values else []
+    slots: list[str] = []  # the whole refs' slot variables
+    for p, kind in enumerate(kinds):
+        if kind == CONST:
+            lines += [f"if type(v{p}) not in ATOMS:", "    return None"]
+        elif kind == SLOT:
+            lines += _guard_ref(f"v{p}", f"j{p}", "")
+            slots.append(f"j{p}")
+
+    def ending(list_kind: int, xs: list[str], indent: str) -> list[str]:
+        """The line that sets the arguments tuple with the list's kind and x's `xs`."""
+        kinds_now = [list_kind if kind in _AS_LIST else kind for kind in kinds]
+        packed = 0
+        for kind in kinds_now:
+            packed = packed << _KIND_BITS | kind
+        shape = f"S{len(scope)}"
+        scope[shape] = arg_shape(names, packed)
+        items = [shape]
+        for p, kind in enumerate(kinds_now):
+            items += (
+                xs if kind == list_kind and p in lists else [f"v{p}" if kind == CONST else f"j{p}"]
+            )
+        return [f"{indent}node_args = ({', '.join(items)},)"]
+
+    if not lists:
+        lines += ending(-1, [], "") + _deps_lines(slots, "")
+    else:
+        p = lists[0]
+        lines += [f"if type(v{p}) is not list:", "    return None", f"n = len(v{p})"]
+        for n in range(1, 5):  # (fan-ins of one to four: a slot each, see GATHER2)
+            refs = [f"r{m}" for m in range(n)]
+            js = [f"k{m}" for m in range(n)]
+            lines += [f"{'if' if n == 1 else 'elif'} n == {n}:", f"    {', '.join(refs)}, = v{p}"]
+            for ref, j in zip(refs, js, strict=True):
+                lines += _guard_ref(ref, j, "    ")
+            kind = GATHER1 if n == 1 else GATHER2 - 2 + n
+            lines += ending(kind, js, "    ") + _deps_lines(slots + js, "    ")
+        lines += ["else:", "    got = []", f"    for r in v{p}:"]
+        lines += _guard_ref("r", "k", "        ")
+        lines += ["        got.append(k)"]
+        lines += ending(GATHER, ["fan_in(got)"], "    ")
+        lines += [f"    deps = distinct(({''.join(j + ', ' for j in slots)}*got,))"]
+    return tuple(lines), tuple(scope.items())
 
 
 def output_slot(i: int, k: int, extra: Mapping[int, int]) -> int:

@@ -249,11 +249,12 @@ async def test_a_quick_limiter_takes_a_free_token_without_a_yield_and_queues_beh
         await quick.acquire_on_behalf_of(c)
         got.append("c")
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(third)
-        await trio.testing.wait_all_tasks_blocked()
-        assert got == [] and limiter.statistics().tasks_waiting == 1
-        quick.release_on_behalf_of(a)  # to the waiter, by the limiter itself
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(third)
+            await trio.testing.wait_all_tasks_blocked()
+            assert got == [] and limiter.statistics().tasks_waiting == 1
+            quick.release_on_behalf_of(a)  # to the waiter, by the limiter itself
     assert got == ["c"] and set(limiter.statistics().borrowers) == {b, c}
     quick.release_on_behalf_of(b)
     with trio.CancelScope() as scope:  # a cancelled call takes no token, free as one is

@@ -414,14 +414,17 @@ def _programs(draw: st.DrawFn) -> list[tuple[str, dict[str, Any]]]:
     return program
 
 
-def _body_for(program: list[tuple[str, dict[str, Any]]]) -> Any:
+def _body_for(program: list[tuple[str, dict[str, Any]]], other: str = "b") -> Any:
+    """The body that makes `program`'s calls; a "ref" to a `plan_two` node is its output
+    `other`. Two recipes beyond `_programs`' (see `_repeating_programs`): a ref equal to a
+    node's output but made here ("copy"), and a node's last output ("second")."""
     tools = {"plan_one": plan_one, "plan_two": plan_two}
 
     def body(vals: Any) -> Any:
         refs: list[Any] = []
 
         def whole(j: int) -> Any:
-            return refs[j]["out"] if "out" in refs[j].outputs else refs[j]["b"]
+            return refs[j]["out"] if "out" in refs[j].outputs else refs[j][other]
 
         def build(recipe: Any) -> Any:
             kind = recipe[0]
@@ -431,6 +434,12 @@ def _body_for(program: list[tuple[str, dict[str, Any]]]) -> Any:
                 return vals
             if kind == "ref":
                 return whole(recipe[1])
+            if kind == "copy":
+                ref = whole(recipe[1])
+                return OutputRef(ref.node, ref.output)
+            if kind == "second":
+                ref = refs[recipe[1]]
+                return ref[ref.outputs[-1]]
             if kind == "noderef":  # a one-output node's ref stands for its output
                 j = recipe[1]
                 return refs[j] if len(refs[j].outputs) == 1 else refs[j].a
@@ -794,53 +803,8 @@ def _repeating_programs(draw: st.DrawFn) -> list[tuple[str, dict[str, Any]]]:
     return program
 
 
-def _resolve_extra_recipes(program: list[tuple[str, dict[str, Any]]]) -> Any:
-    """`_body_for` with two recipes more: a ref equal to a node's output but made here
-    ("copy"), and a node's second output where it has one ("second")."""
-    tools = {"plan_one": plan_one, "plan_two": plan_two}
-
-    def body(vals: Any) -> Any:
-        refs: list[Any] = []
-
-        def whole(j: int) -> Any:
-            return refs[j]["out"] if "out" in refs[j].outputs else refs[j]["a"]
-
-        def build(recipe: Any) -> Any:
-            kind = recipe[0]
-            if kind == "const":
-                return recipe[1]
-            if kind == "input":
-                return vals
-            if kind == "ref":
-                return whole(recipe[1])
-            if kind == "copy":
-                ref = whole(recipe[1])
-                return OutputRef(ref.node, ref.output)
-            if kind == "second":
-                ref = refs[recipe[1]]
-                return ref[ref.outputs[-1]]
-            if kind == "noderef":
-                j = recipe[1]
-                return refs[j] if len(refs[j].outputs) == 1 else refs[j].a
-            if kind == "path":
-                return whole(recipe[1])[0]
-            if kind == "fanin":
-                return [whole(j) for j in recipe[1]]
-            if kind == "mixed":
-                return [build(item) for item in recipe[1]]
-            if kind == "tuple":
-                return tuple(whole(j) for j in recipe[1])
-            return {"k": whole(recipe[1]), "c": 1}
-
-        for tool, recipes in program:
-            refs.append(tools[tool](**{name: build(r) for name, r in recipes.items()}))
-        return {"out": [ref[out] for ref in refs for out in ref.outputs]}
-
-    return body
-
-
 def _compile(program: list[tuple[str, dict[str, Any]]]) -> trioflow.TaskGraph:
-    body = _resolve_extra_recipes(program)
+    body = _body_for(program, other="a")
     return trioflow.graphify(name="filed", outputs=["out"])(body).compile()
 
 

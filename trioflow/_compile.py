@@ -275,8 +275,6 @@ class _Callee:
     ref_class: type[NodeRef]
     held: tuple[str, ...]
     first: bool
-    # The argument names of its last call, their kinds and `ArgShape`: a call with the same
-    # names needs no check of them, and most calls of a callable have the same shape.
     # Its node ids, in order (`_node_ids`: shared by every callee that numbers its nodes by
     # the same name).
     ids: Iterator[str]
@@ -285,6 +283,8 @@ class _Callee:
     output: str | None
     more: bool
     only: bool
+    # The argument names of its last call, their kinds and `ArgShape`: a call with the same
+    # names needs no check of them, and most calls of a callable have the same shape.
     names: tuple[str, ...] | None = None
     code: int = -1
     shape: ArgShape | None = None
@@ -408,10 +408,10 @@ def _recording(flags: tuple[bool, bool, bool] | None) -> list[str]:
         return [
             *_RECORD_NODE.splitlines(),
             "if more:",
-            *_indent(_RECORD_MORE.splitlines(), "    ").splitlines(),
+            *("    " + line for line in _RECORD_MORE.splitlines()),
             *_RECORD_REF.splitlines(),
             "if first_held:",
-            *_indent(_RECORD_FIRST.splitlines(), "    ").splitlines(),
+            *("    " + line for line in _RECORD_FIRST.splitlines()),
             "    if only:",
             "        return ref",
             "else:",
@@ -494,8 +494,6 @@ class GraphTracer:
     callables: dict[str, Any] = attrs.field(factory=dict)
     ids: dict[str, Iterator[str]] = attrs.field(factory=dict)  # by name: see `_node_ids`
     known: dict[str, _Callee] = attrs.field(factory=dict)
-    # (argument names, kinds) → their `ArgShape` (`_plan.arg_shape`), for this trace
-    shapes: dict[tuple[tuple[str, ...], int], ArgShape] = attrs.field(factory=dict)
     # The columns. The node ids are the keys of `index`; the plan's columns that depend on the
     # callable only are read off `callees` at the end.
     index: dict[str, int] = attrs.field(factory=dict)
@@ -725,11 +723,7 @@ class GraphTracer:
             add_arg(xs, kind, x)
             code = code << _KIND_BITS | kind
         if code != callee.code or not same:
-            key = (names, code)
-            shape = self.shapes.get(key)
-            if shape is None:
-                shape = self.shapes[key] = arg_shape(names, code)
-            callee.names, callee.code, callee.shape = names, code, shape
+            callee.names, callee.code, callee.shape = names, code, arg_shape(names, code)
             flags = (callee.more, callee.first, callee.only)
             bind = recorder(names, code, flags) if callee.kind != "map" else None
             callee.record = _no_record if bind is None else bind(self, callee)

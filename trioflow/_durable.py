@@ -357,7 +357,7 @@ class Durable:
     def _encode_slots(self, plan_run: Any, rows: list[int]) -> list[str]:
         base, plan = plan_run.base, plan_run.plan
         js = list(map((-base).__add__, rows)) if base else rows
-        values = list(map(plan_run.values.__getitem__, map(plan.out_base.__getitem__, js)))
+        values = list(map(plan_run.values.__getitem__, js))  # (node j's first output: slot j)
         targets = list(map(plan.targets.__getitem__, js))
         distinct = set(targets)
         if len(distinct) == 1:

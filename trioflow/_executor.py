@@ -22,7 +22,7 @@ from . import _shipping
 from ._checks import check_named
 from ._errors import ConfigError, ConfigTypeError
 from ._graph import OutputRef
-from ._slots import QUICK_TOKENS
+from ._slots import release_token, take_free_token
 from ._tool import Tool
 
 __all__ = [
@@ -167,17 +167,12 @@ class QuickLimiter:
         # meet the cancellation while sending the job, and kill the worker to be safe.
         await _checkpoint_if_cancelled()
         limiter = self._limiter
-        if limiter is not None and not _take_free(limiter, borrower):
+        if limiter is not None and not take_free_token(limiter, borrower):
             await limiter.acquire_on_behalf_of(borrower)
 
     def release_on_behalf_of(self, borrower: object) -> None:
-        limiter = self._limiter
-        if limiter is None:
-            return
-        if QUICK_TOKENS and not limiter._lot._parked:  # nobody to wake (see `_slots`)
-            limiter._borrowers.remove(borrower)
-        else:
-            limiter.release_on_behalf_of(borrower)
+        if self._limiter is not None:
+            release_token(self._limiter, borrower)
 
     async def __aenter__(self) -> None:
         # (`acquire_on_behalf_of`, inlined: trio-parallel enters the limiter on every call)
@@ -185,27 +180,11 @@ class QuickLimiter:
         limiter = self._limiter
         if limiter is not None:
             task = trio.lowlevel.current_task()
-            if not _take_free(limiter, task):
+            if not take_free_token(limiter, task):
                 await limiter.acquire_on_behalf_of(task)
 
     async def __aexit__(self, *exc_info: object) -> None:
         self.release_on_behalf_of(trio.lowlevel.current_task())
-
-
-def _take_free(limiter: trio.CapacityLimiter, borrower: object) -> bool:
-    """Take a token of `limiter` if one is free and nobody waits for one; else False."""
-    if (
-        QUICK_TOKENS
-    ):  # what `acquire_on_behalf_of_nowait` checks, read off the fields (see `_slots`)
-        if limiter._lot._parked or len(limiter._borrowers) >= limiter._total_tokens:
-            return False
-    elif not limiter.available_tokens:  # (a released token goes to a waiter at once)
-        return False
-    try:
-        limiter.acquire_on_behalf_of_nowait(borrower)
-    except trio.WouldBlock:
-        return False
-    return True
 
 
 _checkpoint_if_cancelled = trio.lowlevel.checkpoint_if_cancelled

@@ -46,10 +46,10 @@ __all__ = [
     "classify",
     "distinct",
     "fan_in",
-    "filing",
     "fan_in_slots",
-    "output_slot",
+    "filing",
     "is_fast",
+    "output_slot",
     "plan_of_graph",
     "spec_args",
     "take_plan",
@@ -370,7 +370,7 @@ class Plan:
     # is `args[i][0].build(values, args[i], lookup)`.
     args: list[Args]
     # Node i's dependents, in order (a list, or a tuple of one or none).
-    dependents: list[Sequence[int]]
+    dependents: Sequence[Sequence[int]]
     indegree: list[int]
     index: dict[str, int]
     # True for plain async tools (no timeout, retry, limits or context): the inline fast path.
@@ -388,11 +388,6 @@ class Plan:
         from ._tool import Tool  # the compiler layer stands below tools (no Trio here)
 
         return list({id(t): t for t in self.targets if isinstance(t, Tool)}.values())
-
-    @property
-    def out_base(self) -> range:
-        """The slot of each node's first output: its index."""
-        return range(len(self.ids))
 
     def slot(self, i: int, output: str) -> int:
         """The value slot of node i's output `output`."""
@@ -484,7 +479,7 @@ def _lower(graph: TaskGraph) -> Plan:
         kinds=kinds,
         targets=targets,
         args=args,
-        dependents=dependents,  # type: ignore[arg-type]
+        dependents=dependents,
         indegree=indegree,
         index=index,
         fast=fast,

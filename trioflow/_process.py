@@ -26,13 +26,11 @@ _NOT_SHIPPED = (
     "its result cannot be pickled)"
 )
 
-
-_KEEP = 256  # functions whose `_shipped` form a ProcessExecutor keeps
-
 _NO_GUARD = (
     "(a worker process could not start: workers import the main module again, and it started "
     'a run at import; put the code that starts the run under `if __name__ == "__main__":`)'
 )
+_KEEP = 256  # functions whose `_shipped` form a ProcessExecutor keeps
 
 
 def _check_max_workers(_: object, __: object, value: Any) -> None:

@@ -16,10 +16,12 @@ import pytest
 import trio
 
 import trioflow
-from trioflow import ThreadExecutor
+from trioflow import ThreadExecutor, _process
 from trioflow._shipping import shippable
 
-KINDS = ["thread", "process", "ray"]
+# "process:run_sync": a ProcessExecutor that calls trio-parallel's own `run_sync`, as it does
+# where it cannot drive the workers directly (see `trioflow._workers`).
+KINDS = ["thread", "process", "process:run_sync", "ray"]
 
 
 def make(kind: str, **options):
@@ -34,7 +36,9 @@ def make(kind: str, **options):
 def kind(request: pytest.FixtureRequest) -> str:
     if request.param == "ray":
         request.getfixturevalue("ray_cluster")
-    return str(request.param)
+    if request.param == "process:run_sync":
+        request.getfixturevalue("monkeypatch").setattr(_process, "_DIRECT", False)
+    return str(request.param).split(":")[0]
 
 
 @pytest.fixture

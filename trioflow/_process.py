@@ -1,9 +1,10 @@
 """`ProcessExecutor`: tools in a pool of local worker processes, on trio-parallel.
 
 The pool is a trio-parallel worker context of its own, opened when the executor is entered
-and closed (every worker joined) when it is exited. A cancelled call kills its worker by
-default (`kill_on_cancel=True`), so the work stops where it is; calls waiting for a free
-worker are simply dropped.
+and closed (every worker joined) when it is exited; its workers are driven directly where
+trio-parallel allows it (`_workers.DirectWorkers`: one trip through the scheduler per call,
+not five to seven). A cancelled call kills its worker by default (`kill_on_cancel=True`), so
+the work stops where it is; calls waiting for a free worker are simply dropped.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from collections.abc import Callable, Coroutine
 from typing import Any, ClassVar, Self
 
 import attrs
+import trio
 
 from ._errors import ConfigError, ConfigTypeError, TrioflowError
 from ._executor import QuickLimiter
 from ._shipping import Failure, by_reference, call_and_capture, require, restore, shippable
+from ._workers import DirectWorkers
 
 __all__ = ["ProcessExecutor"]
 
@@ -31,6 +34,9 @@ _NO_GUARD = (
     'a run at import; put the code that starts the run under `if __name__ == "__main__":`)'
 )
 _KEEP = 256  # functions whose `_shipped` form a ProcessExecutor keeps
+# Drive trio-parallel's workers directly where it can be (`_workers`); False: always through
+# trio-parallel's `run_sync` (what the tests of that path set).
+_DIRECT = True
 
 
 def _check_max_workers(_: object, __: object, value: Any) -> None:
@@ -71,7 +77,12 @@ class ProcessExecutor:
 
     _cm: Any = attrs.field(default=None, init=False, repr=False)
     _context: Any = attrs.field(default=None, init=False, repr=False)
-    _limiter: QuickLimiter | None = attrs.field(default=None, init=False, repr=False)
+    # How calls reach the workers: `DirectWorkers.run_sync`, or the context's own `run_sync`
+    # (where trio-parallel cannot be driven directly), with the limiter it takes.
+    _run_sync: Any = attrs.field(default=None, init=False, repr=False)
+    _limiter: trio.CapacityLimiter | QuickLimiter | None = attrs.field(
+        default=None, init=False, repr=False
+    )
     _broken: type[BaseException] = attrs.field(default=Exception, init=False, repr=False)
     # Each function met, with what is sent for it (`_shipped`).
     _refs: dict[Callable[..., Any], Callable[..., Any] | bytes] = attrs.field(
@@ -88,14 +99,19 @@ class ProcessExecutor:
             idle_timeout=math.inf,  # workers live as long as the executor
             grace_period=10.0,  # bound on joining idle workers at exit (then SIGKILL)
         )
-        self._context = await cm.__aenter__()
+        self._context = context = await cm.__aenter__()
         self._cm = cm
-        self._limiter = QuickLimiter(workers)  # a free worker is taken without a yield
+        direct = DirectWorkers.of(context) if _DIRECT else None
+        if direct is not None:
+            self._run_sync, self._limiter = direct.run_sync, trio.CapacityLimiter(workers)
+        else:  # (a QuickLimiter: a free worker is taken without a yield)
+            self._run_sync, self._limiter = context.run_sync, QuickLimiter(workers)
         self._broken = trio_parallel.BrokenWorkerError  # a worker died: not about pickling
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         cm, self._cm, self._context, self._limiter = self._cm, None, None, None
+        self._run_sync = None
         if cm is not None:
             await cm.__aexit__(None, None, None)
 
@@ -118,18 +134,18 @@ class ProcessExecutor:
 
         (A node awaits this itself, so that none of the several suspensions of a worker's
         round trip passes through one more coroutine: see `_reactive.call_tool`.)"""
-        context, limiter = self._context, self._limiter
-        if context is None or limiter is None:
+        run_sync, limiter = self._run_sync, self._limiter
+        if run_sync is None or limiter is None:
             raise TrioflowError(
                 "ProcessExecutor.run() needs the executor entered: `async with executor:`"
             )
-        job: Coroutine[Any, Any, Any] = context.run_sync(
+        job: Coroutine[Any, Any, Any] = run_sync(
             call_and_capture,
             self._shipped(fn),
             args or None,  # (None pickles for less than an empty tuple)
             kwargs,
             kill_on_cancel=self.kill_on_cancel,
-            limiter=limiter,  # a QuickLimiter: a free worker is taken without a yield
+            limiter=limiter,
         )
         return job
 

@@ -102,8 +102,8 @@ async def call_tool(run: RunState, call: ToolCall, parent: Frame) -> dict[str, A
                     fn = shippable(fn)
             job, after = None, key != "loop"
             # A ProcessExecutor's job is awaited in `call_on_executor`, not through its `run`:
-            # a worker's round trip suspends several times, each passing through every
-            # coroutine. A job that kills its worker on cancel is itself cancelled by a
+            # each suspension of a worker's round trip passes through every coroutine on the
+            # way (one suspension with `_workers`, five to seven without). A job that kills its worker on cancel is itself cancelled by a
             # deadline that passes: no check for one after it (a thread's must be checked).
             if type(executor).run is _process_run:
                 job, after = executor._job, not executor.kill_on_cancel
@@ -192,7 +192,7 @@ async def call_on_executor(
                     if failed is exc:
                         raise
                     raise failed from None
-                suspended = True  # (trio-parallel sends a job after a checkpoint)
+                suspended = True  # (a process call always waits for its reply in Trio)
             else:
                 task = _current_task()
                 points = task._schedule_points if _COUNTS_TRIPS else -1

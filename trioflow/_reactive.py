@@ -103,8 +103,9 @@ async def call_tool(run: RunState, call: ToolCall, parent: Frame) -> dict[str, A
             job, after = None, key != "loop"
             # A ProcessExecutor's job is awaited in `call_on_executor`, not through its `run`:
             # each suspension of a worker's round trip passes through every coroutine on the
-            # way (one suspension with `_workers`, five to seven without). A job that kills its worker on cancel is itself cancelled by a
-            # deadline that passes: no check for one after it (a thread's must be checked).
+            # way (one suspension with `_workers`, five to seven without). A job that kills
+            # its worker on cancel is itself cancelled by a deadline that passes: no check
+            # for one after it (a thread's must be checked).
             if type(executor).run is _process_run:
                 job, after = executor._job, not executor.kill_on_cancel
             entry = run.on_executor[tool] = (executor, fn, ships, job, limiters, after)

@@ -16,7 +16,7 @@ import pytest
 import trio
 
 import trioflow
-from trioflow import _process
+from trioflow import _process, _workers
 from trioflow._workers import DirectWorkers
 
 pytest.importorskip("trio_parallel")
@@ -54,8 +54,18 @@ async def test_the_workers_are_driven_directly_unless_told_not_to(monkeypatch) -
         assert await ex.run(pow, 2, 5) == 32
 
 
-def test_a_context_without_the_expected_internals_is_not_driven_directly() -> None:
-    assert DirectWorkers.of(object()) is None
+async def test_only_a_verified_trio_parallel_is_driven_directly(monkeypatch) -> None:
+    async with trioflow.ProcessExecutor(max_workers=1) as ex:
+        context = ex._context
+        assert DirectWorkers.of(context) is not None
+        assert DirectWorkers.of(object()) is None  # not a context with the expected internals
+        monkeypatch.setattr(_workers, "VERIFIED", ("0.9.",))
+        _workers._verified_version.cache_clear()
+        try:
+            assert DirectWorkers.of(context) is None  # a version not read and tested here
+        finally:
+            monkeypatch.undo()
+            _workers._verified_version.cache_clear()
 
 
 async def test_messages_larger_than_a_pipe_holds_go_both_ways() -> None:

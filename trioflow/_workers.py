@@ -9,16 +9,19 @@ them, and shuts them down when it closes), over the same pipes and wire format
 (`multiprocessing.Connection`'s), but writes a job with one `os.write` and waits for its reply
 with `wait_readable`: one trip per call, which is also its checkpoint.
 
-It relies on trio-parallel 1.3's internals, checked before use (`DirectWorkers.of`): the
-context's `_worker_cache` and `_worker_class`, and a worker's `_send_pipe`, `_recv_pipe`,
-`start()`, `kill()` and `wait()`. Without them (another trio-parallel, or Windows, whose pipes
+It relies on trio-parallel's internals: the context's `_worker_cache` and `_worker_class`, a
+worker's `_send_pipe`, `_recv_pipe`, `start()`, `kill()` and `wait()`, and the wire format. They
+are checked before use (`DirectWorkers.of`), and only trio-parallel versions read and tested
+against (`VERIFIED`) are driven directly: with another version, or on Windows (whose pipes
 differ), `ProcessExecutor` calls the context's own `run_sync`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
+import importlib.metadata
 import os
 import struct
 import sys
@@ -36,6 +39,17 @@ _LENGTH = struct.Struct("!i")  # a message's length (`multiprocessing.Connection
 _LONG_LENGTH = struct.Struct("!Q")  # after a length of -1: the length of a message over 2 GiB
 _LONG_HEADER = _LENGTH.pack(-1)
 _READ = 1 << 16
+# The trio-parallel releases whose workers this module was written and tested against.
+VERIFIED = ("1.3.",)
+
+
+@functools.cache
+def _verified_version() -> bool:
+    try:
+        version = importlib.metadata.version("trio-parallel")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return version.startswith(VERIFIED)
 
 
 @attrs.define(eq=False)
@@ -62,7 +76,7 @@ class DirectWorkers:
     def of(cls, context: Any) -> DirectWorkers | None:
         """A pool on `context`'s workers, or None if this trio-parallel cannot be driven
         directly (then use `context.run_sync`)."""
-        if sys.platform == "win32":
+        if sys.platform == "win32" or not _verified_version():
             return None
         try:
             cloudpickle = importlib.import_module("cloudpickle")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import random
 import signal
 import time
 
@@ -108,3 +109,33 @@ async def test_without_kill_on_cancel_a_cancel_waits_for_the_call(tmp_path) -> N
                     scope.cancel()
             assert done.exists()  # the call ran to its end before the cancel returned
             assert await ex.run(my_pid) == int(started.read_text())  # the same worker, kept
+
+
+def slow_square(x: int, seconds: float) -> int:
+    time.sleep(seconds)
+    return x * x
+
+
+async def test_cancels_at_every_stage_leave_the_pool_consistent() -> None:
+    """Calls cancelled while queued, while being sent, and while running, mixed with calls
+    that finish: every finished call has its own answer, and the workers stay in step."""
+    rng = random.Random(11)
+    with trio.fail_after(120):
+        async with trioflow.ProcessExecutor(max_workers=2) as ex:
+            answers: dict[int, int] = {}
+            cancelled = 0
+
+            async def one(i: int) -> None:
+                nonlocal cancelled
+                with trio.move_on_after(rng.choice([0, 0.001, 0.01, 0.05, 1.0])) as scope:
+                    answers[i] = await ex.run(slow_square, i, rng.choice([0, 0.002, 0.02]))
+                cancelled += scope.cancelled_caught
+
+            for _ in range(4):
+                async with trio.open_nursery() as nursery:
+                    for i in range(32):
+                        nursery.start_soon(one, i)
+            assert cancelled > 0 and answers  # both happened
+            assert all(v == k * k for k, v in answers.items())
+            got = [await ex.run(slow_square, i, 0) for i in range(8)]
+            assert got == [i * i for i in range(8)]

@@ -53,15 +53,6 @@ def _verified_version() -> bool:
 
 
 @attrs.define(eq=False)
-class _Worker:
-    """A trio-parallel worker process and its pipes' file descriptors (non-blocking)."""
-
-    process: Any  # trio_parallel's worker (`SpawnProcWorker`)
-    send_fd: int
-    recv_fd: int
-
-
-@attrs.define(eq=False)
 class DirectWorkers:
     """`run_sync` of a trio-parallel `WorkerContext`, with one scheduler trip per call."""
 
@@ -69,8 +60,6 @@ class DirectWorkers:
     dumps: Any  # cloudpickle's (trio-parallel's workers load with cloudpickle when it is there)
     loads: Any
     broken: type[Exception]  # trio-parallel's BrokenWorkerProcessError
-    # The context's workers, as this pool knows them (fds read once per worker).
-    _known: dict[int, _Worker] = attrs.field(factory=dict)
 
     @classmethod
     def of(cls, context: Any) -> DirectWorkers | None:
@@ -116,7 +105,7 @@ class DirectWorkers:
                 try:
                     job = self.dumps((sync_fn, args), protocol=HIGHEST_PROTOCOL)
                 except BaseException:
-                    self.context._worker_cache.append(worker.process)  # (nothing was sent)
+                    self.context._worker_cache.append(worker)  # (nothing was sent)
                     raise
                 if kill_on_cancel:
                     reply = await self._exchange(worker, job)
@@ -124,28 +113,25 @@ class DirectWorkers:
                     with trio.CancelScope(shield=True):
                         reply = await self._exchange(worker, job)
                 if reply is not None:
-                    self.context._worker_cache.append(worker.process)
+                    self.context._worker_cache.append(worker)
                     return reply.unwrap()
                 # The worker had exited (retired, or killed while idle): take another.
                 await _checkpoint_if_cancelled()
         finally:
             release_token(limiter, task)
 
-    async def _take(self) -> _Worker:
-        """An idle worker of the context, or a new one, started."""
+    async def _take(self) -> Any:
+        """An idle worker of the context (trio-parallel's `SpawnProcWorker`), or a new one,
+        started."""
         context = self.context
         try:
-            process = context._worker_cache.pop()
+            return context._worker_cache.pop()
         except IndexError:
-            process = context._worker_class(context.idle_timeout, context.init, context.retire)
-            await process.start()
-        found = self._known.get(id(process))
-        if found is None or found.process is not process:
-            found = _Worker(process, process._send_pipe.fileno(), process._recv_pipe.fileno())
-            self._known[id(process)] = found
-        return found
+            worker = context._worker_class(context.idle_timeout, context.init, context.retire)
+            await worker.start()
+            return worker
 
-    async def _exchange(self, worker: _Worker, job: bytes) -> Any:
+    async def _exchange(self, worker: Any, job: bytes) -> Any:
         """Send `job` to `worker` and return its reply (an `Outcome`), or None if the worker
         had exited before it could take the job. Anything else that goes wrong on the way (a
         cancel included) leaves the worker mid-message: it is killed, and waited for."""
@@ -154,30 +140,24 @@ class DirectWorkers:
             # (over 2 GiB: a length of -1, then the long length)
             header = _LENGTH.pack(n) if n <= 0x7FFFFFFF else _LONG_HEADER + _LONG_LENGTH.pack(n)
             try:
-                await _write(worker.send_fd, header + job)
+                await _write(worker._send_pipe.fileno(), header + job)
             except BrokenPipeError:  # it had exited: nothing was sent
-                self._forget(worker)
                 with trio.CancelScope(shield=True):
-                    await worker.process.wait()
+                    await worker.wait()
                 return None
-            reply = await _read_message(worker.recv_fd)
+            reply = await _read_message(worker._recv_pipe.fileno())
             if reply is None:
-                raise self.broken("Worker died unexpectedly:", worker.process.proc)
+                raise self.broken("Worker died unexpectedly:", worker.proc)
             result = self.loads(reply)
         except BaseException:
-            self._forget(worker)
-            worker.process.kill()
+            worker.kill()
             with trio.CancelScope(shield=True):
-                await worker.process.wait()
+                await worker.wait()
             raise
         if result is None:  # trio-parallel's word for "retired on its idle timeout"
-            self._forget(worker)
             with trio.CancelScope(shield=True):
-                await worker.process.wait()
+                await worker.wait()
         return result
-
-    def _forget(self, worker: _Worker) -> None:
-        self._known.pop(id(worker.process), None)
 
 
 async def _write(fd: int, data: bytes) -> None:
@@ -199,30 +179,35 @@ async def _read_message(fd: int) -> memoryview | None:
     """Read one message (a length, then that many bytes) from a non-blocking pipe; None at
     end of file (the writer exited)."""
     buffer = bytearray()
-    start, size = 0, -1
+    found: tuple[int, int] | None = None  # where the message starts, and its length
     while True:
         await trio.lowlevel.wait_readable(fd)
         while True:  # read what is there
             try:
-                data = os.read(fd, _READ if size < 0 else max(_READ, start + size - len(buffer)))
+                data = os.read(fd, _READ if found is None else max(_READ, sum(found) - len(buffer)))
             except BlockingIOError:
                 break
             if not data:
                 return None
             buffer += data
-            if size < 0 and len(buffer) >= 4:
-                (size,) = _LENGTH.unpack_from(buffer)
-                start = 4
-                if size == -1:  # pragma: no cover (over 2 GiB)
-                    if len(buffer) < 12:
-                        size, start = -1, 0
-                        continue
-                    (size,) = _LONG_LENGTH.unpack_from(buffer, 4)
-                    start = 12
-            if size >= 0 and len(buffer) >= start + size:
-                if len(buffer) > start + size:
+            if found is None:
+                found = _header(buffer)
+            if found is not None and len(buffer) >= sum(found):
+                if len(buffer) > sum(found):
                     raise RuntimeError("a trio-parallel worker sent more than one reply")
-                return memoryview(buffer)[start:]
+                return memoryview(buffer)[found[0] :]
+
+
+def _header(buffer: bytearray) -> tuple[int, int] | None:
+    """Where a message starts in `buffer` and its length, once its header has arrived."""
+    if len(buffer) < 4:
+        return None
+    (size,) = _LENGTH.unpack_from(buffer)
+    if size != -1:
+        return 4, size
+    if len(buffer) < 12:  # pragma: no cover (a message over 2 GiB)
+        return None
+    return 12, _LONG_LENGTH.unpack_from(buffer, 4)[0]
 
 
 _checkpoint_if_cancelled = trio.lowlevel.checkpoint_if_cancelled

@@ -9,9 +9,11 @@ change.
 
 from __future__ import annotations
 
+import functools
 import gc
 import hashlib
 import json
+from collections.abc import Callable
 from typing import Any
 from unittest import mock
 
@@ -808,15 +810,24 @@ def _compile(program: list[tuple[str, dict[str, Any]]]) -> trioflow.TaskGraph:
     return trioflow.graphify(name="filed", outputs=["out"])(body).compile()
 
 
+def _filed_and_general(
+    compile: Callable[[], trioflow.TaskGraph],
+) -> tuple[trioflow.TaskGraph, trioflow.TaskGraph]:
+    """A graph compiled as usual, and again with no generated recorders (every call takes the
+    general path); their plans have the same shape."""
+    filed = compile()
+    with mock.patch("trioflow._compile.recorder", lambda names, code, flags: None):
+        general = compile()
+    assert filed._lowered.plan is not None and general._lowered.plan is not None
+    assert _plan_shape(filed._lowered.plan) == _plan_shape(general._lowered.plan)
+    return filed, general
+
+
 @given(_repeating_programs())
 def test_a_filed_call_is_traced_as_the_general_path_traces_it(
     program: list[tuple[str, dict[str, Any]]],
 ) -> None:
-    filed = _compile(program)
-    with mock.patch("trioflow._compile.recorder", lambda names, code, flags: None):
-        general = _compile(program)
-    assert filed._lowered.plan is not None and general._lowered.plan is not None
-    assert _plan_shape(filed._lowered.plan) == _plan_shape(general._lowered.plan)
+    filed, general = _filed_and_general(functools.partial(_compile, program))
     assert filed.nodes == general.nodes
     assert filed.to_dict() == general.to_dict()
 
@@ -906,11 +917,7 @@ def test_a_recorder_leaves_an_argument_of_another_kind_to_the_general_path(
         calls = [{position: usual, other: ("ref", 0)}, {position: odd, other: ("ref", 1)}]
         program = [("plan_one", {}), ("plan_two", {"x": ("const", 1)})]
         program += [("plan_one", recipes) for recipes in calls * 2]
-        filed = _compile(program)
-        with mock.patch("trioflow._compile.recorder", lambda names, code, flags: None):
-            general = _compile(program)
-        assert filed._lowered.plan is not None and general._lowered.plan is not None
-        assert _plan_shape(filed._lowered.plan) == _plan_shape(general._lowered.plan)
+        filed, general = _filed_and_general(functools.partial(_compile, program))
         assert filed.nodes == general.nodes
 
 
@@ -981,10 +988,6 @@ def test_recorders_of_tools_with_other_outputs_record_what_the_general_path_does
         hidden += [plan_hidden(x=[h.plain for h in hidden]), plan_hidden(x=[hidden[0]._first])]
         return [r.b for r in two] + [h.plain for h in hidden] + [h["_first"] for h in hidden]
 
-    with mock.patch("trioflow._compile.recorder", lambda names, code, flags: None):
-        general = g.compile()
-    graph = g.compile()
-    assert graph._lowered.plan is not None and general._lowered.plan is not None
-    assert _plan_shape(graph._lowered.plan) == _plan_shape(general._lowered.plan)
+    graph, general = _filed_and_general(g.compile)
     assert graph.nodes == general.nodes
     assert trioflow.run(graph) == trioflow.run(general)

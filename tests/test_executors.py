@@ -16,12 +16,14 @@ import pytest
 import trio
 
 import trioflow
-from trioflow import ThreadExecutor, _process
+from trioflow import ThreadExecutor, _executor, _process
 from trioflow._shipping import shippable
 
 # "process:run_sync": a ProcessExecutor that calls trio-parallel's own `run_sync`, as it does
-# where it cannot drive the workers directly (see `trioflow._workers`).
-KINDS = ["thread", "process", "process:run_sync", "ray"]
+# where it cannot drive the workers directly (see `trioflow._workers`); "thread:to_thread": a
+# ThreadExecutor that calls `trio.to_thread.run_sync`, as it does where it cannot hand calls
+# to Trio's threads directly (see `trioflow._threads`).
+KINDS = ["thread", "thread:to_thread", "process", "process:run_sync", "ray"]
 
 
 def make(kind: str, **options):
@@ -38,6 +40,8 @@ def kind(request: pytest.FixtureRequest) -> str:
         request.getfixturevalue("ray_cluster")
     if request.param == "process:run_sync":
         request.getfixturevalue("monkeypatch").setattr(_process, "_DIRECT", False)
+    if request.param == "thread:to_thread":
+        request.getfixturevalue("monkeypatch").setattr(_executor, "DIRECT_THREADS", False)
     return str(request.param).split(":")[0]
 
 

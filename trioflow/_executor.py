@@ -18,7 +18,7 @@ from typing import Any, Protocol, Self, runtime_checkable
 import attrs
 import trio
 
-from . import _shipping
+from . import _shipping, _threads
 from ._checks import check_named
 from ._errors import ConfigError, ConfigTypeError
 from ._graph import OutputRef
@@ -68,6 +68,9 @@ async def to_thread(
 
 
 _run_sync = trio.to_thread.run_sync
+# Hand calls to Trio's worker threads directly where this Trio is verified (`_threads`); tests
+# set it to False to run the `trio.to_thread.run_sync` fallback.
+DIRECT_THREADS = True
 
 
 @runtime_checkable
@@ -120,26 +123,41 @@ class ThreadExecutor:
     def __init__(self, max_threads: float = math.inf) -> None:
         self.max_threads = max_threads
         self._tokens: QuickLimiter | None = None
+        self._direct = False
 
     async def __aenter__(self) -> Self:
-        self._tokens = QuickLimiter(self.max_threads)
+        self._start()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         return None
 
+    def _start(self) -> QuickLimiter:
+        self._direct = DIRECT_THREADS and _threads.available()
+        tokens = self._tokens = QuickLimiter(self.max_threads)
+        return tokens
+
     async def run(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         global _waited_on
         tokens = self._tokens
         if tokens is None:  # used without `async with`: a limiter of this Trio run
-            tokens = self._tokens = QuickLimiter(self.max_threads)
-        call = functools.partial(fn, *args, **kwargs) if (args or kwargs) else fn
-        # Named here: Trio's default name looks up the task's name and the partial's missing
-        # __name__ (an AttributeError) on every call.
-        name = f"trioflow: {getattr(fn, '__qualname__', 'call')}"
-        _waited_on += 1  # `to_thread`, inlined: one coroutine fewer on a node's round trip
+            tokens = self._start()
+        _waited_on += 1  # (`to_thread`, inlined: one coroutine fewer on a node's round trip)
         try:
-            # A QuickLimiter is what Trio's signature calls a CapacityLimiter (see its docstring).
+            if self._direct:
+                if tokens._limiter is None:
+                    return await _threads.run_in_thread(fn, args, kwargs)
+                task = trio.lowlevel.current_task()
+                await tokens.acquire_on_behalf_of(task)
+                try:
+                    return await _threads.run_in_thread(fn, args, kwargs)
+                finally:
+                    tokens.release_on_behalf_of(task)
+            call = functools.partial(fn, *args, **kwargs) if (args or kwargs) else fn
+            # Named here: Trio's default name looks up the task's name and the partial's
+            # missing __name__ (an AttributeError) on every call.
+            name = f"trioflow: {getattr(fn, '__qualname__', 'call')}"
+            # A QuickLimiter is what Trio's signature calls a CapacityLimiter (its docstring).
             return await _run_sync(call, limiter=tokens, thread_name=name)  # type: ignore[arg-type]
         finally:
             _waited_on -= 1

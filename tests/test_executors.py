@@ -356,3 +356,27 @@ async def test_a_process_call_cancelled_before_it_starts_leaves_the_worker_alone
                 await ex.run(my_pid)
             assert scope.cancelled_caught
             assert await ex.run(my_pid) == before  # not killed and replaced
+
+
+async def test_a_ray_wait_gives_the_outcome_as_a_future_and_result_unwraps_it(ray_cluster) -> None:
+    import ray
+
+    class OnlyFuture:
+        """An object ref of a Ray without `ObjectRef._on_completed`: only `future()`."""
+
+        def __init__(self, ref: object) -> None:
+            self.future = ref.future  # type: ignore[attr-defined]
+
+    with trio.fail_after(60):
+        async with trioflow.RayExecutor() as ex:
+            future = await ex.wait(ex.submit(add, 30, y=2))
+            assert future.done() and future.result() == 32
+            future = await ex.wait(ex.submit(fail_with, PaymentDeclined("card")))
+            with pytest.raises(ray.exceptions.RayTaskError, match="card"):
+                future.result()
+            with pytest.raises(PaymentDeclined, match="card"):
+                await ex.result(ex.submit(fail_with, PaymentDeclined("card")))
+            # Through the public future instead of Ray's completion callback: the same.
+            assert await ex.result(OnlyFuture(ex.submit(add, 3, y=4))) == 7
+            with pytest.raises(PaymentDeclined, match="again"):
+                await ex.result(OnlyFuture(ex.submit(fail_with, PaymentDeclined("again"))))

@@ -2,13 +2,15 @@
 
 Ray is started (or joined) on one long-lived thread that the executor owns from enter to exit:
 Ray ties its processes to the thread that started them, so a short-lived worker thread would
-take the cluster down with it. A task's result is bridged into Trio without asyncio: the
-object ref's done-callback wakes the waiting task through the run's `TrioToken`. Cancelling
+take the cluster down with it. A task's result is bridged into Trio without asyncio: Ray's
+completion callback for the object ref reschedules the waiting task through the run's
+`TrioToken`. Cancelling
 the waiting task cancels the Ray task (`ray.cancel`), and the wait for it to stop is bounded.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import math
 import signal
@@ -331,42 +333,96 @@ class RayExecutor:
             produced[name] = ref if name in keep else await self.result(ref)
         return produced
 
-    async def wait(self, ref: Any) -> Any:
-        """Wait for a Ray task without fetching its value; cancelling the wait cancels it.
+    async def wait(self, ref: Any) -> concurrent.futures.Future[Any]:
+        """Wait for a Ray task; cancelling the wait cancels it.
 
-        Returns the ref's `concurrent.futures.Future` (done)."""
-        ray = self._ray
-        token = trio.lowlevel.current_trio_token()
-        done = trio.Event()
-
-        def wake(_: object) -> None:
-            with contextlib.suppress(trio.RunFinishedError):  # the waiter is always there
-                token.run_sync_soon(done.set)
-
-        future = ref.future()
-        future.add_done_callback(wake)
-        try:
-            await done.wait()
-        except BaseException:
-            # Cancelled (or Ctrl-C): stop the task, and wait (bounded) until it has stopped,
-            # so that nothing it does after the cancel point happens after we return.
-            ray.cancel(ref, force=False)
-            with trio.move_on_after(_CANCEL_GRACE, shield=True):
-                await done.wait()
-            if not done.is_set():
-                ray.cancel(ref, force=True)  # kills the worker process
-                with trio.move_on_after(_CANCEL_GRACE, shield=True):
-                    await done.wait()
-            raise
+        Returns a done `concurrent.futures.Future` with its outcome, as `ref.future()` would
+        give it (a task's exception as Ray's `RayTaskError`)."""
+        value = await self._arrival(ref)
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        if isinstance(value, self._ray.exceptions.RayTaskError):
+            future.set_exception(value.as_instanceof_cause())
+        elif isinstance(value, self._ray.exceptions.RayError):
+            future.set_exception(value)
+        else:
+            future.set_result(value)
         return future
 
     async def result(self, ref: Any) -> Any:
         """The value of a submitted call; its exception unwrapped to the original class."""
-        future = await self.wait(ref)
+        value = await self._arrival(ref)
+        if isinstance(value, self._ray.exceptions.RayError):
+            if isinstance(value, self._ray.exceptions.RayTaskError):
+                raise _unwrap(value) from None
+            raise value
+        return value
+
+    async def _arrival(self, ref: Any) -> Any:
+        """Wait for `ref`'s object in this task and return it: the value, or Ray's error
+        object (not raised). Cancelling the wait cancels the Ray task."""
+        arrival = _Arrival(trio.lowlevel.current_task(), trio.lowlevel.current_trio_token())
+        on_completed = getattr(ref, "_on_completed", None)
+        if on_completed is not None:
+            on_completed(arrival.completed)
+        else:  # (a Ray without it: through the public future)
+            ref.future().add_done_callback(arrival.future_done)
         try:
-            return future.result()
-        except self._ray.exceptions.RayTaskError as err:
-            raise _unwrap(err) from None
+            await trio.lowlevel.wait_task_rescheduled(arrival.abort)
+        except BaseException:
+            # Cancelled (or Ctrl-C): stop the task, and wait (bounded) until it has stopped,
+            # so that nothing it does after the cancel point happens after we return.
+            if arrival.arrived:  # (between the cancel and this task's wake-up)
+                raise
+            stopped = arrival.stopped = trio.Event()
+            self._ray.cancel(ref, force=False)
+            with trio.move_on_after(_CANCEL_GRACE, shield=True):
+                await stopped.wait()
+            if not stopped.is_set():
+                self._ray.cancel(ref, force=True)  # kills the worker process
+                with trio.move_on_after(_CANCEL_GRACE, shield=True):
+                    await stopped.wait()
+            raise
+        return arrival.value
+
+
+class _Arrival:
+    """A Ray object's arrival, brought from Ray's callback thread to the task waiting for it.
+
+    Ray calls `completed` with the object once it is ready (`ObjectRef._on_completed`, what
+    `ref.future()` is built on): the waiting task is rescheduled directly, with no
+    `concurrent.futures.Future` and no `trio.Event` between them. After the wait was cancelled,
+    the arrival sets `stopped` instead."""
+
+    __slots__ = ("arrived", "stopped", "task", "token", "value")
+
+    def __init__(self, task: trio.lowlevel.Task, token: trio.lowlevel.TrioToken) -> None:
+        self.task: trio.lowlevel.Task | None = task
+        self.token = token
+        self.value: Any = None
+        self.arrived = False
+        self.stopped: trio.Event | None = None
+
+    def completed(self, value: Any) -> None:  # in a Ray thread
+        with contextlib.suppress(trio.RunFinishedError):  # the waiter is always there
+            self.token.run_sync_soon(self._arrive, value)
+
+    def future_done(self, future: concurrent.futures.Future[Any]) -> None:  # in a Ray thread
+        error = future.exception()
+        self.completed(error if error is not None else future.result())
+
+    def _arrive(self, value: Any) -> None:
+        self.value = value
+        self.arrived = True
+        task = self.task
+        if task is not None:
+            self.task = None
+            trio.lowlevel.reschedule(task)
+        elif self.stopped is not None:
+            self.stopped.set()
+
+    def abort(self, _: object) -> trio.lowlevel.Abort:
+        self.task = None  # (`stopped` is set on arrival from now on)
+        return trio.lowlevel.Abort.SUCCEEDED
 
 
 def _unwrap(err: Any) -> Exception:

@@ -110,7 +110,8 @@ async def alternate(paths: dict[str, Call], n: int) -> dict[str, tuple[float, fl
     order = list(paths.items())
     clock, cpu_clock = time.perf_counter, time.process_time
     for i in range(n):
-        for path, call in order[i % 3 :] + order[: i % 3]:
+        k = i % len(order)
+        for path, call in order[k:] + order[:k]:
             wall, cpu = clock(), cpu_clock()
             got = await call(i)
             times[path].append((clock() - wall, cpu_clock() - cpu))
@@ -277,15 +278,18 @@ async def main(args: argparse.Namespace) -> None:
                     return int(await ex.run(noop, x))
 
                 node = node_caller(kind)
+                # "by hand, again" is the same program as "by hand", taking its own turns: how
+                # far it is from 1.00x is the noise floor of the comparison on this machine.
                 paths: dict[str, Call] = {
                     "by hand": hand,
+                    "by hand, again": hand,
                     "trioflow executor": via_executor,
                     "trioflow node": node,
                 }
-                # All in one graph_fn run, so that the three paths alternate call by call (1
-                # in flight) or batch by batch (64): the machine's speed drifts (other
-                # processes), and interleaving gives each path the same share of it. Only
-                # `node` makes nodes; the other two are plain awaits in the body.
+                # All in one graph_fn run, so that the paths alternate call by call (1 in
+                # flight) or batch by batch (64): the machine's speed drifts (other processes),
+                # and interleaving gives each path the same share of it. Only `node` makes
+                # nodes; the others are plain awaits in the body.
                 for call in paths.values():  # warm up: workers started, code imported
                     await in_graph(lambda call=call: in_flight(call, 64))
                 one = await in_graph(lambda paths=paths: alternate(paths, n1 * rounds))

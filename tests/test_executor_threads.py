@@ -150,7 +150,7 @@ async def test_errors_come_back_as_raised(path: str) -> None:
         assert scope.cancelled_caught
 
 
-async def test_max_threads_bounds_the_direct_path_too(path: str) -> None:
+async def test_a_thread_executor_holds_to_max_threads(path: str) -> None:
     lock = threading.Lock()
     running = [0, 0]  # now, most at once
     pair = threading.Barrier(2, timeout=30)  # two must be in at once, or this fails

@@ -327,26 +327,6 @@ def test_bad_ray_executor_arguments() -> None:
         trioflow.RayExecutor(address=6379)  # type: ignore[arg-type]
 
 
-async def test_a_thread_executor_holds_to_max_threads() -> None:
-    lock = threading.Lock()
-    running = [0, 0]  # now, most at once
-    pair = threading.Barrier(2, timeout=30)  # two must be in at once, or this fails
-
-    def enter() -> None:
-        with lock:
-            running[0] += 1
-            running[1] = max(running)
-        pair.wait()
-        with lock:
-            running[0] -= 1
-
-    with trio.fail_after(60):
-        async with ThreadExecutor(max_threads=2) as ex, trio.open_nursery() as nursery:
-            for _ in range(6):
-                nursery.start_soon(ex.run, enter)
-    assert running[1] == 2
-
-
 async def test_a_process_call_cancelled_before_it_starts_leaves_the_worker_alone() -> None:
     with trio.fail_after(60):
         async with trioflow.ProcessExecutor(max_workers=1) as ex:

@@ -115,7 +115,9 @@ class ThreadExecutor:
     The thread is waited for (a cancelled node is cancelled once its thread returns): a thread
     cannot be interrupted, so a CPU-bound tool that must be stoppable belongs on `"process"`.
     The number of threads is bounded by the nodes' own capacity (`max_concurrency`, `limits=`),
-    not by Trio's default of 40 threads; `max_threads` adds a bound of its own.
+    not by Trio's default of 40 threads; `max_threads` adds a bound of its own. Calls go to
+    Trio's thread cache directly where this Trio is verified (see `_threads`; `trio.from_thread`
+    works inside them), else through `trio.to_thread.run_sync`.
     """
 
     ships = False

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextvars
 import threading
+import types
 
 import pytest
 import sniffio
@@ -40,6 +41,13 @@ async def test_the_direct_path_is_used_where_trio_is_verified(path: str) -> None
             assert await ex.run(pow, 2, 5) == 32
     finally:
         _threads.VERIFIED = verified
+        _threads.available.cache_clear()
+    internals = _threads._t
+    _threads._t = types.SimpleNamespace()  # a verified release without the internals used
+    try:
+        assert not _threads.available()
+    finally:
+        _threads._t = internals
         _threads.available.cache_clear()
     assert _threads.available()
 

@@ -51,6 +51,13 @@ __all__ = ["available", "run_in_thread"]
 VERIFIED = ("0.35.",)
 _NEEDED = ("PARENT_TASK_DATA", "Run", "RunSync", "_active_threads_local", "_ActiveThreadCount")
 
+_t: Any = importlib.import_module("trio._threads")
+_parent: Any = getattr(_t, "PARENT_TASK_DATA", None)
+_Run: Any = getattr(_t, "Run", None)
+_RunSync: Any = getattr(_t, "RunSync", None)
+_active_threads: Any = getattr(_t, "_active_threads_local", None)
+_ActiveThreadCount: Any = getattr(_t, "_ActiveThreadCount", None)
+
 
 @functools.cache
 def available() -> bool:
@@ -62,12 +69,6 @@ def available() -> bool:
     return version.startswith(VERIFIED) and all(hasattr(_t, name) for name in _NEEDED)
 
 
-_t: Any = importlib.import_module("trio._threads")
-_parent: Any = getattr(_t, "PARENT_TASK_DATA", None)
-_Run: Any = getattr(_t, "Run", None)
-_RunSync: Any = getattr(_t, "RunSync", None)
-_active_threads: Any = getattr(_t, "_active_threads_local", None)
-_ActiveThreadCount: Any = getattr(_t, "_ActiveThreadCount", None)
 _library = sniffio.current_async_library_cvar
 _Outcome = outcome.Outcome
 _Value = outcome.Value

@@ -649,17 +649,17 @@ def test_the_nodes_a_trace_makes_when_read_are_the_ones_it_recorded(
 ) -> None:
     calls: list[tuple[str, dict[str, Any]]] = []  # every call the trace sees, as passed
     body = _body_for(program)
-    original_call = trioflow._compile.GraphTracer.call
+    original_call = trioflow.Tool.__call__
 
-    def spy(self: Any, target: Any, args: Any, kwargs: Any, map_param: Any = None) -> Any:
-        calls.append((target.name, {k: _snapshot(v) for k, v in kwargs.items()}))
-        return original_call(self, target, args, kwargs, map_param)
+    def spy(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append((self.name, {k: _snapshot(v) for k, v in kwargs.items()}))
+        return original_call(self, *args, **kwargs)
 
-    trioflow._compile.GraphTracer.call = spy  # type: ignore[method-assign]
+    trioflow.Tool.__call__ = spy  # type: ignore[method-assign]
     try:
         graph = trioflow.graphify(name="planned", outputs=["out"])(body).compile()
     finally:
-        trioflow._compile.GraphTracer.call = original_call  # type: ignore[method-assign]
+        trioflow.Tool.__call__ = original_call  # type: ignore[method-assign]
     assert graph.nodes == _expected_nodes(graph, calls)
     assert list(graph.nodes) == [n.id for n in graph.nodes.values()]
 

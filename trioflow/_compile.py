@@ -344,6 +344,7 @@ def bind(tracer, callee):
     indegree, callees, args, extra = tracer.indegree, tracer.callees, tracer.args, tracer.extra
     ids, ref_class, outputs, output = callee.ids, callee.ref_class, callee.outputs, callee.output
     more, first_held, only, held = callee.more, callee.first, callee.only, callee.held
+    names = callee.names
 """
 # The node `node_id`, with arguments `node_args`, depends on node `d` (if `deps` is None) or
 # on the nodes `deps`; its NodeRef with its output refs, their slots set directly (`NodeRef()`
@@ -471,6 +472,8 @@ def recorder(names: tuple[str, ...], code: int, flags: tuple[bool, bool, bool]) 
     source = (
         _BIND
         + "    def record(kwargs):\n"
+        + "        if tuple(kwargs) != names:  # (filed for the names of the last call)\n"
+        + "            return None\n"
         + _indent(lines, "        ")
         + "        node_id = next(ids)\n"
         + _indent(_recording(flags), "        ")
@@ -510,6 +513,9 @@ class GraphTracer:
     extra_slots: int = 0
     map_params: dict[int, str] = attrs.field(factory=dict)  # map node index → its items' input
     bound: list[_Callee] = attrs.field(factory=list)  # the callees bound to this trace
+    # Target → its callee's `record`, for targets whose last call took a generated filing
+    # (see `Tracer.records`).
+    records: dict[Any, Callable[[dict[str, Any]], Any]] = attrs.field(factory=dict)
 
     def bind(self, callee: _Callee) -> _Callee:
         """`callee` with its `finish` bound to this trace."""
@@ -522,6 +528,7 @@ class GraphTracer:
         the graph holds them)."""
         for callee in self.bound:
             callee.record, callee.finish = _no_record, _ended
+        self.records.clear()
 
     def known_value(self, ref: object) -> tuple[bool, Any]:
         """The value of an input ref, if this trace knows the inputs."""
@@ -726,7 +733,11 @@ class GraphTracer:
             callee.names, callee.code, callee.shape = names, code, arg_shape(names, code)
             flags = (callee.more, callee.first, callee.only)
             bind = recorder(names, code, flags) if callee.kind != "map" else None
-            callee.record = _no_record if bind is None else bind(self, callee)
+            if bind is None:
+                callee.record = _no_record
+                self.records.pop(callee.target, None)
+            else:
+                callee.record = self.records[callee.target] = bind(self, callee)
         xs[0] = callee.shape
         return tuple(xs), deps
 

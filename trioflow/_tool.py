@@ -286,6 +286,12 @@ class Tool:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         tracer = TRACER.get()
         if tracer is not None:
+            if not args:
+                record = tracer.records.get(self)
+                if record is not None:
+                    ref = record(kwargs)
+                    if ref is not None:
+                        return ref
             return tracer.call(self, args, kwargs)
         frame = FRAME.get()
         if frame is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import sysconfig
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from typing import Any, Protocol
 
@@ -19,6 +19,13 @@ __all__ = ["TRACER", "Tracer", "called_from_user_code"]
 
 class Tracer(Protocol):
     """What a `@graphify` trace does with the operations made in its body."""
+
+    @property
+    def records(self) -> Mapping[Any, Callable[[dict[str, Any]], Any]]:
+        """Tools it has met, each with what records a call of it by keyword with the argument
+        names of its last call (returning its `NodeRef`), or None when that call needs
+        `call`: a tool's call asks this first, which saves a call of `call` for most calls."""
+        ...
 
     def call(self, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """A call of a tool or a graph (a target with `check_inputs`): record a node, return

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextvars
 import threading
+import time
 import types
 
 import pytest
@@ -29,16 +30,18 @@ def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
 
 
 async def test_the_direct_path_is_used_where_trio_is_verified(path: str) -> None:
-    async with ThreadExecutor() as ex:
-        assert ex._direct is (path == "direct")
-        assert await ex.run(pow, 2, 5) == 32
+    with trio.fail_after(30):
+        async with ThreadExecutor() as ex:
+            assert ex._direct is (path == "direct")
+            assert await ex.run(pow, 2, 5) == 32
     verified = _threads.VERIFIED
     _threads.VERIFIED = ("0.0.",)
     _threads.available.cache_clear()
     try:
-        async with ThreadExecutor() as ex:
-            assert not ex._direct  # another Trio release: `trio.to_thread.run_sync`
-            assert await ex.run(pow, 2, 5) == 32
+        with trio.fail_after(30):
+            async with ThreadExecutor() as ex:
+                assert not ex._direct  # another Trio release: `trio.to_thread.run_sync`
+                assert await ex.run(pow, 2, 5) == 32
     finally:
         _threads.VERIFIED = verified
         _threads.available.cache_clear()
@@ -63,9 +66,11 @@ async def test_from_thread_reaches_the_waiting_task(path: str) -> None:
     def call(x: int) -> tuple[int, int]:
         return trio.from_thread.run(in_trio, x), trio.from_thread.run_sync(lambda: x * 10)
 
-    async with ThreadExecutor() as ex:
-        assert await ex.run(call, 4) == (5, 40)
-        assert seen == [trio.lowlevel.current_task()]  # run in the task that waits, as Trio does
+    with trio.fail_after(30):
+        async with ThreadExecutor() as ex:
+            assert await ex.run(call, 4) == (5, 40)
+            # run in the task that waits, as Trio does
+            assert seen == [trio.lowlevel.current_task()]
 
 
 async def test_a_call_sees_its_context_and_not_the_event_loop(path: str) -> None:
@@ -83,8 +88,9 @@ async def test_a_call_sees_its_context_and_not_the_event_loop(path: str) -> None
         return got, library
 
     var.set("caller")
-    async with ThreadExecutor() as ex:
-        assert await ex.run(call) == ("caller", "none")
+    with trio.fail_after(30):
+        async with ThreadExecutor() as ex:
+            assert await ex.run(call) == ("caller", "none")
     assert var.get() == "caller"
 
 
@@ -94,16 +100,17 @@ async def test_a_cancelled_call_is_waited_for_and_can_see_the_cancel(path: str) 
 
     def polite() -> str:
         started.set()
-        while True:
+        for _ in range(30_000):  # (a thread can only poll; ~30 s at most)
             try:
                 trio.from_thread.check_cancelled()
             except trio.Cancelled:
                 stop_seen.set()
                 return "stopped"
-            threading.Event().wait(0.001)
+            time.sleep(0.001)
+        return "never cancelled"
 
     async def cancel_once_started(scope: trio.CancelScope) -> None:
-        await trio.to_thread.run_sync(started.wait)
+        await trio.to_thread.run_sync(started.wait, 30)
         scope.cancel()
 
     got: list[str] = []
@@ -131,7 +138,7 @@ async def test_trio_counts_the_running_threads(path: str) -> None:
     with trio.fail_after(30):
         async with ThreadExecutor() as ex, trio.open_nursery() as nursery:
             nursery.start_soon(ex.run, held)
-            await trio.to_thread.run_sync(started.wait)
+            await trio.to_thread.run_sync(started.wait, 30)
             assert trio.testing.active_thread_count() == 1
             assert _executor.threads_waited_on() == 1
             release.set()
@@ -147,15 +154,16 @@ async def test_errors_come_back_as_raised(path: str) -> None:
     async def not_sync() -> None:
         return None
 
-    async with ThreadExecutor() as ex:
-        with pytest.raises(KeyError, match="boom"):
-            await ex.run(fail, "boom")
-        with pytest.raises(TypeError, match="appears to be asynchronous"):
-            await ex.run(not_sync)
-        with trio.CancelScope() as scope:
-            scope.cancel()
-            await ex.run(pytest.fail, "a call cancelled before it starts never runs")
-        assert scope.cancelled_caught
+    with trio.fail_after(30):
+        async with ThreadExecutor() as ex:
+            with pytest.raises(KeyError, match="boom"):
+                await ex.run(fail, "boom")
+            with pytest.raises(TypeError, match="appears to be asynchronous"):
+                await ex.run(not_sync)
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await ex.run(pytest.fail, "a call cancelled before it starts never runs")
+            assert scope.cancelled_caught
 
 
 async def test_a_thread_executor_holds_to_max_threads(path: str) -> None:

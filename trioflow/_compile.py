@@ -344,7 +344,6 @@ def bind(tracer, callee):
     indegree, callees, args, extra = tracer.indegree, tracer.callees, tracer.args, tracer.extra
     ids, ref_class, outputs, output = callee.ids, callee.ref_class, callee.outputs, callee.output
     more, first_held, only, held = callee.more, callee.first, callee.only, callee.held
-    names = callee.names
 """
 # The node `node_id`, with arguments `node_args`, depends on node `d` (if `deps` is None) or
 # on the nodes `deps`; its NodeRef with its output refs, their slots set directly (`NodeRef()`
@@ -471,8 +470,9 @@ def recorder(names: tuple[str, ...], code: int, flags: tuple[bool, bool, bool]) 
     lines, scope = found
     source = (
         _BIND
+        + "    names = callee.names  # (what `record` files: the names of the last call)\n"
         + "    def record(kwargs):\n"
-        + "        if tuple(kwargs) != names:  # (filed for the names of the last call)\n"
+        + "        if tuple(kwargs) != names:\n"
         + "            return None\n"
         + _indent(lines, "        ")
         + "        node_id = next(ids)\n"

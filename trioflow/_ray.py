@@ -4,8 +4,8 @@ Ray is started (or joined) on one long-lived thread that the executor owns from 
 Ray ties its processes to the thread that started them, so a short-lived worker thread would
 take the cluster down with it. A task's result is bridged into Trio without asyncio: Ray's
 completion callback for the object ref reschedules the waiting task through the run's
-`TrioToken`. Cancelling
-the waiting task cancels the Ray task (`ray.cancel`), and the wait for it to stop is bounded.
+`TrioToken`. Cancelling the waiting task cancels the Ray task (`ray.cancel`), and the wait for
+it to stop is bounded.
 """
 
 from __future__ import annotations

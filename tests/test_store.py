@@ -360,6 +360,37 @@ def test_a_truncated_store_is_a_store_error(tmp_path: pathlib.Path) -> None:
         trioflow.SQLiteStore(path)
 
 
+def test_a_store_read_while_another_process_checkpoints_it_opens(tmp_path: pathlib.Path) -> None:
+    """Mid-checkpoint, the file's page 1 already claims every page while the file is still
+    short; the pages are in the WAL. That is a live store, not a truncated one (CI once failed
+    on a header read that raced a checkpoint)."""
+    path = tmp_path / "live" / "runs.db"
+    store = trioflow.SQLiteStore(path)
+    hold = sqlite3.connect(path)  # another process's connection: no checkpoint when store closes
+    try:
+        hold.execute("SELECT count(*) FROM meta").fetchall()
+        store.begin(run_row("r1"), resume=False)
+        store.write([("node", node_row("r1", f"work_{i}", i)) for i in range(2000)])
+        store.close()
+        copies = {}
+        for name in ("mid", "full"):
+            (tmp_path / name).mkdir()
+            for suffix in ("", "-wal"):
+                copies[name + suffix] = tmp_path / name / f"runs.db{suffix}"
+                copies[name + suffix].write_bytes(pathlib.Path(f"{path}{suffix}").read_bytes())
+    finally:
+        hold.close()
+    _checkpoint(copies["full"])  # the file as it is once the checkpoint ends
+    full = copies["full"].read_bytes()
+    page = int.from_bytes(full[16:18], "big")
+    mid = bytearray(copies["mid"].read_bytes())
+    assert len(mid) < len(full) // 2  # most pages are still only in the WAL
+    mid[:page] = full[:page]  # the checkpoint has written page 1, and no page past the file yet
+    copies["mid"].write_bytes(bytes(mid))
+    live = trioflow.SQLiteStore(copies["mid"])
+    assert live.load("r1").states() == {f"work_{i}": trioflow.NodeState.DONE for i in range(2000)}
+
+
 def test_a_corrupted_page_is_a_store_error_not_a_sqlite_traceback(tmp_path: pathlib.Path) -> None:
     path = _store_of_2000_rows(tmp_path)
     data = bytearray(path.read_bytes())
@@ -400,6 +431,11 @@ def test_a_store_of_another_schema_version_is_refused(tmp_path: pathlib.Path, ve
     expected = "newer trioflow" if version > SCHEMA_VERSION else "older trioflow"
     with pytest.raises(trioflow.StoreError, match=expected):
         trioflow.SQLiteStore(path)
+
+
+def test_a_directory_path_is_refused_naming_a_file_to_use(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(trioflow.StoreError, match="is a directory.*runs.db"):
+        trioflow.SQLiteStore(tmp_path)
 
 
 def test_a_memory_path_is_refused() -> None:

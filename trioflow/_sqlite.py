@@ -119,11 +119,14 @@ _RUN = f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?"
 
 def _header_problem(path: Path) -> str | None:
     """What is wrong with the file's SQLite header, if anything (a cheap truncation check)."""
-    size = path.stat().st_size
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            header = f.read(100)
+    except OSError:
+        return None  # not a file we can read: SQLite's own error says more
     if size == 0:
         return None  # a new, empty file
-    with path.open("rb") as f:
-        header = f.read(100)
     if len(header) < 100 or not header.startswith(b"SQLite format 3\x00"):
         return "it is not an SQLite database"
     page_size = int.from_bytes(header[16:18], "big")
@@ -155,6 +158,11 @@ class SQLiteStore:
                 "use trioflow.MemoryStore() for a store in memory"
             )
         self.path = Path(path)
+        if self.path.is_dir():
+            raise StoreError(
+                f"store path {str(self.path)!r} is a directory; give SQLiteStore a file path, "
+                f"such as {str(self.path / 'runs.db')!r}"
+            )
         self._serializer = check_serializer(serializer)
         self._timeout = float(timeout)
         self._local = threading.local()
@@ -240,12 +248,24 @@ class SQLiteStore:
             conn.execute("COMMIT")
 
     def _open_schema(self) -> None:
-        problem = _header_problem(self.path) if self.path.exists() else None
-        if problem is not None:
+        """Open (or create) the schema; a file SQLite refuses is named by what its header shows.
+
+        The header is read only after SQLite refused the file: another process may be
+        checkpointing it, and mid-checkpoint page 1 claims pages still in the WAL, so a live
+        store read raw looks truncated. SQLite's own snapshot decides; the header explains."""
+        try:
+            self._read_schema()
+        except sqlite3.DatabaseError as exc:
+            locked = isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
+            problem = None if locked else _header_problem(self.path)
+            if problem is None:
+                raise
             raise StoreError(
                 f"store {str(self.path)!r} cannot be used: {problem}; move it aside (a new "
                 "store is created) or restore it from a backup"
-            )
+            ) from None
+
+    def _read_schema(self) -> None:
         conn = self._reader()
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if tables and "meta" not in tables:

@@ -6,10 +6,11 @@ tracing a @graphify body (trace + lowering are timed separately; since this roun
 builds the plan as it goes, so "lower" only finds it; a graph whose shape does not depend on
 its inputs is traced once and reused). Every case checks its own answer.
 
-    python benchmarks/bench_static.py [--smoke] [--big] [--memory]
+    python benchmarks/bench_static.py [--smoke] [--big] [--memory] [--compile]
 
 --big adds the 1,000,000-node fan-out and the 1k→1M scaling table; --memory reports peak
-traced memory per node (tracemalloc; slower).
+traced memory per node (tracemalloc; slower); --compile only compares compiling (trace, with
+the plan it builds) against one run, per shape and size (1M with --big).
 """
 
 from __future__ import annotations
@@ -267,6 +268,35 @@ def measure(
             print(f"  peak traced memory, {label}: {peak_bytes(fn) / n:.0f} B/node")
 
 
+def compile_vs_run(sizes: Sequence[int], repeat: int) -> None:
+    """Compile (trace + plan) against one run of the compiled graph at cap 64, per shape and
+    size: best CPU time of each, taking turns in one process."""
+    print(f"\ncompile vs one run, max_concurrency=64 (CPU time, best of {repeat}, in turns)")
+    for n in sizes:
+        for name, deps in (("W1 fan-out/fan-in", fan_out_in(n)), ("W3 20-layer DAG", layered(n)),
+                           ("chain", chain(n))):  # fmt: skip
+            graph = graph_for(deps)
+            trace = getattr(graph, "trace", None) or graph._trace  # type: ignore[attr-defined]
+            prepare(graph, 1)  # (the plan each run reuses)
+            run = partial(trioflow.run_async, graph, max_concurrency=64)
+            best_trace = best_run = float("inf")
+            for _ in range(repeat if n < 1_000_000 else min(repeat, 3)):
+                gc.collect()
+                start = time.process_time()
+                traced = trace(None)
+                best_trace = min(best_trace, time.process_time() - start)
+                del traced
+                gc.collect()
+                start = time.process_time()
+                trio.run(run)
+                best_run = min(best_run, time.process_time() - start)
+            print(
+                f"  {name:18} n={len(deps):>9,}  compile {best_trace / len(deps) * 1e6:5.2f} "
+                f"us/node  run {best_run / len(deps) * 1e6:5.2f} us/node  "
+                f"{best_trace / best_run:4.2f}x a run  (load {os.getloadavg()[0]:.1f})"
+            )
+
+
 def peak_bytes(fn: Callable[[], Any]) -> int:
     tracemalloc.start()
     try:
@@ -282,10 +312,15 @@ def main() -> None:
     parser.add_argument("--big", action="store_true", help="add the 1M fan-out and scaling")
     parser.add_argument("--memory", action="store_true", help="peak memory per node")
     parser.add_argument("--record", action="store_true", help="record=True on a 100k graph")
+    parser.add_argument("--compile", action="store_true", help="only compile vs one run")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     header(__doc__.splitlines()[0])
     caps = (4, 64)
+    if args.compile:
+        sizes = (100, 1_000) if args.smoke else (10_000, 100_000)
+        compile_vs_run(sizes + ((1_000_000,) if args.big else ()), 1 if args.smoke else 7)
+        return
     if args.smoke:
         measure("fan-out/fan-in", fan_out_in(300), caps, 1, args.memory)
         measure("random layered DAG", layered(400), caps, 1, args.memory)

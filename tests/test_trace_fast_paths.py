@@ -9,10 +9,12 @@ change.
 
 from __future__ import annotations
 
+import copy
 import functools
 import gc
 import hashlib
 import json
+import pickle
 from collections.abc import Callable
 from typing import Any
 from unittest import mock
@@ -126,6 +128,100 @@ def test_the_general_path_still_checks_what_the_fast_one_skips() -> None:
     with pytest.raises(GraphBuildError) as info:
         second.compile()
     assert info.value.code == "foreign-ref"
+
+
+@pytest.mark.parametrize("bigger", [False, True])
+def test_a_ref_of_another_trace_at_an_index_of_this_one_is_refused(bigger: bool) -> None:
+    """A trace finds the node of a ref it made from the index the ref holds, checking that it
+    made that very ref; a ref of another trace holds an index too: in range of this trace
+    (`bigger=False`) or past its end (`bigger=True`), on the generated and general paths."""
+    outer: list[Any] = []
+
+    @trioflow.tool(outputs=["out"])
+    async def elsewhere(x: int) -> int:  # (so that no id of `second` is one of `first`)
+        return x
+
+    @trioflow.graphify(outputs=["out"])
+    def first() -> Any:
+        for i in range(20 if bigger else 1):
+            ref = elsewhere(x=i)
+        outer.append(ref.out)
+        return ref.out
+
+    first.compile()
+    assert outer[0]._at == (19 if bigger else 0)
+
+    def second(how: str) -> Any:
+        a = total(xs=[work(x=1).out])  # (total's recorder is now for a list of one ref)
+        if how == "generated":
+            return total(xs=[outer[0]]).total
+        if how == "general":
+            return total(xs=[a.total, outer[0]], scale=2).total
+        return work(x=outer[0]).out
+
+    for how in ("generated", "general", "bare"):
+        graph = trioflow.graphify(name="second", outputs=["out"])(functools.partial(second, how))
+        with pytest.raises(GraphBuildError) as info:
+            graph.compile()
+        assert info.value.code == "foreign-ref", how
+
+
+def test_a_copy_of_a_ref_finds_its_node_by_id() -> None:
+    """A ref equal to one the trace made, but not that object (a copy, an unpickled one), has
+    no index: the trace finds its node by id, on every path."""
+
+    @trioflow.graphify(outputs=["a", "b", "c"])
+    def g() -> Any:
+        one = work(x=1).out
+        twin = pickle.loads(pickle.dumps(one))
+        assert twin == one and twin is not one and not hasattr(twin, "_at")
+        return {
+            "a": work(x=twin).out,
+            "b": total(xs=[twin, copy.copy(one)]).total,
+            "c": copy.deepcopy(one),
+        }
+
+    graph = g.compile()
+    assert graph.nodes["work_2"].deps == ("work_1",)
+    assert graph.nodes["total_1"].deps == ("work_1",)
+    assert graph.outputs["c"] == OutputRef("work_1", "out")
+    assert trioflow.run(graph) == {"a": 4, "b": 4, "c": 2}
+
+
+def test_a_plan_s_id_index_is_made_only_for_refs_a_trace_did_not_make() -> None:
+    """A run of a traced graph finds the nodes of its outputs and of refs inside arguments
+    from the refs themselves; a projected ref, or a graph read back, needs the plan's index."""
+    from trioflow._plan import Plan, plan_of_graph
+
+    def made(plan: Plan) -> bool:
+        try:
+            Plan.__dict__["index"].__get__(plan)  # (the slot, unset until first read)
+        except AttributeError:
+            return False
+        return True
+
+    @trioflow.graphify(outputs=["out", "pair"])
+    def g() -> Any:
+        parts = [work(x=i).out for i in range(3)]
+        return {"out": total(xs=parts).total, "pair": plan_one(x={"a": parts[1]}).out}
+
+    @trioflow.graphify(outputs=["out"])
+    def projected() -> Any:
+        return plan_one(x=[1, 2]).out[1]
+
+    graph = g.compile()
+    plan = plan_of_graph(graph)
+    assert trioflow.run(graph) == {"out": 6, "pair": {"a": 2}}
+    assert not made(plan)
+    for other, answer in (
+        (projected.compile(), {"out": 2}),
+        (TaskGraph.from_dict(graph.to_dict()), None),
+    ):
+        plan = plan_of_graph(other)
+        assert trioflow.run(other) == (answer or {"out": 6, "pair": {"a": 2}})
+        assert made(plan)
+        assert plan.index == {node_id: i for i, node_id in enumerate(plan.ids)}
+        assert plan.ids == list(other.nodes)
 
 
 def test_a_node_ref_in_a_list_becomes_its_one_output() -> None:
@@ -883,6 +979,39 @@ def test_calls_with_the_names_of_the_last_one_take_the_recorder() -> None:
     assert plan.indegree[-6:-2] == [1, 2, 2, 2]
     assert graph.nodes["plan_one_21"].deps == ("plan_one_2", "plan_one_14")
     assert trioflow.run(graph)["out"][-2] == 2
+
+
+def test_a_call_with_the_last_names_in_another_order_takes_the_recorder() -> None:
+    """A recorder takes a call by its names in any order (a Python call's keywords have none),
+    filing its arguments in the order of the names it was made for; other names, or one name
+    more or fewer, take the general path, which checks them as ever."""
+    from trioflow._compile import GraphTracer
+
+    general = GraphTracer._file
+    seen: list[tuple[str, ...]] = []
+
+    def spy(self: GraphTracer, callee: Any, names: tuple[str, ...], *args: Any) -> Any:
+        seen.append(names)
+        return general(self, callee, names, *args)
+
+    @trioflow.graphify(outputs=["out"])
+    def g() -> Any:
+        first = plan_one(x=1, y=[])  # general: the first call
+        second = plan_one(y=[first.out], x=2)  # the recorder, names swapped
+        third = plan_one(x=3, y=[second.out], z=None)  # general: a name more
+        with pytest.raises(trioflow.ConfigTypeError, match="nope"):
+            plan_one(x=4, nope=[third.out])  # general: another name, refused before filing
+        return plan_one(y=[third.out], x=5).out  # general: the names of `third` were last
+
+    with mock.patch.object(GraphTracer, "_file", spy):
+        graph = g.compile()
+    assert seen == [("x", "y"), ("x", "y", "z"), ("y", "x")]
+    assert list(graph.nodes["plan_one_2"].args.items()) == [
+        ("x", 2),
+        ("y", [OutputRef("plan_one_1", "out")]),
+    ]
+    assert graph.nodes["plan_one_2"].deps == ("plan_one_1",)
+    assert trioflow.run(graph) == {"out": 5}
 
 
 _ODD = [

@@ -34,6 +34,7 @@ from ._gcpause import promote_young
 from ._graph import (
     NODE_SPEC_SETTERS,
     OUTPUT_REF_SETTERS,
+    SET_TRACE_INDEX,
     InputRef,
     NodeKind,
     NodeSpec,
@@ -340,7 +341,7 @@ def _node_ids(name: str) -> Iterator[str]:
 # that filing and the same recording in one function. The recording is written once, here.
 _BIND = """\
 def bind(tracer, callee):
-    index, made, dependents = tracer.index, tracer.made, tracer.dependents
+    node_ids, made, dependents = tracer.node_ids, tracer.made, tracer.dependents
     indegree, callees, args, extra = tracer.indegree, tracer.callees, tracer.args, tracer.extra
     ids, ref_class, outputs, output = callee.ids, callee.ref_class, callee.outputs, callee.output
     more, first_held, only, held = callee.more, callee.first, callee.only, callee.held
@@ -372,7 +373,7 @@ else:
             found.append(i)
     indegree.append(len(deps))
 dependents.append(())
-index[node_id] = i
+node_ids.append(node_id)
 callees.append(callee)
 args.append(node_args)
 """
@@ -390,6 +391,7 @@ first = _new(OutputRef)  # the first output's ref: what arguments pass most
 _set_node(first, node_id)
 _set_output(first, output)
 _set_path(first, ())
+_set_at(first, i)
 ref.__first__ = first
 made.append(first)
 """
@@ -442,6 +444,7 @@ def _compile_binder(source: str, name: str, scope: dict[str, Any]) -> _Binder:
         "_set_node": _set_node,
         "_set_output": _set_output,
         "_set_path": _set_path,
+        "_set_at": SET_TRACE_INDEX,
         "make_output_ref": make_output_ref,
     }
     exec(compile(source, name, "exec"), scope)
@@ -470,10 +473,7 @@ def recorder(names: tuple[str, ...], code: int, flags: tuple[bool, bool, bool]) 
     lines, scope = found
     source = (
         _BIND
-        + "    names = callee.names  # (what `record` files: the names of the last call)\n"
         + "    def record(kwargs):\n"
-        + "        if tuple(kwargs) != names:\n"
-        + "            return None\n"
         + _indent(lines, "        ")
         + "        node_id = next(ids)\n"
         + _indent(_recording(flags), "        ")
@@ -497,22 +497,25 @@ class GraphTracer:
     callables: dict[str, Any] = attrs.field(factory=dict)
     ids: dict[str, Iterator[str]] = attrs.field(factory=dict)  # by name: see `_node_ids`
     known: dict[str, _Callee] = attrs.field(factory=dict)
-    # The columns. The node ids are the keys of `index`; the plan's columns that depend on the
-    # callable only are read off `callees` at the end.
-    index: dict[str, int] = attrs.field(factory=dict)
+    # The columns. The plan's columns that depend on the callable only are read off `callees`
+    # at the end.
+    node_ids: list[str] = attrs.field(factory=list)
     callees: list[_Callee] = attrs.field(factory=list)
     args: list[Args] = attrs.field(factory=list)
     dependents: list[Sequence[int]] = attrs.field(factory=list)
     indegree: list[int] = attrs.field(factory=list)
     # Per node, the output ref this trace made for its first output (None if it made none):
     # an argument that is this very object needs no checks (it is one of ours, whole), and
-    # reads slot j, its node's index (see `_plan`).
+    # reads slot j, its node's index (see `_plan`), which the ref holds (`SET_TRACE_INDEX`).
     made: list[OutputRef | None] = attrs.field(factory=list)
     # Node index → the slot of its second output, for nodes with several (see `_plan`).
     extra: dict[int, int] = attrs.field(factory=dict)
     extra_slots: int = 0
     map_params: dict[int, str] = attrs.field(factory=dict)  # map node index → its items' input
     bound: list[_Callee] = attrs.field(factory=list)  # the callees bound to this trace
+    # Node id → index, for the refs the trace did not make (by identity): filled from
+    # `node_ids` when such a ref comes (see `_node_index`), not per node.
+    _index: dict[str, int] = attrs.field(factory=dict)
     # Target → its callee's `record`, for targets whose last call took a generated filing
     # (see `Tracer.records`).
     records: dict[Any, Callable[[dict[str, Any]], Any]] = attrs.field(factory=dict)
@@ -547,6 +550,22 @@ class GraphTracer:
             found = self.ids[name] = _node_ids(name)
         return found
 
+    def _node_index(self, node_id: str) -> int | None:
+        """The index of node `node_id` in this trace, or None if it has none."""
+        index, ids = self._index, self.node_ids
+        if len(index) < len(ids):  # (the nodes recorded since the last lookup)
+            index.update(zip(ids[len(index) :], range(len(index), len(ids)), strict=True))
+        return index.get(node_id)
+
+    def _made_index(self, ref: OutputRef) -> int | None:
+        """The index of the node of `ref` if this trace made this very ref for its first
+        output (see `made`), else None."""
+        try:
+            j: int = ref._at
+            return j if self.made[j] is ref else None
+        except (AttributeError, IndexError):
+            return None
+
     def _foreign(self, node_id: str, ref: OutputRef) -> GraphBuildError:
         return GraphBuildError(
             f"node {node_id!r}: {ref.describe()} does not belong to graph {self.name!r}",
@@ -565,7 +584,7 @@ class GraphTracer:
         if kind in _ATOMS or value is None or isinstance(value, str | int | float | bool):
             return value
         if isinstance(value, NodeRef):
-            if value.id not in self.index or len(value.outputs) != 1:
+            if self._node_index(value.id) is None or len(value.outputs) != 1:
                 raise GraphBuildError(
                     f"node {node_id!r}: a node ref was passed where a value is expected",
                     code="node-ref-not-a-value",
@@ -595,7 +614,9 @@ class GraphTracer:
     def _add_dep(self, ref: OutputRef, deps: dict[int, None], node_id: str) -> None:
         """Note `ref`'s node in `deps` (by node index) as a dependency of node `node_id`; a
         ref of another graph, or of an output its node does not have, is an error."""
-        j = self.index.get(ref.node)
+        j = self._made_index(ref)
+        if j is None:
+            j = self._node_index(ref.node)
         if j is None:
             raise self._foreign(node_id, ref)
         outputs = self.callees[j].outputs
@@ -683,7 +704,7 @@ class GraphTracer:
         """The general path of `call`: each argument checked and filed into the node's
         arguments tuple, with the nodes it depends on; the callee's shape and recorder kept
         for its next calls."""
-        index, made = self.index, self.made
+        made_index = self._made_index
         deps: dict[int, None] = {}  # the nodes it depends on, by index
         xs: list[Any] = [None]  # the plan arguments: (shape, x1, ..., xn), see _plan
         code = 0  # their kinds (`_plan.arg_shape`)
@@ -698,8 +719,8 @@ class GraphTracer:
                 code <<= _KIND_BITS  # (CONST is 0)
                 continue
             if vtype is OutputRef:
-                j = index.get(value.node)
-                if j is not None and made[j] is value:
+                j = made_index(value)
+                if j is not None:
                     deps[j] = None
                     xs.append(j)
                     code = code << _KIND_BITS | SLOT
@@ -709,8 +730,8 @@ class GraphTracer:
                 for item in value:
                     if type(item) is not OutputRef:
                         break
-                    j = index.get(item.node)
-                    if j is None or made[j] is not item:
+                    j = made_index(item)
+                    if j is None:
                         break
                     deps[j] = None
                     got.append(j)
@@ -742,7 +763,10 @@ class GraphTracer:
         return tuple(xs), deps
 
     def _slot_of(self, ref: OutputRef) -> int:
-        j = self.index[ref.node]
+        j = self._made_index(ref)
+        if j is None:
+            j = self._node_index(ref.node)
+            assert j is not None  # (`_prepare` checked it)
         return output_slot(j, self.callees[j].outputs.index(ref.output), self.extra)
 
     def map(self, tool: Tool, items: Any, param: str, fixed: Mapping[str, Any]) -> NodeRef:
@@ -755,14 +779,13 @@ class GraphTracer:
         # (Comprehensions: an attribute read in one is cheaper than an `attrgetter` call.)
         return Plan(
             graph=graph,
-            ids=list(self.index),
+            ids=self.node_ids,
             names=[c.name for c in callees],
             kinds=[c.plan_kind for c in callees],
             targets=[c.target for c in callees],
             args=self.args,
             dependents=self.dependents,
             indegree=self.indegree,
-            index=self.index,
             fast=[c.fast for c in callees],
             executors=[c.executor for c in callees],
             extra=self.extra,

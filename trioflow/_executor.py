@@ -332,16 +332,14 @@ class ExecutorTable:
         keeps = [isinstance(t, Tool) and self.keeps_outputs(t.executor_key) for t in targets]
         if not any(keeps):
             return {}
-        index = plan.index
-        needed: set[tuple[int, str]] = {
-            (index[r.node], r.output) for r in _refs(plan.graph.outputs)
-        }
+        node_of = plan.node_of
+        needed: set[tuple[int, str]] = {(node_of(r), r.output) for r in _refs(plan.graph.outputs)}
         for j, node in enumerate(plan.graph.nodes.values()):
             for value in node.args.values():
                 whole = value if isinstance(value, list) else [value]
                 if keeps[j] and all(type(r) is OutputRef and not r.path for r in whole):
                     continue  # read whole by a node that keeps it: may stay remote
-                needed.update((index[r.node], r.output) for r in _refs(value))
+                needed.update((node_of(r), r.output) for r in _refs(value))
         found: dict[int, frozenset[str]] = {}
         for i, target in enumerate(targets):
             if keeps[i]:

@@ -26,6 +26,7 @@ from ._trace import TRACER, called_from_user_code
 __all__ = [
     "NODE_SPEC_SETTERS",
     "OUTPUT_REF_SETTERS",
+    "SET_TRACE_INDEX",
     "InputRef",
     "Lowered",
     "NodeKind",
@@ -185,8 +186,14 @@ class InputRef(_RefOps):
         return f"graph input {self.name!r}{_show_path(self.path)}"
 
 
+class _Placed(_RefOps):
+    """A ref that may know its place in the trace that made it (see `SET_TRACE_INDEX`)."""
+
+    __slots__ = ("_at",)
+
+
 @attrs.frozen(order=False, repr=False)
-class OutputRef(_RefOps):
+class OutputRef(_Placed):
     """One output of one node (optionally projected: `ref.items[0]`)."""
 
     node: str
@@ -209,6 +216,12 @@ _new = object.__new__
 # The slots' setters, in field order (the tracer sets a node's and its refs' slots itself).
 OUTPUT_REF_SETTERS = tuple(OutputRef.__dict__[f].__set__ for f in ("node", "output", "path"))
 _set_node, _set_output, _set_path = OUTPUT_REF_SETTERS
+# An output ref a trace makes for a node's first output also holds the node's index in that
+# trace, in the slot `_at`: the trace finds a ref's node from the ref alone (no dict of node
+# ids), once it has checked that the ref is the one it made for that index (by identity: the
+# index is only ever a hint). Not an attrs field: it is not compared, hashed, shown, copied or
+# serialised, and a ref made any other way has none (reading it raises AttributeError).
+SET_TRACE_INDEX = _Placed.__dict__["_at"].__set__
 
 
 def make_output_ref(node: str, output: str) -> OutputRef:

@@ -185,12 +185,15 @@ def _deps_lines(js: list[str], indent: str) -> list[str]:
 
 def _guard_ref(value: str, j: str, indent: str) -> list[str]:
     """Lines that set slot variable `j` from `value`, a whole output ref this trace made (by
-    identity: its node's first output), or return None."""
+    identity: its node's first output, found at the index the ref holds), or return None."""
     return [
         f"{indent}if type({value}) is not OutputRef:",
         f"{indent}    return None",
-        f"{indent}{j} = index.get({value}.node)",
-        f"{indent}if {j} is None or made[{j}] is not {value}:",
+        f"{indent}try:",
+        f"{indent}    {j} = {value}._at",
+        f"{indent}    if made[{j}] is not {value}:",
+        f"{indent}        return None",
+        f"{indent}except (AttributeError, IndexError):  # (not made by a trace, or a bigger one)",
         f"{indent}    return None",
     ]
 
@@ -200,11 +203,11 @@ def filing(
     names: tuple[str, ...], code: int
 ) -> tuple[tuple[str, ...], tuple[tuple[str, Any], ...]] | None:
     """The filing of calls with arguments `names` of kinds `code` (as `arg_shape`): the lines
-    of a function body that reads `kwargs`, `index` (node id → index) and `made` (index → its
-    first output's ref) and sets `node_args`, and `d` or `deps` (see `_deps_lines`), or returns
-    None; and the names it needs beside those, with their values. None if the arguments are
-    not all constants, whole refs and (one) list of them. The list may have any length: its
-    kind (and the call's shape) is chosen by it."""
+    of a function body that reads `kwargs` and `made` (node index → its first output's ref,
+    which holds that index: see `_graph.SET_TRACE_INDEX`) and sets `node_args`, and `d` or
+    `deps` (see `_deps_lines`), or returns None; and the names it needs beside those, with
+    their values. None if the arguments are not all constants, whole refs and (one) list of
+    them. The list may have any length: its kind (and the call's shape) is chosen by it."""
     kinds = arg_shape(names, code).kinds
     lists = [p for p, kind in enumerate(kinds) if kind in _AS_LIST]
     if len(lists) > 1 or any(kind not in (CONST, SLOT) and kind not in _AS_LIST for kind in kinds):
@@ -215,8 +218,12 @@ def filing(
         "fan_in": fan_in,
         "distinct": distinct,
     }
-    values = [f"v{p}" for p in range(len(names))]
-    lines = [f"{', '.join(values)}, = kwargs.values()"] if values else []
+    # The call's arguments, by name: the same names in any order (the node's arguments are
+    # kept in `names` order), and no others.
+    lines = [f"if len(kwargs) != {len(names)}:", "    return None"]
+    if names:
+        lines += ["try:", *(f"    v{p} = kwargs[{name!r}]" for p, name in enumerate(names))]
+        lines += ["except KeyError:", "    return None"]
     slots: list[str] = []  # the whole refs' slot variables
     for p, kind in enumerate(kinds):
         if kind == CONST:
@@ -372,7 +379,6 @@ class Plan:
     # Node i's dependents, in order (a list, or a tuple of one or none).
     dependents: Sequence[Sequence[int]]
     indegree: list[int]
-    index: dict[str, int]
     # True for plain async tools (no timeout, retry, limits or context): the inline fast path.
     fast: list[bool]
     executors: list[str]
@@ -382,6 +388,23 @@ class Plan:
     initial: list[Any]
     # A map node's index → the input its items are passed as (no NodeSpec needed at run time).
     map_params: dict[int, str] = attrs.field(factory=dict)
+
+    @functools.cached_property
+    def index(self) -> dict[str, int]:
+        """Node id → node index, made when first read (see `node_of`)."""
+        return {node_id: i for i, node_id in enumerate(self.ids)}
+
+    def node_of(self, ref: OutputRef) -> int:
+        """The index of `ref`'s node. A ref a trace made holds its node's index there, which
+        is the plan's (`_graph.SET_TRACE_INDEX`), checked here by id: a run of a traced graph
+        resolves its outputs and argument trees without `index`, which it would build first."""
+        try:
+            j: int = ref._at
+            if self.ids[j] == ref.node:
+                return j
+        except (AttributeError, IndexError):
+            pass
+        return self.index[ref.node]
 
     def tools(self) -> list[Tool]:
         """The distinct tools of the graph (each checked once before a run, not per node)."""
@@ -481,7 +504,6 @@ def _lower(graph: TaskGraph) -> Plan:
         args=args,
         dependents=dependents,
         indegree=indegree,
-        index=index,
         fast=fast,
         executors=executors,
         extra=extra,

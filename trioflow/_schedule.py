@@ -291,7 +291,7 @@ class _PlanRun:
     def lookup(self, ref: InputRef | OutputRef) -> Any:
         if isinstance(ref, InputRef):
             return self.inputs[ref.name]
-        value = self.values[self.plan.slot(self.plan.index[ref.node], ref.output)]
+        value = self.values[self.plan.slot(self.plan.node_of(ref), ref.output)]
         if value is UNSET:
             raise _Missing(ref.node)
         return value

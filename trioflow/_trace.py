@@ -23,8 +23,9 @@ class Tracer(Protocol):
     @property
     def records(self) -> Mapping[Any, Callable[[dict[str, Any]], Any]]:
         """Tools it has met, each with what records a call of it by keyword with the argument
-        names of its last call (returning its `NodeRef`), or None when that call needs
-        `call`: a tool's call asks this first, which saves a call of `call` for most calls."""
+        names of its last call, in any order (returning its `NodeRef`), or None when that call
+        needs `call`: a tool's call asks this first, which saves a call of `call` for most
+        calls."""
         ...
 
     def call(self, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

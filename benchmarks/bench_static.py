@@ -313,19 +313,20 @@ def main() -> None:
     parser.add_argument("--memory", action="store_true", help="peak memory per node")
     parser.add_argument("--record", action="store_true", help="record=True on a 100k graph")
     parser.add_argument("--compile", action="store_true", help="only compile vs one run")
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, help="best of this many (3; 7 for --compile)")
     args = parser.parse_args()
     header(__doc__.splitlines()[0])
     caps = (4, 64)
     if args.compile:
         sizes = (100, 1_000) if args.smoke else (10_000, 100_000)
-        compile_vs_run(sizes + ((1_000_000,) if args.big else ()), 1 if args.smoke else 7)
+        repeat = 1 if args.smoke else args.repeat or 7
+        compile_vs_run(sizes + ((1_000_000,) if args.big else ()), repeat)
         return
     if args.smoke:
         measure("fan-out/fan-in", fan_out_in(300), caps, 1, args.memory)
         measure("random layered DAG", layered(400), caps, 1, args.memory)
         return
-    repeat = args.repeat
+    repeat = args.repeat or 3
     measure("W1 fan-out/fan-in 10k", fan_out_in(10_000), caps, repeat, args.memory)
     measure("chain 1k", chain(1_000), caps, repeat, args.memory)
     measure("W3 random layered DAG 10k (20 layers, 1-3 deps)", layered(10_000), caps, repeat,

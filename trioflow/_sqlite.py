@@ -276,7 +276,13 @@ class SQLiteStore:
         if "meta" in tables:
             meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
             self._check_meta(meta)
-            conn.execute("PRAGMA quick_check(1)").fetchall()
+            found = conn.execute("PRAGMA quick_check(1)").fetchone()
+            if found != ("ok",):  # (SQLite reports what it finds as a row, not an error)
+                problem = str(found[0] if found else "no answer").replace("\n", " ")
+                raise StoreError(
+                    f"store {str(self.path)!r} cannot be used: it is corrupted ({problem}); "
+                    "move it aside (a new store is created) or restore it from a backup"
+                )
             return
         with self._write_lock:  # idempotent, so racing processes both succeed
             conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")

@@ -388,7 +388,11 @@ def test_a_store_read_while_another_process_checkpoints_it_opens(tmp_path: pathl
     mid[:page] = full[:page]  # the checkpoint has written page 1, and no page past the file yet
     copies["mid"].write_bytes(bytes(mid))
     live = trioflow.SQLiteStore(copies["mid"])
-    assert live.load("r1").states() == {f"work_{i}": trioflow.NodeState.DONE for i in range(2000)}
+    try:
+        states = live.load("r1").states()
+    finally:
+        live.close()
+    assert states == {f"work_{i}": trioflow.NodeState.DONE for i in range(2000)}
 
 
 def test_a_corrupted_page_is_a_store_error_not_a_sqlite_traceback(tmp_path: pathlib.Path) -> None:

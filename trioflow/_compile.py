@@ -566,6 +566,12 @@ class GraphTracer:
         except (AttributeError, IndexError):
             return None
 
+    def _ref_index(self, ref: OutputRef) -> int | None:
+        """The index of `ref`'s node in this trace (from the ref itself if the trace made it,
+        else by id), or None if it has none."""
+        j = self._made_index(ref)
+        return self._node_index(ref.node) if j is None else j
+
     def _foreign(self, node_id: str, ref: OutputRef) -> GraphBuildError:
         return GraphBuildError(
             f"node {node_id!r}: {ref.describe()} does not belong to graph {self.name!r}",
@@ -614,9 +620,7 @@ class GraphTracer:
     def _add_dep(self, ref: OutputRef, deps: dict[int, None], node_id: str) -> None:
         """Note `ref`'s node in `deps` (by node index) as a dependency of node `node_id`; a
         ref of another graph, or of an output its node does not have, is an error."""
-        j = self._made_index(ref)
-        if j is None:
-            j = self._node_index(ref.node)
+        j = self._ref_index(ref)
         if j is None:
             raise self._foreign(node_id, ref)
         outputs = self.callees[j].outputs
@@ -763,10 +767,8 @@ class GraphTracer:
         return tuple(xs), deps
 
     def _slot_of(self, ref: OutputRef) -> int:
-        j = self._made_index(ref)
-        if j is None:
-            j = self._node_index(ref.node)
-            assert j is not None  # (`_prepare` checked it)
+        j = self._ref_index(ref)
+        assert j is not None  # (`_prepare` checked it)
         return output_slot(j, self.callees[j].outputs.index(ref.output), self.extra)
 
     def map(self, tool: Tool, items: Any, param: str, fixed: Mapping[str, Any]) -> NodeRef:

@@ -117,8 +117,14 @@ _MAX_SEQ = "SELECT max(seq) FROM nodes WHERE run_id = ?"
 _RUN = f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?"
 
 
+def _is_locked(exc: sqlite3.DatabaseError) -> bool:
+    """Whether SQLite gave up waiting for another connection's lock (not a bad file)."""
+    return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
+
+
 def _header_problem(path: Path) -> str | None:
-    """What is wrong with the file's SQLite header, if anything (a cheap truncation check)."""
+    """What the file's SQLite header shows is wrong with it, if anything: said of a file
+    SQLite refused (see `SQLiteStore._open_schema`: it is not a check of its own)."""
     try:
         size = path.stat().st_size
         with path.open("rb") as f:
@@ -186,7 +192,7 @@ class SQLiteStore:
             return fn()
         except sqlite3.DatabaseError as exc:
             text = str(exc)
-            if isinstance(exc, sqlite3.OperationalError) and "locked" in text:
+            if _is_locked(exc):
                 raise StoreError(
                     f"store {str(self.path)!r} stayed locked by another process for "
                     f"{self._timeout}s ({text}); pass SQLiteStore(..., timeout=...) to wait longer"
@@ -222,7 +228,7 @@ class SQLiteStore:
                 conn.execute("PRAGMA journal_mode=WAL")
                 return
             except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                if not _is_locked(exc) or time.monotonic() >= deadline:
                     raise
             time.sleep(pause)  # (sync code: the store's callers run it in a thread or at start)
             pause = min(pause * 2, 0.05)
@@ -256,8 +262,7 @@ class SQLiteStore:
         try:
             self._read_schema()
         except sqlite3.DatabaseError as exc:
-            locked = isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
-            problem = None if locked else _header_problem(self.path)
+            problem = None if _is_locked(exc) else _header_problem(self.path)
             if problem is None:
                 raise
             raise StoreError(
